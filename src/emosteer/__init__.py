@@ -1,0 +1,31 @@
+"""emosteer: find, control and measure emotion inside language models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "emosteer.models",
+    "Architecture": "emosteer.models",
+    "ARCHITECTURES": "emosteer.models",
+    "EmotionVector": "emosteer.vectors",
+    "EMOTIONS": "emosteer.vectors",
+    "mix": "emosteer.vectors",
+    "steer": "emosteer.steer",
+    "extract": "emosteer.extract",
+    "ExtractConfig": "emosteer.extract",
+    "GenerateConfig": "emosteer.generation",
+    "generate_text": "emosteer.generation",
+    "EmosteerError": "emosteer.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    """Lazy exports: `import emosteer` stays fast (torch loads on first use)."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'emosteer' has no attribute {name!r}")

@@ -1,0 +1,100 @@
+"""Shipped datasets (versioned JSONL written by the emosteer team) and prompt templates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from emosteer.errors import EmosteerError, UnknownEmotionError
+
+DATA_DIR = Path(__file__).parent
+DATASETS = {  # name -> version; bump the version whenever a file changes
+    "emotion_query": "1.0",  # 5 emotions x 100 questions, for extraction
+    "emotion_query_plus": "1.0",  # 250 emotion + 150 neutral questions, for evaluation only
+    "emotion_corpus": "1.0",  # labelled sentences for the embedded emotion judge
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    emotion: str
+    question: str
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    version: str
+    sha256: str
+
+
+def dataset_path(name: str) -> Path:
+    if name not in DATASETS:
+        raise EmosteerError(f"unknown dataset {name!r}: shipped are {', '.join(DATASETS)}")
+    return DATA_DIR / f"{name}.jsonl"
+
+
+@cache
+def dataset_info(name: str) -> DatasetInfo:
+    digest = hashlib.sha256(dataset_path(name).read_bytes()).hexdigest()
+    return DatasetInfo(name, DATASETS[name], digest)
+
+
+@cache
+def _rows(name: str) -> tuple[dict, ...]:
+    with dataset_path(name).open(encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+def emotions_of(name: str) -> list[str]:
+    return list(dict.fromkeys(row["emotion"] for row in _rows(name)))
+
+
+def load_queries(name: str = "emotion_query", emotions: list[str] | None = None,
+                 limit: int | None = None, seed: int = 0) -> list[Query]:
+    """Questions of the chosen emotions; with limit, a seeded sample of `limit` per emotion."""
+    known = emotions_of(name)
+    for emotion in emotions or []:
+        if emotion not in known:
+            raise UnknownEmotionError(f"unknown emotion {emotion!r} for dataset {name}: "
+                                      f"choose from {', '.join(known)}")
+    out = []
+    for emotion in emotions or known:
+        rows = [Query(r["id"], r["emotion"], r["question"]) for r in _rows(name)
+                if r["emotion"] == emotion]
+        if limit is not None and limit < len(rows):
+            rows = sorted(random.Random(f"{seed}:{emotion}").sample(rows, limit),
+                          key=lambda q: q.id)
+        out.extend(rows)
+    return out
+
+
+def split(queries: list[Query], held_out: float, seed: int = 0) -> tuple[list[Query], list[Query]]:
+    """Deterministic (train, held_out) split by a seeded hash of each query id."""
+    def score(q: Query) -> float:
+        digest = hashlib.sha256(f"{seed}:{q.id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return ([q for q in queries if score(q) >= held_out],
+            [q for q in queries if score(q) < held_out])
+
+
+@cache
+def templates() -> dict:
+    return json.loads((DATA_DIR / "templates.json").read_text(encoding="utf-8"))
+
+
+def system_prompt(emotion: str | None) -> str:
+    """The neutral system prompt (emotion None) or the one asking for `emotion`."""
+    t = templates()
+    if emotion is None or emotion == "neutral":
+        return t["neutral_system"]
+    if emotion not in t["adjectives"]:
+        raise UnknownEmotionError(f"unknown emotion {emotion!r}: choose from "
+                                  f"{', '.join(t['adjectives'])}")
+    return t["emotion_system"].format(adjective=t["adjectives"][emotion], emotion=emotion)

@@ -1,0 +1,168 @@
+"""The Emotion Vector method: emotion-conditioned minus neutral layer outputs, averaged.
+
+For each query q and layer l: O_l(q) is the layer output averaged over the response tokens;
+the offset is O_l(emotion prompt) - O_l(neutral prompt); EV_l is the offset averaged over
+queries. EV_base is the mean of the emotions' vectors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from emosteer import data
+from emosteer.capture import masked_means
+from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.models import Architecture, model_shape
+from emosteer.vectors import EMOTIONS, EmotionVector
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    emotions: tuple[str, ...] = EMOTIONS  # the paper's five basic emotions
+    dataset: str = "emotion_query"  # our EmotionQuery: 100 questions per emotion
+    limit: int | None = None  # queries per emotion (seeded sample); None takes all 100
+    site: str = "attn"  # the authors read and add at the self-attention output (notes.md)
+    positions: str = "response"  # paper: mean over the T response tokens; "all" adds the prompt
+    context: str = "own"  # read each response under its own prompt; "neutral": re-read the
+    # emotional response under the neutral prompt, so only the response's tone differs
+    method: str = "mean_diff"  # the paper's mean of offsets; "pca": first principal direction
+    center: bool = False  # subtract EV_base from every emotion (removes their shared part)
+    generation: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+@dataclass
+class Extraction:
+    vectors: dict[str, EmotionVector]  # one per emotion, plus "base"
+    samples: list[dict]  # the generated responses, for inspection
+    seconds: float
+    used: dict[str, int]  # queries that produced a non-empty response in both settings
+
+
+_CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
+            "context": ("own", "neutral"), "method": ("mean_diff", "pca")}
+
+
+def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
+            arch: Architecture | None = None, progress: bool = True) -> Extraction:
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name}={getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
+    queries = data.load_queries(cfg.dataset, list(cfg.emotions), cfg.limit, cfg.generation.seed)
+    torch.manual_seed(cfg.generation.seed)
+    sums: dict[str, torch.Tensor] = {}
+    offsets: dict[str, list[torch.Tensor]] = {e: [] for e in cfg.emotions}
+    used = dict.fromkeys(cfg.emotions, 0)
+    samples: list[dict] = []
+    start = time.perf_counter()
+    batches = [(e, chunk) for e in cfg.emotions
+               for chunk in _chunks([q for q in queries if q.emotion == e],
+                                    cfg.generation.batch_size)]
+    with _progress(progress, len(queries)) as advance:
+        for emotion, chunk in batches:
+            diffs, texts = _offsets(model, tokenizer, chunk, emotion, cfg, arch)
+            sums[emotion] = sums.get(emotion, 0) + diffs.sum(0)
+            used[emotion] += diffs.shape[0]
+            if cfg.method == "pca":
+                offsets[emotion].append(diffs)
+            samples.extend(texts)
+            advance(len(chunk))
+    vectors = {}
+    for emotion in cfg.emotions:
+        if used[emotion] == 0:
+            raise RuntimeError(f"no usable responses for {emotion}: every generation was empty")
+        mean = sums[emotion] / used[emotion]  # (layers, d)
+        if cfg.method == "pca":
+            mean = _principal(torch.cat(offsets[emotion]), mean)
+        vectors[emotion] = _vector(model, mean, emotion, cfg, used[emotion], arch)
+    base = sum(vectors.values(), start=vectors[cfg.emotions[0]] * 0.0) / len(cfg.emotions)
+    vectors = {e: (v - base) if cfg.center else v for e, v in vectors.items()}
+    vectors["base"] = _relabel(base, "base")
+    for emotion in cfg.emotions:
+        vectors[emotion] = _relabel(vectors[emotion], emotion)
+    return Extraction(vectors, samples, time.perf_counter() - start, used)
+
+
+def _offsets(model, tokenizer, chunk, emotion, cfg: ExtractConfig, arch):
+    """Per-query offsets (kept, layers, d) for one batch, and the texts generated."""
+    n = len(chunk)
+    prompts = ([chat_prompt(tokenizer, q.question, data.system_prompt(None)) for q in chunk]
+               + [chat_prompt(tokenizer, q.question, data.system_prompt(emotion)) for q in chunk])
+    batch = generate(model, tokenizer, prompts, cfg.generation)  # neutral rows, then emotion
+    texts = decode_responses(tokenizer, batch)
+    batch = _reread_under_neutral(batch, n) if cfg.context == "neutral" else batch
+    mask = batch.response_mask if cfg.positions == "response" else batch.attention_mask
+    means = masked_means(model, batch.input_ids, batch.attention_mask, mask, cfg.site, arch)
+    ok = (batch.response_mask[:n].sum(-1) > 0) & (batch.response_mask[n:].sum(-1) > 0)
+    diffs = (means[n:] - means[:n])[ok.cpu()]  # (kept, layers, d)
+    samples = [{"id": q.id, "emotion": emotion, "neutral": texts[i], "emotional": texts[n + i]}
+               for i, q in enumerate(chunk)]
+    return diffs, samples
+
+
+def _reread_under_neutral(batch: Batch, n: int) -> Batch:
+    """Emotion rows get the neutral prompt of the same query (both padded to prompt_len)."""
+    p = batch.prompt_len
+    ids = batch.input_ids.clone()
+    att = batch.attention_mask.clone()
+    ids[n:, :p] = batch.input_ids[:n, :p]
+    att[n:, :p] = batch.attention_mask[:n, :p]
+    return Batch(ids, att, batch.response_mask, p)
+
+
+def _principal(offsets: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Per layer, the first right singular vector of the offsets, signed and scaled like the mean.
+
+    offsets: (queries, layers, d); returns (layers, d) with direction u_l and length mean_l . u_l.
+    """
+    out = []
+    for layer in range(offsets.shape[1]):
+        u = torch.linalg.svd(offsets[:, layer].double(), full_matrices=False).Vh[0].float()
+        scale = float(mean[layer] @ u)
+        out.append(u * scale)  # a negative scale flips u to agree with the mean
+    return torch.stack(out)
+
+
+def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int,
+            arch) -> EmotionVector:
+    info = data.dataset_info(cfg.dataset)
+    g = cfg.generation
+    meta = {**model_shape(model, arch), "emotion": emotion, "site": cfg.site,
+            "method": cfg.method, "positions": cfg.positions, "context": cfg.context,
+            "centered": str(cfg.center).lower(), "dataset": info.name,
+            "dataset_version": info.version, "dataset_sha256": info.sha256, "n_queries": n,
+            "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items())}
+    return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
+
+
+def _relabel(vector: EmotionVector, emotion: str) -> EmotionVector:
+    return EmotionVector(vector.directions, {**vector.meta, "emotion": emotion})
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class _progress:
+    """A rich progress bar over queries (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda k: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn())
+        self.bar.start()
+        task = self.bar.add_task("queries", total=self.total)
+        return lambda k: self.bar.advance(task, k)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()

@@ -1,0 +1,108 @@
+"""Batched chat generation with left padding; the response mask marks real response tokens."""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    max_new_tokens: int = 48  # enough for two or three sentences; the paper used up to 512
+    do_sample: bool = True  # greedy decoding loops on the bundled 135M model
+    temperature: float = 0.6  # the authors' setting
+    top_p: float = 0.9  # the authors' setting
+    repetition_penalty: float = 1.15  # keeps the small model out of loops (notes.md)
+    seed: int = 0  # sampling is seeded: the same settings give the same text
+    batch_size: int = 16  # fits 2 CPU cores well; raise on a GPU
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids of prompt + response with masks; every tensor is (batch, pos)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor  # 1 on prompt and response tokens, 0 on padding
+    response_mask: torch.Tensor  # 1 on response tokens only (up to, not including, the end)
+    prompt_len: int  # padded prompt length: responses start here
+
+
+def chat_prompt(tokenizer, question: str, system: str | None) -> str:
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    head = f"System: {system}\n" if system else ""
+    return f"{head}User: {question}\nAssistant:"
+
+
+def encode(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def generate(model, tokenizer, prompts: list[str], cfg: GenerateConfig) -> Batch:
+    """One batched generate() call; returns prompt + response with masks."""
+    enc = encode(tokenizer, prompts, model.device)
+    sampling = ({"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+                if cfg.do_sample else {"do_sample": False, "temperature": None, "top_p": None})
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=cfg.max_new_tokens,
+                             repetition_penalty=cfg.repetition_penalty,
+                             pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling)
+    prompt_len = enc["input_ids"].shape[1]
+    response = out[:, prompt_len:]  # (batch, new)
+    ended = torch.zeros_like(response, dtype=torch.bool)
+    for eos in _eos_ids(model, tokenizer):
+        ended |= response == eos
+    response_mask = (ended.long().cumsum(-1) == 0).long()  # tokens before the first end token
+    attention_mask = torch.cat([enc["attention_mask"], response_mask], dim=1)
+    full_response_mask = torch.cat([torch.zeros_like(enc["attention_mask"]), response_mask], 1)
+    return Batch(out, attention_mask, full_response_mask, prompt_len)
+
+
+def decode_responses(tokenizer, batch: Batch) -> list[str]:
+    texts = []
+    for ids, mask in zip(batch.input_ids, batch.response_mask):
+        texts.append(tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip())
+    return texts
+
+
+def forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """Arguments for a plain forward pass that places tokens as generate() did (left padding)."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return kwargs
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generate_text(model, tokenizer, questions: list[str], vector=None, alpha: float = 1.0,
+                  system: str | None = None, cfg: GenerateConfig = GenerateConfig(),
+                  **steer_options) -> list[str]:
+    """Answer each question, steered by alpha * vector when a vector is given.
+
+    Seeded: the same questions and settings give the same text, steered or not, so outputs
+    at different alphas differ only by the steering.
+    """
+    from emosteer.steer import steer
+
+    torch.manual_seed(cfg.seed)
+    prompts = [chat_prompt(tokenizer, q, system) for q in questions]
+    context = steer(model, vector, alpha, **steer_options) if vector is not None else nullcontext()
+    answers: list[str] = []
+    with context:
+        for i in range(0, len(prompts), cfg.batch_size):
+            batch = generate(model, tokenizer, prompts[i:i + cfg.batch_size], cfg)
+            answers.extend(decode_responses(tokenizer, batch))
+    return answers

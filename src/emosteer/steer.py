@@ -1,0 +1,87 @@
+"""Add alpha * EV_l at the site of layer l where the vector was read, inside a context manager."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+
+from emosteer.errors import BadAlphaError
+from emosteer.models import Architecture, site_modules
+from emosteer.vectors import EmotionVector
+
+MAX_ALPHA = 100.0  # the paper sweeps -1..4; beyond 100x every model emits noise
+
+
+def check_alpha(alpha: float) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise BadAlphaError(f"alpha {alpha!r} is not a number: use e.g. 1.0") from None
+    if not math.isfinite(value):
+        raise BadAlphaError(f"alpha is {value}: use a finite number such as 1.0 or -1.0")
+    if abs(value) > MAX_ALPHA:
+        raise BadAlphaError(f"alpha {value:g} is outside [-{MAX_ALPHA:g}, {MAX_ALPHA:g}]: the "
+                            "paper's range is -1 to 4; 4 already saturates")
+    return value
+
+
+@contextmanager
+def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
+          layers: str | Iterable[int] = "all", positions: str = "all",
+          arch: Architecture | None = None, allow_other_model: bool = False) -> Iterator[None]:
+    """Steer every forward pass inside the block; the model is restored on exit, errors included.
+
+    layers: "all" or the layer indices to steer. positions: "all" adds at every position;
+    "generated" adds only at the newest position of each forward step (the authors' apply
+    script), so the prompt is read unsteered and every generated token is steered. With
+    "generated", generate with the KV cache on (the default), or each re-read prompt position
+    would go unsteered.
+    """
+    alpha = check_alpha(alpha)
+    if positions not in ("all", "generated"):
+        raise ValueError(f"positions={positions!r}: use 'all' or 'generated'")
+    vector.check_model(model, allow_other_model, arch)
+    modules = site_modules(model, vector.site, arch)
+    chosen = vector.layers if layers == "all" else sorted(set(layers))
+    missing = [layer for layer in chosen if layer not in vector.directions]
+    if missing:
+        raise ValueError(f"layers {missing} are not in vector {vector.emotion!r}")
+    param = next(model.parameters())
+    handles = []
+    try:
+        if alpha != 0.0:
+            for layer in chosen:
+                delta = (alpha * vector.directions[layer]).to(param.device)  # float32, (d,)
+                hook = _adder(delta, param.dtype, positions == "generated")
+                handles.append(modules[layer].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
+    """A forward hook adding delta to a module's hidden-state output."""
+    if dtype == torch.float16:  # add in float32 and clamp, so the sum cannot overflow to inf
+        limit = torch.finfo(torch.float16).max
+
+        def add(hidden: torch.Tensor) -> torch.Tensor:
+            return (hidden.float() + delta).clamp(-limit, limit).to(hidden.dtype)
+    else:
+        cast = delta.to(dtype)  # cast once, not per step
+
+        def add(hidden: torch.Tensor) -> torch.Tensor:
+            return hidden + cast
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output  # (batch, pos, d_model)
+        if last_only:
+            hidden = torch.cat([hidden[:, :-1], add(hidden[:, -1:])], dim=1)
+        else:
+            hidden = add(hidden)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return hook
