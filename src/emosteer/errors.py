@@ -28,3 +28,7 @@ class VectorMismatchError(EmosteerError):
 
 class BadAlphaError(EmosteerError, ValueError):
     pass
+
+
+class BadInputError(EmosteerError, ValueError):
+    pass

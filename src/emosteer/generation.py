@@ -95,7 +95,7 @@ def generate_text(model, tokenizer, questions: list[str], vector=None, alpha: fl
     Seeded: the same questions and settings give the same text, steered or not, so outputs
     at different alphas differ only by the steering.
     """
-    from emosteer.steer import steer
+    from emosteer.steering import steer
 
     torch.manual_seed(cfg.seed)
     prompts = [chat_prompt(tokenizer, q, system) for q in questions]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emosteer.errors import ModelLoadError, UnknownArchitectureError
+from emosteer.errors import BadInputError, ModelLoadError, UnknownArchitectureError
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,7 @@ def site_modules(model: torch.nn.Module, site: str, arch: Architecture | None = 
         return layers
     if site == "attn":
         return [layer.get_submodule(spec.attn_out) for layer in layers]
-    raise ValueError(f"unknown site {site!r}: use 'attn' or 'residual'")
+    raise BadInputError(f"unknown site {site!r}: use 'attn' or 'residual'")
 
 
 def model_id(model: torch.nn.Module) -> str:

@@ -6,11 +6,13 @@ import datetime as _dt
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import torch
 
-from emosteer.errors import UnknownEmotionError, VectorFileError, VectorMismatchError
+from emosteer.errors import (BadInputError, UnknownEmotionError, VectorFileError,
+                             VectorMismatchError)
 
 if TYPE_CHECKING:
     from emosteer.models import Architecture
@@ -34,9 +36,9 @@ class EmotionVector:
     meta: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        clean = {int(k): v.detach().to("cpu", torch.float32).reshape(-1) for k, v in
-                 self.directions.items()}
-        object.__setattr__(self, "directions", dict(sorted(clean.items())))
+        clean = {int(k): v.detach().to("cpu", torch.float32).reshape(-1).clone()
+                 for k, v in self.directions.items()}  # our own copy: callers can't alter it
+        object.__setattr__(self, "directions", MappingProxyType(dict(sorted(clean.items()))))
         object.__setattr__(self, "meta", {str(k): str(v) for k, v in self.meta.items()})
 
     # --- description ---------------------------------------------------------------------
@@ -64,7 +66,7 @@ class EmotionVector:
         wanted = set(layers)
         missing = wanted - set(self.directions)
         if missing:
-            raise ValueError(f"layers {sorted(missing)} are not in this vector "
+            raise BadInputError(f"layers {sorted(missing)} are not in this vector "
                              f"(it has {self.layers[0]}..{self.layers[-1]})")
         return replace(self, directions={k: v for k, v in self.directions.items() if k in wanted})
 
@@ -183,14 +185,14 @@ class EmotionVector:
 def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> EmotionVector:
     """sum_k weights[k] * vectors[k]: several emotions at once (the paper's additivity)."""
     if not weights:
-        raise ValueError("mix needs at least one emotion weight, e.g. {'joy': 1.0}")
+        raise BadInputError("mix needs at least one emotion weight, e.g. {'joy': 1.0}")
     unknown = [name for name in weights if name not in vectors]
     if unknown:
         raise UnknownEmotionError(
             f"unknown emotion {unknown[0]!r}: available are {', '.join(sorted(vectors))}")
     for name, w in weights.items():
         if not math.isfinite(w):
-            raise ValueError(f"weight for {name!r} is {w}: use a finite number")
+            raise BadInputError(f"weight for {name!r} is {w}: use a finite number")
     items = [vectors[name] * float(w) for name, w in weights.items()]
     total = items[0]
     for item in items[1:]:

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from emosteer.errors import BadAlphaError
+from emosteer.errors import BadAlphaError, BadInputError
 from emosteer.models import Architecture, site_modules
 from emosteer.vectors import EmotionVector
 
@@ -42,13 +42,13 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
     """
     alpha = check_alpha(alpha)
     if positions not in ("all", "generated"):
-        raise ValueError(f"positions={positions!r}: use 'all' or 'generated'")
+        raise BadInputError(f"positions={positions!r}: use 'all' or 'generated'")
     vector.check_model(model, allow_other_model, arch)
     modules = site_modules(model, vector.site, arch)
     chosen = vector.layers if layers == "all" else sorted(set(layers))
     missing = [layer for layer in chosen if layer not in vector.directions]
     if missing:
-        raise ValueError(f"layers {missing} are not in vector {vector.emotion!r}")
+        raise BadInputError(f"layers {missing} are not in vector {vector.emotion!r}")
     param = next(model.parameters())
     handles = []
     try:

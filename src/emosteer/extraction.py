@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from emosteer import data
+from emosteer.errors import BadInputError
 from emosteer.capture import masked_means
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
@@ -49,7 +50,7 @@ def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
             arch: Architecture | None = None, progress: bool = True) -> Extraction:
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name}={getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
+            raise BadInputError(f"{name}={getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
     queries = data.load_queries(cfg.dataset, list(cfg.emotions), cfg.limit, cfg.generation.seed)
     torch.manual_seed(cfg.generation.seed)
     sums: dict[str, torch.Tensor] = {}
