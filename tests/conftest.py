@@ -20,7 +20,7 @@ TINY: dict[str, dict] = {
     "gemma3_text": {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": 64},
     "phi3": {"num_key_value_heads": 4},
     "phi": {},
-    "gpt2": {"n_embd": WIDTH, "n_layer": 2, "n_head": 4, "n_positions": 256},
+    "gpt2": {"n_embd": WIDTH, "n_layer": 2, "n_head": 4, "n_positions": 1024},
     "gpt_neox": {},
     "falcon": {"new_decoder_architecture": False, "multi_query": True},
     "opt": {"ffn_dim": 128, "word_embed_proj_dim": WIDTH, "num_attention_heads": 4},
@@ -34,7 +34,7 @@ def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     common = {"vocab_size": VOCAB, "hidden_size": WIDTH, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 256,
+              "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 1024,
               "pad_token_id": PAD, "bos_token_id": EOS, "eos_token_id": EOS,
               "tie_word_embeddings": False}
     config = AutoConfig.for_model(model_type, **{**common, **TINY[model_type], **overrides})

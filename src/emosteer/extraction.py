@@ -13,11 +13,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from emosteer import data
-from emosteer.errors import BadInputError
+from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.capture import masked_means
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
 from emosteer.vectors import EMOTIONS, EmotionVector
+
+
+_CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
+            "context": ("own", "neutral"), "method": ("mean_diff", "pca")}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,17 @@ class ExtractConfig:
     center: bool = False  # subtract EV_base from every emotion (removes their shared part)
     generation: GenerateConfig = field(default_factory=GenerateConfig)
 
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise BadInputError(f"{name}={getattr(self, name)!r}: choose one of "
+                                    f"{', '.join(allowed)}")
+        known = data.emotions_of(self.dataset)
+        for emotion in self.emotions:
+            if emotion not in known:
+                raise UnknownEmotionError(f"unknown emotion {emotion!r}: {self.dataset} has "
+                                          f"{', '.join(known)}")
+
 
 @dataclass
 class Extraction:
@@ -42,15 +57,8 @@ class Extraction:
     used: dict[str, int]  # queries that produced a non-empty response in both settings
 
 
-_CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
-            "context": ("own", "neutral"), "method": ("mean_diff", "pca")}
-
-
 def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
             arch: Architecture | None = None, progress: bool = True) -> Extraction:
-    for name, allowed in _CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise BadInputError(f"{name}={getattr(cfg, name)!r}: choose one of {', '.join(allowed)}")
     queries = data.load_queries(cfg.dataset, list(cfg.emotions), cfg.limit, cfg.generation.seed)
     torch.manual_seed(cfg.generation.seed)
     sums: dict[str, torch.Tensor] = {}

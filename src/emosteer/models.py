@@ -128,7 +128,9 @@ def load_model(spec: str = "default", device: str | None = None, dtype: str | No
     safetensors under $EMOSTEER_CACHE (default ~/.cache/emosteer).
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own status line shows progress; keep stderr clean
     kwargs: dict = {}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype)

@@ -122,7 +122,7 @@ class EmotionVector:
                                                                 else ["model_id"])
         diffs = [f"{k} {self.meta[k]} vs {shape[k]}" for k in keys
                  if k in self.meta and self.meta[k] != shape[k]]
-        if int(shape["hidden_size"]) != self.hidden_size:
+        if int(shape["hidden_size"]) != self.hidden_size and not any("hidden" in d for d in diffs):
             diffs.append(f"direction length {self.hidden_size} vs hidden_size "
                          f"{shape['hidden_size']}")
         if self.layers and self.layers[-1] >= int(shape["num_layers"]):

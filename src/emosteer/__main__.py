@@ -1,0 +1,3 @@
+from emosteer.cli import main
+
+main()
