@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 
 import emosteer
+import emosteer.steering
 from emosteer.errors import BadAlphaError, VectorMismatchError
 from emosteer.models import model_shape
 from emosteer.steering import _adder
@@ -178,3 +179,17 @@ def test_half_precision_model_steers_like_float32(dtype):
         half = logits(model).float()
     assert torch.isfinite(half).all()
     torch.testing.assert_close(half, ref, rtol=0.1, atol=0.1)
+
+
+def test_rows_steer_like_separate_runs(llama):
+    joy, anger = random_vector(llama, seed=1), random_vector(llama, seed=2, emotion="anger")
+    with emosteer.steering.steer_rows(llama, [joy * 2.0, None, anger * -1.0]):
+        batched = logits(llama, IDS[[0, 1, 0]])
+    with emosteer.steer(llama, joy, 2.0):
+        first = logits(llama, IDS[:1])
+    with emosteer.steer(llama, anger, -1.0):
+        third = logits(llama, IDS[:1])
+    torch.testing.assert_close(batched[0], first[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[1], logits(llama, IDS[1:2])[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[2], third[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(logits(llama), logits(llama))

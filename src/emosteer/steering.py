@@ -85,3 +85,39 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     return hook
+
+
+@contextmanager
+def steer_rows(model: torch.nn.Module, rows: list[EmotionVector | None],
+               arch: Architecture | None = None, allow_other_model: bool = False
+               ) -> Iterator[None]:
+    """Steer each row of a batch by its own vector (alpha already applied; None = unsteered).
+
+    Row i of every forward pass inside the block gets rows[i] added at the vectors' site, so
+    requests with different emotions share one forward pass. All vectors must share a site.
+    """
+    steered = [v for v in rows if v is not None]
+    if not steered:
+        yield
+        return
+    sites = {v.site for v in steered}
+    if len(sites) > 1:
+        raise BadInputError(f"rows mix vector sites {sorted(sites)}: use one site per batch")
+    for vector in steered:
+        vector.check_model(model, allow_other_model, arch)
+    modules = site_modules(model, sites.pop(), arch)
+    param = next(model.parameters())
+    d = int(model.config.hidden_size)
+    layers = sorted({layer for v in steered for layer in v.layers})
+    zero = torch.zeros(d)
+    handles = []
+    try:
+        for layer in layers:
+            delta = torch.stack([v.directions.get(layer, zero) if v is not None else zero
+                                 for v in rows])[:, None, :]  # (batch, 1, d_model)
+            hook = _adder(delta.to(param.device), param.dtype, last_only=False)
+            handles.append(modules[layer].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
