@@ -41,8 +41,9 @@ def tiny_folder(tmp_path_factory):
     byte_tokenizer().save_pretrained(root / "tiny")
     model.emosteer_id = "tiny"
     shape = model_shape(model)
-    EmotionVector({0: torch.ones(64), 1: torch.ones(64)},
-                  {**shape, "emotion": "joy", "site": "attn"}).save(root / "vecs" / "joy.safetensors")
+    joy = EmotionVector({0: torch.ones(64), 1: torch.ones(64)},
+                        {**shape, "emotion": "joy", "site": "attn"})
+    joy.save(root / "vecs" / "joy.safetensors")
     other = {**shape, "model_id": "other", "hidden_size": "32"}
     EmotionVector({0: torch.ones(32)}, {**other, "emotion": "joy"}).save(root / "other.safetensors")
     return root

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emosteer.errors import (BadInputError, UnknownEmotionError, VectorFileError,
-                             VectorMismatchError)
+from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 from emosteer.vectors import FORMAT_VERSION, EmotionVector, mix
 
 META = {"model_id": "m", "architecture": "llama", "hidden_size": "4", "num_layers": "3",

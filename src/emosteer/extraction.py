@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from emosteer import data
-from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.capture import masked_means
+from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
 from emosteer.vectors import EMOTIONS, EmotionVector
-
 
 _CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
             "context": ("own", "neutral"), "method": ("mean_diff", "pca")}
@@ -163,8 +162,14 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda k: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn())

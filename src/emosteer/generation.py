@@ -66,7 +66,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerateConfig) -> Batch
 
 def decode_responses(tokenizer, batch: Batch) -> list[str]:
     texts = []
-    for ids, mask in zip(batch.input_ids, batch.response_mask):
+    for ids, mask in zip(batch.input_ids, batch.response_mask, strict=False):
         texts.append(tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip())
     return texts
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
-from emosteer.errors import (BadInputError, UnknownEmotionError, VectorFileError,
-                             VectorMismatchError)
+from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 
 if TYPE_CHECKING:
     from emosteer.models import Architecture
