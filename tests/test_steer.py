@@ -62,6 +62,17 @@ def test_residual_site_equals_manual_final_layer_add(llama):
     torch.testing.assert_close(steered, manual.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_residual_site_adds_increments_so_shifts_do_not_pile_up(llama):
+    """A residual vector equal at every layer needs no addition after the first layer."""
+    v = random_vector(llama, site="residual").directions[0]
+    flat = EmotionVector({0: v, 1: v}, {**model_shape(llama), "site": "residual"})
+    with emosteer.steer(llama, flat, 1.3):
+        all_layers = logits(llama)
+    with emosteer.steer(llama, flat.select([0]), 1.3):
+        first_only = logits(llama)
+    torch.testing.assert_close(all_layers, first_only, rtol=1e-6, atol=1e-6)
+
+
 def test_alpha_zero_is_bit_identical(llama):
     base = logits(llama)
     with emosteer.steer(llama, random_vector(llama, scale=100.0), 0.0):

@@ -50,17 +50,37 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
     if missing:
         raise BadInputError(f"layers {missing} are not in vector {vector.emotion!r}")
     param = next(model.parameters())
+    deltas = _site_deltas(vector, chosen)
     handles = []
     try:
         if alpha != 0.0:
             for layer in chosen:
-                delta = (alpha * vector.directions[layer]).to(param.device)  # float32, (d,)
+                delta = (alpha * deltas[layer]).to(param.device)  # float32, (d,)
                 hook = _adder(delta, param.dtype, positions == "generated")
                 handles.append(modules[layer].register_forward_hook(hook))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _site_deltas(vector: EmotionVector, layers: list[int]) -> dict[int, torch.Tensor]:
+    """What to add at each chosen layer so that the shift there is vector[l].
+
+    At the attention output each layer's addition stays in that sublayer: add vector[l]. The
+    residual stream carries every earlier addition forward, so adding vector[l] at every layer
+    would pile up (SmolLM2 collapses at alpha 0.5, notes.md); add the increment
+    vector[l] - vector[previous chosen layer] instead, so the stream at layer l is shifted by
+    about vector[l], as it was when read.
+    """
+    if vector.site != "residual":
+        return {layer: vector.directions[layer] for layer in layers}
+    deltas, previous = {}, None
+    for layer in layers:
+        current = vector.directions[layer]
+        deltas[layer] = current if previous is None else current - previous
+        previous = current
+    return deltas
 
 
 def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
@@ -110,11 +130,12 @@ def steer_rows(model: torch.nn.Module, rows: list[EmotionVector | None],
     d = int(model.config.hidden_size)
     layers = sorted({layer for v in steered for layer in v.layers})
     zero = torch.zeros(d)
+    per_row = [_site_deltas(v, v.layers) if v is not None else {} for v in rows]
     handles = []
     try:
         for layer in layers:
-            delta = torch.stack([v.directions.get(layer, zero) if v is not None else zero
-                                 for v in rows])[:, None, :]  # (batch, 1, d_model)
+            delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
+            # (batch, 1, d_model)
             hook = _adder(delta.to(param.device), param.dtype, last_only=False)
             handles.append(modules[layer].register_forward_hook(hook))
         yield
