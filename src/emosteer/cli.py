@@ -226,6 +226,98 @@ def demo(
         console.print(table)
 
 
+@app.command()
+def serve(
+    model: str = MODEL,
+    vectors: Path = typer.Option(Path("vectors"), help="folder of <emotion>.safetensors; each "
+                                                       "file stem is an emotion name"),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback; 0.0.0.0 exposes it)"),
+    port: int = 8000,
+    api_key: Optional[str] = typer.Option(None, envvar="EMOSTEER_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' on /v1/*"),
+    max_tokens: int = typer.Option(512, help="cap on max_tokens per request"),
+    max_batch: int = typer.Option(8, help="concurrent requests per forward pass"),
+    batch_window: float = typer.Option(0.01, help="seconds a request waits for batch-mates"),
+    force: bool = typer.Option(False, help="accept vectors made for another model id"),
+) -> None:
+    """Serve an OpenAI-compatible API with per-request emotions, and a playground at /.
+
+    Example: [bold]emosteer serve --vectors vectors/[/bold], then open http://127.0.0.1:8000/
+    and call it with the openai client: extra_body={"emotion": {"joy": 1.5}}
+    """
+    try:
+        import uvicorn
+
+        from emosteer.server import ServeConfig, create_app
+    except ImportError as err:
+        from emosteer.errors import EmosteerError
+
+        raise EmosteerError(f"the server needs the 'server' extra ({err.name} is missing): "
+                            "pip install 'emosteer[server]'") from None
+    found = _vectors_in(vectors)
+    m, tok = _load(model)
+    for vector in found.values():
+        vector.check_model(m, allow_other_model=force)
+    cfg = ServeConfig(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
+                      max_batch=max_batch, batch_window=batch_window)
+    console.print(f"serving {model} with emotions {', '.join(found)} on http://{host}:{port}/ "
+                  f"(playground at /, API at /v1){' with an API key' if api_key else ''}")
+    uvicorn.run(create_app(m, tok, found, cfg), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def export(
+    file: Path = typer.Argument(..., help="an emosteer vector file (.safetensors)"),
+    out: Path = typer.Option(..., "--out", "-o", help="the file to write, e.g. joy.gguf"),
+    fmt: str = typer.Option("gguf", "--format", help="gguf: llama.cpp control vector (repeng "
+                                                    "reads it)"),
+    scale: float = typer.Option(1.0, help="multiply the vector (llama.cpp can also scale it "
+                                          "with --control-vector-scaled FILE:SCALE)"),
+) -> None:
+    """Write a vector in another tool's layout.
+
+    Example: [bold]emosteer export vectors/joy.safetensors --out joy.gguf[/bold], then
+    [bold]llama-cli -m model.gguf --control-vector joy.gguf[/bold]
+    """
+    from emosteer.errors import BadInputError
+    from emosteer.interop import export_gguf
+    from emosteer.vectors import EmotionVector
+
+    if fmt != "gguf":
+        raise BadInputError(f"unknown --format {fmt!r}: use gguf")
+    vector = EmotionVector.load(file)
+    export_gguf(vector, out, scale=scale)
+    note = (" (read at the attention output; llama.cpp adds it to the residual stream after "
+            "each layer, and layer 0 is dropped: see docs/serving.md)"
+            if vector.site == "attn" else "")
+    console.print(f"wrote {out}: llama.cpp control vector of {vector.emotion!r}, "
+                  f"{len([k for k in vector.layers if k >= 1])} layers{note}")
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="a llama.cpp control vector (.gguf), e.g. from "
+                                          "repeng's export_gguf"),
+    out: Path = typer.Option(..., "--out", "-o", help="the emosteer vector file to write"),
+    emotion: Optional[str] = typer.Option(None, help="name to record (default: the file's)"),
+) -> None:
+    """Read another tool's vector file into an emosteer vector (.safetensors).
+
+    Example: [bold]emosteer import calm.gguf --out vectors/calm.safetensors[/bold]
+    """
+    from dataclasses import replace
+
+    from emosteer.interop import read_gguf
+
+    vector = read_gguf(file)
+    if emotion:
+        vector = replace(vector, meta={**vector.meta, "emotion": emotion})
+    vector.save(out)
+    console.print(f"wrote {out}: {vector.emotion!r}, {len(vector.layers)} layers "
+                  f"({vector.layers[0]}..{vector.layers[-1]}), site {vector.site}, for "
+                  f"{vector.meta.get('architecture')} models of width {vector.hidden_size}")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     if debug:

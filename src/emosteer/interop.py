@@ -1,0 +1,236 @@
+"""Vectors in other tools' layouts: llama.cpp control vectors (GGUF), repeng, steering-vectors.
+
+Where each tool adds its vector, per decoder layer l (0-based, as `model.layers[l]`):
+
+- llama.cpp `--control-vector`: GGUF tensor `direction.<l>` (l >= 1), added to the residual
+  stream after layer l's MLP add -> emosteer site "residual".
+- repeng `ControlVector`: `model_type`, `directions: {l: ndarray}`, added to decoder layer l's
+  output -> site "residual". Its export_gguf writes the llama.cpp layout above.
+- steering-vectors `SteeringVector`: `layer_activations: {l: Tensor}` and `layer_type`;
+  "decoder_block" (layer output) -> site "residual", "self_attn" (attention output) -> "attn".
+
+llama.cpp counts layers from 0 like transformers and has no slot for layer 0's output
+(its loader rejects `direction.0`); repeng writes its 0-based keys unchanged. Our default
+vectors are read and added at the self-attention output (site "attn"); llama.cpp and repeng
+add to the residual stream after the whole layer, so an attn vector exported to them is added
+one sublayer later (layer l's MLP no longer sees it) and its layer 0 is dropped. The file says
+so in its metadata; compare the shift in both engines before relying on it (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emosteer.errors import BadInputError, VectorFileError
+from emosteer.vectors import EmotionVector
+
+GGUF_ARCH = "controlvector"
+_SITE_NOTE = ("emosteer vector read at the self-attention output (site attn); llama.cpp adds "
+              "control vectors to the residual stream after each layer, so layer l's MLP does "
+              "not see it there and layer 0 is dropped")
+
+
+# --- llama.cpp control-vector GGUF ---------------------------------------------------------------
+def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> Path:
+    """Write `scale * vector` as a llama.cpp control vector (`llama-cli --control-vector FILE`).
+
+    Tensors `direction.<l>` (float32, n_embd) for each layer l >= 1; keys
+    `general.architecture` = "controlvector", `controlvector.model_hint` (the model type, as
+    repeng writes it), `controlvector.layer_count`, plus `emosteer.*` keys that record the
+    site, the source model and what was dropped.
+    """
+    import gguf
+
+    path = Path(path)
+    kept = {layer: v for layer, v in vector.directions.items() if layer >= 1}
+    dropped = [layer for layer in vector.directions if layer < 1]
+    if not kept:
+        raise BadInputError(f"vector {vector.emotion!r} has no layer >= 1: llama.cpp cannot "
+                            "steer the output of layer 0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), GGUF_ARCH)
+    writer.add_string(f"{GGUF_ARCH}.model_hint", vector.meta.get("architecture", "unknown"))
+    writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(kept))
+    extra = {"site": vector.site, "site_note": _SITE_NOTE if vector.site == "attn" else
+             "residual stream after each decoder layer, as llama.cpp adds it",
+             "scale": f"{scale:g}", "dropped_layers": ",".join(map(str, dropped))}
+    for key in ("emotion", "model_id", "architecture", "hidden_size", "num_layers", "method",
+                "dataset", "dataset_sha256", "emosteer_version"):
+        if key in vector.meta:
+            extra[key] = vector.meta[key]
+    for key, value in extra.items():
+        writer.add_string(f"emosteer.{key}", str(value))
+    for layer, direction in kept.items():
+        writer.add_tensor(f"direction.{layer}", (direction * scale).numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def read_gguf(path: str | Path) -> EmotionVector:
+    """Read a llama.cpp control-vector GGUF (ours, repeng's or llama.cpp's own) as a vector.
+
+    Files from other tools carry residual-stream vectors: the result has site "residual".
+    """
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise VectorFileError(f"{path} does not exist: check the path")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # the reader raises several types for a corrupt file
+        raise VectorFileError(f"{path} is not a readable GGUF file ({err})") from err
+    strings = {name: _field_str(f) for name, f in reader.fields.items() if _field_str(f)}
+    arch = strings.get("general.architecture")
+    if arch != GGUF_ARCH:
+        raise VectorFileError(f"{path} is a GGUF of architecture {arch!r}, not a control "
+                              f"vector ({GGUF_ARCH!r}): pass a file written by `emosteer "
+                              "export`, repeng's export_gguf or llama.cpp's cvector-generator")
+    directions: dict[int, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        prefix, _, index = tensor.name.partition(".")
+        if prefix != "direction":
+            continue
+        if not index.isdigit():
+            raise VectorFileError(f"{path}: tensor {tensor.name!r} is not direction.<layer>")
+        data = np.asarray(tensor.data)
+        if data.dtype not in (np.float32, np.float16) or data.size != int(np.prod(data.shape)) \
+                or data.ndim != 1:
+            raise VectorFileError(f"{path}: {tensor.name} is {data.dtype} {data.shape}, "
+                                  "expected a 1-D float vector")
+        directions[int(index)] = torch.from_numpy(data.astype(np.float32).copy())
+    if not directions:
+        raise VectorFileError(f"{path} holds no direction.<layer> tensors")
+    sizes = {v.numel() for v in directions.values()}
+    if len(sizes) > 1:
+        raise VectorFileError(f"{path}: directions have different lengths {sorted(sizes)}")
+    if any(not torch.isfinite(v).all() for v in directions.values()):
+        raise VectorFileError(f"{path} contains NaN or infinite values")
+    ours = {k[len("emosteer."):]: v for k, v in strings.items() if k.startswith("emosteer.")}
+    meta = {"emotion": ours.get("emotion", path.stem),
+            "architecture": ours.get("architecture", strings.get(f"{GGUF_ARCH}.model_hint",
+                                                                 "unknown")),
+            "hidden_size": str(sizes.pop()),
+            # what llama.cpp does with the file; an emosteer export records its original site
+            "site": "residual", "source": f"gguf:{path.name}"}
+    for key in ("model_id", "num_layers", "method", "dataset", "dataset_sha256"):
+        if key in ours:
+            meta[key] = ours[key]
+    if "site" in ours:
+        meta["exported_from_site"] = ours["site"]
+    if ours.get("scale", "1") != "1":
+        meta["scale"] = ours["scale"]
+    return EmotionVector(directions, meta)
+
+
+def _field_str(f: Any) -> str | None:
+    import gguf
+
+    if not f.types or f.types[0] != gguf.GGUFValueType.STRING:
+        return None
+    return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+
+
+# --- repeng --------------------------------------------------------------------------------------
+@dataclass
+class ControlVectorLayout:
+    """repeng's ControlVector fields, for when repeng is not installed (it pins numpy<2)."""
+
+    model_type: str
+    directions: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def from_repeng(control_vector: Any, emotion: str = "repeng", **meta: str) -> EmotionVector:
+    """repeng `ControlVector` (or anything with `model_type` and `directions`) -> EmotionVector.
+
+    repeng adds `coeff * directions[l]` to decoder layer l's output: site "residual".
+    """
+    try:
+        model_type, dirs = control_vector.model_type, dict(control_vector.directions)
+    except AttributeError:
+        raise BadInputError("expected a repeng ControlVector (fields model_type and "
+                            "directions)") from None
+    if not dirs:
+        raise BadInputError("the ControlVector has no directions")
+    directions = {int(k): torch.as_tensor(np.asarray(v, dtype=np.float32).reshape(-1))
+                  for k, v in dirs.items()}
+    return EmotionVector(directions, {"emotion": emotion, "architecture": str(model_type),
+                                      "hidden_size": str(next(iter(directions.values())).numel()),
+                                      "site": "residual", "source": "repeng", **meta})
+
+
+def to_repeng(vector: EmotionVector) -> Any:
+    """EmotionVector -> repeng `ControlVector` (repeng's class if installed, else the layout)."""
+    if vector.site != "residual":
+        warnings.warn(f"vector {vector.emotion!r} was read at site {vector.site!r}; repeng adds "
+                      "to the decoder layer output (residual), one sublayer later", stacklevel=2)
+    fields = {"model_type": vector.meta.get("architecture", "unknown"),
+              "directions": {k: v.numpy().astype(np.float32).copy()
+                             for k, v in vector.directions.items()}}
+    try:
+        from repeng import ControlVector  # type: ignore[import-not-found]
+    except ImportError:
+        return ControlVectorLayout(**fields)
+    return ControlVector(**fields)
+
+
+# --- steering-vectors ----------------------------------------------------------------------------
+_LAYER_TYPES = {"decoder_block": "residual", "self_attn": "attn"}
+
+
+@dataclass
+class SteeringVectorLayout:
+    """steering-vectors' SteeringVector fields, for when it is not installed (transformers<5)."""
+
+    layer_activations: dict[int, torch.Tensor] = field(default_factory=dict)
+    layer_type: str = "decoder_block"
+
+
+def from_steering_vectors(steering_vector: Any, emotion: str = "steering-vectors",
+                          **meta: str) -> EmotionVector:
+    """steering-vectors `SteeringVector` -> EmotionVector.
+
+    layer_type "decoder_block" (layer output) -> site "residual"; "self_attn" (the attention
+    module's output, which is its output projection's output) -> site "attn". Other layer
+    types (mlp, layer norms) have no emosteer site and are refused.
+    """
+    try:
+        acts, layer_type = dict(steering_vector.layer_activations), steering_vector.layer_type
+    except AttributeError:
+        raise BadInputError("expected a steering-vectors SteeringVector (fields "
+                            "layer_activations and layer_type)") from None
+    if layer_type not in _LAYER_TYPES:
+        raise BadInputError(f"layer_type {layer_type!r} has no emosteer site: convert "
+                            f"vectors of layer_type {' or '.join(_LAYER_TYPES)}")
+    if not acts:
+        raise BadInputError("the SteeringVector has no layer_activations")
+    if any(int(k) < 0 for k in acts):
+        raise BadInputError("negative layer numbers need the model's depth: convert them to "
+                            "0-based indices first")
+    directions = {int(k): torch.as_tensor(v).detach().float().reshape(-1)
+                  for k, v in acts.items()}
+    return EmotionVector(directions, {"emotion": emotion, "site": _LAYER_TYPES[layer_type],
+                                      "hidden_size": str(next(iter(directions.values())).numel()),
+                                      "source": "steering-vectors", **meta})
+
+
+def to_steering_vectors(vector: EmotionVector) -> Any:
+    """EmotionVector -> steering-vectors `SteeringVector` (its class if installed, else the
+    layout); `SteeringVector.apply(model, multiplier=alpha)` then steers like emosteer.steer."""
+    layer_type = {v: k for k, v in _LAYER_TYPES.items()}[vector.site]
+    fields = {"layer_activations": {k: v.clone() for k, v in vector.directions.items()},
+              "layer_type": layer_type}
+    try:
+        from steering_vectors import SteeringVector  # type: ignore[import-not-found]
+    except ImportError:
+        return SteeringVectorLayout(**fields)
+    return SteeringVector(**fields)

@@ -1,0 +1,256 @@
+"""Batched, steered decoding: concurrent requests share one forward pass, each with its own vector.
+
+One worker thread owns the model. Requests wait in a queue; the worker takes up to
+`max_batch` of them (waiting `batch_window` seconds for company), prefills them as one
+left-padded batch and decodes them step by step with a KV cache, every row steered by its own
+vector through `emosteer.steering.steer_rows`. A row that finishes leaves the batch (its KV
+cache rows are dropped); requests that arrive meanwhile form the next batch. Each request
+samples from its own seeded generator, so its tokens do not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from emosteer.steering import steer_rows
+from emosteer.vectors import EmotionVector
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request picks its tokens (temperature 0 = greedy)."""
+
+    max_tokens: int = 128  # a few paragraphs; the server caps it with --max-tokens
+    temperature: float = 0.6  # emosteer's default (the authors'); greedy loops on small models
+    top_p: float = 0.9  # the authors' setting
+    repetition_penalty: float = 1.15  # keeps the bundled 135M model out of loops (notes.md)
+    seed: int | None = None  # None: a fresh random seed per request
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the engine. `emit` receives ("delta", text) events, then ("done", reason)
+    or ("error", message); it is called from the worker thread."""
+
+    prompt_ids: list[int]
+    vector: EmotionVector | None  # alpha already applied; None = unsteered
+    sampling: Sampling
+    emit: Callable[[str, object], None]
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # text emitted so far (stop strings and unfinished characters held back)
+    finish_reason: str | None = None
+    cancelled: bool = False  # set by the API when the client goes away
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Engine:
+    """Owns the model in one worker thread; submit() is thread-safe."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 8, batch_window: float = 0.01,
+                 max_queue: int = 256) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch  # rows per forward pass
+        self.batch_window = batch_window  # seconds the first request waits for batch-mates
+        self.max_queue = max_queue
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        params = inspect.signature(model.forward).parameters
+        self._takes_positions = "position_ids" in params
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.24+
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.stats = {"batches": 0, "max_batch_seen": 0, "requests": 0, "tokens": 0,
+                      "errors": 0}
+
+    # --- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="emosteer-engine",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    # --- worker ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            deadline = time.monotonic() + self.batch_window
+            while len(jobs) < self.max_batch:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(job)
+            jobs = [j for j in jobs if not j.cancelled]
+            if not jobs:
+                continue
+            try:
+                self.run_batch(jobs)
+            except Exception as err:  # keep serving: fail this batch's requests only
+                self.stats["errors"] += 1
+                for job in jobs:
+                    if job.finish_reason is None:
+                        job.finish_reason = "error"
+                        job.emit("error", f"generation failed: {type(err).__name__}: {err}")
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Prefill `jobs` as one left-padded batch, then decode until every row is done."""
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(jobs)
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs))
+        device = self.model.device
+        width = max(len(j.prompt_ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)  # (batch, pos)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)  # (batch, pos)
+        for i, job in enumerate(jobs):
+            ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+            mask[i, width - len(job.prompt_ids):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        history = [list(j.prompt_ids) for j in jobs]  # repetition penalty reads prompt + output
+        gens = [_generator(j.sampling.seed) for j in jobs]
+        rows = list(range(len(jobs)))  # indices into jobs of the rows still in the batch
+        cache = None
+        step_ids = ids
+        steering = ExitStack()  # per-row vectors, re-armed only when the rows change
+        with torch.no_grad(), steering:
+            steering.enter_context(self._steering([jobs[r] for r in rows]))
+            while rows:
+                kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True}
+                if self._takes_positions:
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, pos)
+                    kwargs["position_ids"] = positions[:, -step_ids.shape[1]:]
+                if cache is not None:
+                    kwargs[self._cache_arg] = cache
+                out = self.model(**kwargs)
+                cache = out["cache"] if "cache" in out else out["past_key_values"]
+                logits = out.logits[:, -1, :].float()  # (batch, vocab)
+                chosen = [self._pick(logits[k], history[r], jobs[r].sampling, gens[r])
+                          for k, r in enumerate(rows)]
+                keep = []
+                for k, (r, token) in enumerate(zip(rows, chosen, strict=False)):
+                    history[r].append(token)
+                    self.stats["tokens"] += 1
+                    if not self._advance(jobs[r], token):
+                        keep.append(k)
+                if not keep:
+                    break
+                if len(keep) < len(rows):
+                    index = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index)
+                    mask = mask[index]
+                    steering.close()
+                    steering.enter_context(self._steering([jobs[rows[k]] for k in keep]))
+                rows = [rows[k] for k in keep]
+                step_ids = torch.tensor([[chosen[k]] for k in keep], device=device)  # (batch, 1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+
+    def _steering(self, jobs: list[Job]):
+        vectors = [j.vector for j in jobs]
+        if all(v is None for v in vectors):
+            return nullcontext()
+        return steer_rows(self.model, vectors, allow_other_model=True)
+
+    def _pick(self, logits: torch.Tensor, history: list[int], s: Sampling,
+              gen: torch.Generator) -> int:
+        """One token from one row's logits (vocab,): repetition penalty, temperature, top-p."""
+        if s.repetition_penalty != 1.0 and history:
+            seen = torch.tensor(sorted(set(history)), device=logits.device)
+            picked = logits[seen]
+            logits = logits.clone()
+            logits[seen] = torch.where(picked > 0, picked / s.repetition_penalty,
+                                       picked * s.repetition_penalty)
+        if s.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / s.temperature, dim=-1)
+        if s.top_p < 1.0:
+            order = torch.argsort(probs, descending=True)
+            ranked = probs[order]
+            before = ranked.cumsum(-1) - ranked  # mass of the tokens ranked above each one
+            ranked = torch.where(before < s.top_p, ranked, torch.zeros_like(ranked))
+            probs = torch.zeros_like(probs).scatter(0, order, ranked)
+        return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+    def _advance(self, job: Job, token: int) -> bool:
+        """Record a token, emit the new text; True when the job is finished."""
+        if job.cancelled:
+            job.finish_reason = "cancelled"
+            return True
+        ended = token in self.eos_ids
+        if not ended:
+            job.tokens.append(token)
+        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        reason = "stop" if ended else None
+        stop_at = _first_stop(text, job.sampling.stop)
+        if stop_at is not None:
+            text, reason = text[:stop_at], "stop"
+        if reason is None and len(job.tokens) >= job.sampling.max_tokens:
+            reason = "length"
+        if reason is None:  # hold back a split character and a possible start of a stop string
+            text = text.rstrip("\ufffd")
+            text = text[:len(text) - _partial_stop(text, job.sampling.stop)]
+        if len(text) > len(job.text) and text.startswith(job.text):
+            job.emit("delta", text[len(job.text):])
+            job.text = text
+        if reason is not None:
+            job.finish_reason = reason
+            job.emit("done", reason)
+            return True
+        return False
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest tail of text that is the start of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[-n:]):
+                best = n
+                break
+    return best
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
