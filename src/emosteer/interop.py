@@ -9,6 +9,12 @@ Where each tool adds its vector, per decoder layer l (0-based, as `model.layers[
 - steering-vectors `SteeringVector`: `layer_activations: {l: Tensor}` and `layer_type`;
   "decoder_block" (layer output) -> site "residual", "self_attn" (attention output) -> "attn".
 
+The residual tools add their direction at every layer, so what they add piles up: the stream
+after layer l is shifted by the sum of the directions up to l. An emosteer residual vector
+holds that shift itself (EV_l, as read; `emosteer.steer` adds the increments
+EV_l - EV_(l-1)). Conversions therefore turn cumulative shifts into per-layer additions and
+back, and the steered model is the same in both tools.
+
 llama.cpp counts layers from 0 like transformers and has no slot for layer 0's output
 (its loader rejects `direction.0`); repeng writes its 0-based keys unchanged. Our default
 vectors are read and added at the self-attention output (site "attn"); llama.cpp and repeng
@@ -50,6 +56,8 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
     path = Path(path)
     kept = {layer: v for layer, v in vector.directions.items() if layer >= 1}
     dropped = [layer for layer in vector.directions if layer < 1]
+    if vector.site == "residual":  # shifts -> additions; the shift at layer 0 is lost
+        kept = increments(kept)
     if not kept:
         raise BadInputError(f"vector {vector.emotion!r} has no layer >= 1: llama.cpp cannot "
                             "steer the output of layer 0")
@@ -58,7 +66,8 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
     writer.add_string(f"{GGUF_ARCH}.model_hint", vector.meta.get("architecture", "unknown"))
     writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(kept))
     extra = {"site": vector.site, "site_note": _SITE_NOTE if vector.site == "attn" else
-             "residual stream after each decoder layer, as llama.cpp adds it",
+             "residual stream after each decoder layer: the directions are the per-layer "
+             "increments of emosteer's shifts, so their running sum is the vector as read",
              "scale": f"{scale:g}", "dropped_layers": ",".join(map(str, dropped))}
     for key in ("emotion", "model_id", "architecture", "hidden_size", "num_layers", "method",
                 "dataset", "dataset_sha256", "emosteer_version"):
@@ -78,7 +87,9 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
 def read_gguf(path: str | Path) -> EmotionVector:
     """Read a llama.cpp control-vector GGUF (ours, repeng's or llama.cpp's own) as a vector.
 
-    Files from other tools carry residual-stream vectors: the result has site "residual".
+    A file from another tool holds residual additions: the result has site "residual" and
+    holds their running sum, so `emosteer.steer` adds what llama.cpp adds. A file exported
+    by emosteer comes back at the site it was read at.
     """
     import gguf
 
@@ -116,20 +127,41 @@ def read_gguf(path: str | Path) -> EmotionVector:
     if any(not torch.isfinite(v).all() for v in directions.values()):
         raise VectorFileError(f"{path} contains NaN or infinite values")
     ours = {k[len("emosteer."):]: v for k, v in strings.items() if k.startswith("emosteer.")}
+    site = ours.get("site", "residual")
+    if site not in ("attn", "residual"):
+        raise VectorFileError(f"{path}: unknown emosteer.site {site!r}")
+    if site == "residual":
+        directions = cumulative(directions)
     meta = {"emotion": ours.get("emotion", path.stem),
             "architecture": ours.get("architecture", strings.get(f"{GGUF_ARCH}.model_hint",
                                                                  "unknown")),
-            "hidden_size": str(sizes.pop()),
-            # what llama.cpp does with the file; an emosteer export records its original site
-            "site": "residual", "source": f"gguf:{path.name}"}
+            "hidden_size": str(sizes.pop()), "site": site, "source": f"gguf:{path.name}"}
     for key in ("model_id", "num_layers", "method", "dataset", "dataset_sha256"):
         if key in ours:
             meta[key] = ours[key]
-    if "site" in ours:
-        meta["exported_from_site"] = ours["site"]
+    if ours.get("dropped_layers"):
+        meta["dropped_layers"] = ours["dropped_layers"]
     if ours.get("scale", "1") != "1":
         meta["scale"] = ours["scale"]
     return EmotionVector(directions, meta)
+
+
+def increments(shifts: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tensor]:
+    """Cumulative shifts {l: EV_l} -> per-layer additions {l: EV_l - EV_(previous l)}."""
+    out, previous = {}, None
+    for layer in sorted(shifts):
+        out[layer] = shifts[layer] if previous is None else shifts[layer] - previous
+        previous = shifts[layer]
+    return out
+
+
+def cumulative(additions: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tensor]:
+    """Per-layer additions -> the shift each leaves in the residual stream (running sum)."""
+    out, total = {}, None
+    for layer in sorted(additions):
+        total = additions[layer] if total is None else total + additions[layer]
+        out[layer] = total
+    return out
 
 
 def _field_str(f: Any) -> str | None:
@@ -152,7 +184,8 @@ class ControlVectorLayout:
 def from_repeng(control_vector: Any, emotion: str = "repeng", **meta: str) -> EmotionVector:
     """repeng `ControlVector` (or anything with `model_type` and `directions`) -> EmotionVector.
 
-    repeng adds `coeff * directions[l]` to decoder layer l's output: site "residual".
+    repeng adds `coeff * directions[l]` to decoder layer l's output: site "residual", stored
+    as the running sum of its directions (see the module docstring).
     """
     try:
         model_type, dirs = control_vector.model_type, dict(control_vector.directions)
@@ -161,8 +194,8 @@ def from_repeng(control_vector: Any, emotion: str = "repeng", **meta: str) -> Em
                             "directions)") from None
     if not dirs:
         raise BadInputError("the ControlVector has no directions")
-    directions = {int(k): torch.as_tensor(np.asarray(v, dtype=np.float32).reshape(-1))
-                  for k, v in dirs.items()}
+    directions = cumulative({int(k): torch.as_tensor(np.asarray(v, dtype=np.float32)
+                                                     .reshape(-1)) for k, v in dirs.items()})
     return EmotionVector(directions, {"emotion": emotion, "architecture": str(model_type),
                                       "hidden_size": str(next(iter(directions.values())).numel()),
                                       "site": "residual", "source": "repeng", **meta})
@@ -173,9 +206,9 @@ def to_repeng(vector: EmotionVector) -> Any:
     if vector.site != "residual":
         warnings.warn(f"vector {vector.emotion!r} was read at site {vector.site!r}; repeng adds "
                       "to the decoder layer output (residual), one sublayer later", stacklevel=2)
+    adds = increments(vector.directions) if vector.site == "residual" else vector.directions
     fields = {"model_type": vector.meta.get("architecture", "unknown"),
-              "directions": {k: v.numpy().astype(np.float32).copy()
-                             for k, v in vector.directions.items()}}
+              "directions": {k: v.numpy().astype(np.float32).copy() for k, v in adds.items()}}
     try:
         from repeng import ControlVector  # type: ignore[import-not-found]
     except ImportError:
@@ -218,6 +251,8 @@ def from_steering_vectors(steering_vector: Any, emotion: str = "steering-vectors
                             "0-based indices first")
     directions = {int(k): torch.as_tensor(v).detach().float().reshape(-1)
                   for k, v in acts.items()}
+    if _LAYER_TYPES[layer_type] == "residual":
+        directions = cumulative(directions)
     return EmotionVector(directions, {"emotion": emotion, "site": _LAYER_TYPES[layer_type],
                                       "hidden_size": str(next(iter(directions.values())).numel()),
                                       "source": "steering-vectors", **meta})
@@ -227,7 +262,8 @@ def to_steering_vectors(vector: EmotionVector) -> Any:
     """EmotionVector -> steering-vectors `SteeringVector` (its class if installed, else the
     layout); `SteeringVector.apply(model, multiplier=alpha)` then steers like emosteer.steer."""
     layer_type = {v: k for k, v in _LAYER_TYPES.items()}[vector.site]
-    fields = {"layer_activations": {k: v.clone() for k, v in vector.directions.items()},
+    adds = increments(vector.directions) if vector.site == "residual" else vector.directions
+    fields = {"layer_activations": {k: v.clone() for k, v in adds.items()},
               "layer_type": layer_type}
     try:
         from steering_vectors import SteeringVector  # type: ignore[import-not-found]
