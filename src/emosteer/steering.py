@@ -55,13 +55,20 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
     try:
         if alpha != 0.0:
             for layer in chosen:
-                delta = (alpha * deltas[layer]).to(param.device)  # float32, (d,)
+                device = _device_of(modules[layer], param.device)
+                delta = (alpha * deltas[layer]).to(device)  # float32, (d,)
                 hook = _adder(delta, param.dtype, positions == "generated")
                 handles.append(modules[layer].register_forward_hook(hook))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _device_of(module: torch.nn.Module, default: torch.device) -> torch.device:
+    """The device of a module's weights (layers may sit on different GPUs under device_map)."""
+    weight = next(module.parameters(), None)
+    return weight.device if weight is not None else default
 
 
 def _site_deltas(vector: EmotionVector, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -136,7 +143,8 @@ def steer_rows(model: torch.nn.Module, rows: list[EmotionVector | None],
         for layer in layers:
             delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
             # (batch, 1, d_model)
-            hook = _adder(delta.to(param.device), param.dtype, last_only=False)
+            hook = _adder(delta.to(_device_of(modules[layer], param.device)), param.dtype,
+                          last_only=False)
             handles.append(modules[layer].register_forward_hook(hook))
         yield
     finally:
