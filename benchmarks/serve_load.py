@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     names = {p.stem for p in Path(args.vectors).glob("*.safetensors")}
@@ -128,7 +129,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "emosteer", "serve", "--model", args.model,
                                "--vectors", args.vectors, "--port", str(port),
-                               "--max-batch", str(args.concurrency)],
+                               "--max-batch", str(args.concurrency),
+                               *(["--threads", str(args.threads)] if args.threads else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
@@ -166,6 +168,7 @@ def main() -> None:
         "benchmark": "serve_load", "machine": machine(), "model": health["model"],
         "requests": args.requests, "concurrency": args.concurrency,
         "max_tokens": args.max_tokens, "streamed": sum(r["stream"] for r in results),
+        "server_torch_threads": args.threads or "default",
         "emotion_mixes": [m or {} for m in MIXES],
         "errors": len(results) - len(ok),
         "error_samples": [r["error"] for r in results if not r["ok"]][:3],

@@ -184,7 +184,7 @@ def demo(
     model: str = MODEL,
     limit: int = typer.Option(40, help="extraction queries per emotion"),
     out: Path = typer.Option(Path("vectors"), help="folder for the vectors"),
-    emotions: str = typer.Option("joy,anger", help="emotions shown in the table"),
+    emotions: str = typer.Option("joy,sadness", help="emotions shown in the table"),
     alphas: str = typer.Option("-1,1,2", help="alphas shown in the table"),
 ) -> None:
     """Extract all five emotion vectors, then answer unseen questions steered and unsteered.
@@ -239,6 +239,8 @@ def serve(
     max_batch: int = typer.Option(8, help="concurrent requests per forward pass"),
     batch_window: float = typer.Option(0.01, help="seconds a request waits for batch-mates"),
     force: bool = typer.Option(False, help="accept vectors made for another model id"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's "
+                                                     "choice); 1 helps on a busy machine"),
 ) -> None:
     """Serve an OpenAI-compatible API with per-request emotions, and a playground at /.
 
@@ -255,6 +257,10 @@ def serve(
         raise EmosteerError(f"the server needs the 'server' extra ({err.name} is missing): "
                             "pip install 'emosteer[server]'") from None
     found = _vectors_in(vectors)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     m, tok = _load(model)
     for vector in found.values():
         vector.check_model(m, allow_other_model=force)
