@@ -240,3 +240,37 @@ def test_playground_page_is_served(served):
     with urllib.request.urlopen(served["url"] + "/", timeout=30) as resp:
         page = resp.read().decode()
     assert "<title>emosteer playground</title>" in page and "/v1/chat/completions" in page
+
+
+
+def test_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(served):
+    """What a client that disconnects mid-stream triggers (the SSE generator cancels its job):
+    its row leaves the batch at the next step; its batch-mates still get their own tokens."""
+    from emosteer.server import Job, Sampling
+
+    tok, vectors, engine = served["tok"], served["vectors"], served["app"].state.engine
+    greedy = Sampling(max_tokens=16, temperature=0, repetition_penalty=1.0)
+
+    def job(prompt, vector, emit=lambda kind, payload: None):
+        return Job(tok(prompt, add_special_tokens=False)["input_ids"], vector, greedy, emit)
+
+    prompts = [("User: Hi\nAssistant:", vectors["joy"]), ("User: Rain?\nAssistant:", None)]
+    alone = []
+    for prompt, vector in prompts:
+        j = job(prompt, vector)
+        engine.run_batch([j])
+        alone.append(j.tokens)
+    seen = []
+
+    def leave_after_three(kind, payload):
+        seen.append(kind)
+        if len(seen) == 3:
+            leaving.cancel()
+
+    leaving = job("User: Tell me a long story.\nAssistant:", vectors["anger"], leave_after_three)
+    staying = [job(p, v) for p, v in prompts]
+    before = engine.stats["cancelled"]
+    engine.run_batch([staying[0], leaving, staying[1]])
+    assert leaving.finish_reason == "cancelled" and len(leaving.tokens) <= 4
+    assert engine.stats["cancelled"] == before + 1
+    assert [j.tokens for j in staying] == alone

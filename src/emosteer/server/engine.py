@@ -73,7 +73,7 @@ class Engine:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.stats = {"batches": 0, "max_batch_seen": 0, "requests": 0, "tokens": 0,
-                      "errors": 0}
+                      "errors": 0, "cancelled": 0}
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -204,6 +204,7 @@ class Engine:
         """Record a token, emit the new text; True when the job is finished."""
         if job.cancelled:
             job.finish_reason = "cancelled"
+            self.stats["cancelled"] += 1
             return True
         ended = token in self.eos_ids
         if not ended:
