@@ -238,3 +238,10 @@ def test_cli_export_then_import(model, tmp_path):
     torch.testing.assert_close(back.directions[2], vec.directions[2])
     bad = run("import", str(src), "--out", str(tmp_path / "x.safetensors"))
     assert bad.returncode == 2 and "GGUF" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["export", "import", "serve"])
+def test_new_commands_show_an_example(command):
+    out = subprocess.run([sys.executable, "-m", "emosteer", command, "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Example:" in out.stdout

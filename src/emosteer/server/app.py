@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from emosteer.errors import BadAlphaError, EmosteerError, UnknownEmotionError
 from emosteer.server.engine import Engine, Job, Sampling
-from emosteer.steering import check_alpha
+from emosteer.steering import MAX_ALPHA, check_alpha
 from emosteer.vectors import EmotionVector, mix
 
 
@@ -123,7 +123,7 @@ def create_app(model, tokenizer, vectors: Mapping[str, EmotionVector],
         return {"object": "list", "data": [{
             "id": name, "object": "model", "created": 0, "owned_by": "emosteer",
             "emotions": sorted(vectors), "site": site,
-            "max_alpha": 100.0, "max_tokens": cfg.max_tokens, "context_length": limit}]}
+            "max_alpha": MAX_ALPHA, "max_tokens": cfg.max_tokens, "context_length": limit}]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
