@@ -30,11 +30,12 @@ def _served():
 
     spec = os.environ.get("EMOSTEER_PLAYGROUND_MODEL")
     if spec:
-        from emosteer.cli import _vectors_in
         from emosteer.models import load_model
+        from emosteer.vectors import EmotionVector
 
         model, tok = load_model(spec)
-        vectors = _vectors_in(Path(os.environ.get("EMOSTEER_PLAYGROUND_VECTORS", "vectors")))
+        folder = Path(os.environ.get("EMOSTEER_PLAYGROUND_VECTORS", "vectors"))
+        vectors = {f.stem: EmotionVector.load(f) for f in sorted(folder.glob("*.safetensors"))}
     else:
         model, tok = tiny_model("llama"), byte_tokenizer()
         vectors = random_vectors(model)
