@@ -274,3 +274,30 @@ def test_cancelled_row_leaves_the_batch_and_the_others_are_unchanged(served):
     assert leaving.finish_reason == "cancelled" and len(leaving.tokens) <= 4
     assert engine.stats["cancelled"] == before + 1
     assert [j.tokens for j in staying] == alone
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "gemma2", "opt"])
+def test_engine_batches_other_families_in_isolation(family):
+    """The engine's KV-cache loop (row drops included) on other layouts of the table."""
+    from emosteer.server import Engine, Job, Sampling
+
+    model, tok = tiny_model(family), byte_tokenizer()
+    vectors = random_vectors(model)
+    engine = Engine(model, tok)
+    cases = [("User: Hi\nAssistant:", vectors["joy"], 5),
+             ("User: How did the exam go?\nAssistant:", None, 9),
+             ("User: Rain\nAssistant:", vectors["anger"] * -2, 7)]
+
+    def jobs():
+        return [Job(tok(p, add_special_tokens=False)["input_ids"], v,
+                    Sampling(max_tokens=n, temperature=0, repetition_penalty=1.0),
+                    lambda kind, payload: None) for p, v, n in cases]
+
+    alone = []
+    for job in jobs():
+        engine.run_batch([job])
+        alone.append(job.tokens)
+    together = jobs()
+    engine.run_batch(together)
+    assert [j.tokens for j in together] == alone
+    assert any(len(t) > 1 for t in alone)

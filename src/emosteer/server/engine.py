@@ -70,6 +70,9 @@ class Engine:
         params = inspect.signature(model.forward).parameters
         self._takes_positions = "position_ids" in params
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.24+
+        # only the last position's logits: a prefill of 8 x 100 tokens would otherwise build
+        # 8 x 100 x vocab floats (150 MB for SmolLM2)
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.stats = {"batches": 0, "max_batch_seen": 0, "requests": 0, "tokens": 0,
@@ -145,7 +148,8 @@ class Engine:
         with torch.no_grad(), steering:
             steering.enter_context(self._steering([jobs[r] for r in rows]))
             while rows:
-                kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True}
+                kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True,
+                          **self._last_only}
                 if self._takes_positions:
                     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, pos)
                     kwargs["position_ids"] = positions[:, -step_ids.shape[1]:]
