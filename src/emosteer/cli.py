@@ -324,6 +324,309 @@ def import_(
                   f"{vector.meta.get('architecture')} models of width {vector.hidden_size}")
 
 
+@app.command()
+def classify(
+    texts: list[str] | None = typer.Argument(None, help="texts; none: one per stdin line"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+    judge: str = typer.Option("embedded", help="embedded, hf:<model id> or "
+                                               "openai:<base url>#<model>"),
+) -> None:
+    """Say which emotion each text expresses, with the probability of each label.
+
+    Labels: joy, anger, sadness, fear, disgust, surprise, neutral.
+
+    Example: [bold]emosteer classify "I can't believe they cancelled again!" --json[/bold]
+    """
+    import json
+
+    from emosteer.errors import BadInputError
+    from emosteer.evaluate.judges import load_judge
+
+    items = list(texts or []) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not items:
+        raise BadInputError("no text to classify: pass texts as arguments or lines on stdin")
+    ratings = load_judge(judge).rate(items, items)
+    if as_json:
+        for r in ratings:
+            print(json.dumps({"label": r.label, "probs": {k: round(v, 4)
+                                                          for k, v in r.probs.items()}}))
+        return
+    from rich.table import Table
+
+    table = Table("text", "label", "probabilities (top 3)")
+    for text, r in zip(items, ratings, strict=True):
+        top = sorted(r.probs.items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(text, r.label, ", ".join(f"{k} {v:.2f}" for k, v in top))
+    console.print(table)
+
+
+experiment_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
+                             help="The paper's experiments on emotion_query_plus, with "
+                                  "tables, plots and an HTML report.\n\nExample: [bold]emosteer "
+                                  "experiment alpha-sweep --limit 5[/bold]")
+app.add_typer(experiment_app, name="experiment")
+
+VECTORS_DIR = typer.Option(Path("vectors"), help="<emotion>.safetensors and base.safetensors; "
+                                                 "extracted there first if missing")
+EXTRACT_LIMIT = typer.Option(40, help="extraction queries per emotion when vectors are missing")
+LIMIT = typer.Option(5, help="evaluation questions per category (5 emotions + neutral), seeded")
+JUDGE = typer.Option("embedded", help="embedded (offline), hf:<model id> (e.g. "
+                                      "hf:facebook/bart-large-mnli) or openai:<base url>#<model>")
+TOPIC = typer.Option("embedding", help="embedding (MiniLM, offline) or judge (an openai: judge)")
+METRICS = typer.Option("ppl,topic,eps,eas,tec", help="comma-separated, from the registry")
+PPL_MODEL = typer.Option(None, help="reference LM for perplexity (default: the model, unsteered)")
+EMOTIONS_OPT = typer.Option("joy,anger,sadness,fear,disgust", help="comma-separated")
+ALPHAS = typer.Option("-1,0,1,2,4", "--alphas", "--alpha",
+                      help="comma-separated; 'auto' adds the alpha calibrated on the "
+                           "calibration split, e.g. --alpha auto or --alphas=-1,0,1,2,auto")
+
+
+def _experiment(model: str, out: Path, emotions: str, limit: int, metrics: str, judge: str,
+                topic: str, ppl_model: str | None, max_new_tokens: int, batch_size: int,
+                seed: int, alphas: str = "0", auto: dict | None = None):
+    """(runner, model, tokenizer) for an experiment command."""
+    from dataclasses import replace as _replace
+
+    from emosteer.errors import BadInputError
+    from emosteer.evaluate.experiments import AutoAlpha, EvalConfig, Runner
+    from emosteer.evaluate.metrics import get_metrics
+    from emosteer.generation import GenerateConfig
+    from emosteer.steering import check_alpha
+
+    get_metrics(_csv(metrics))  # fail on a typo before loading anything
+    values = [a for a in _csv(alphas) if a != "auto"]
+    try:
+        numbers = tuple(check_alpha(float(a)) for a in values)
+    except ValueError:
+        raise BadInputError(f"bad --alphas {alphas!r}: write numbers and 'auto', e.g. "
+                            "--alphas=-1,0,1,2,4,auto") from None
+    cfg = EvalConfig(emotions=tuple(_csv(emotions)), alphas=numbers, limit=limit,
+                     metrics=tuple(_csv(metrics)), judge=judge, topic=topic, seed=seed,
+                     generation=GenerateConfig(max_new_tokens=max_new_tokens, seed=seed,
+                                               batch_size=batch_size))
+    if auto:
+        cfg = _replace(cfg, auto=AutoAlpha(**auto))
+    if judge != "embedded":
+        from emosteer.evaluate.judges import load_judge
+
+        load_judge(judge)  # a bad spec fails before the model loads
+    m, tok = _load(model)
+    ppl = None
+    if ppl_model:
+        from emosteer.evaluate.scorers import Perplexity
+
+        ppl = Perplexity(*_load(ppl_model))
+    return Runner(m, tok, cfg, out, ppl=ppl), m, tok
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    from emosteer.errors import BadInputError
+
+    try:
+        return tuple(float(x) for x in _csv(text))
+    except ValueError:
+        raise BadInputError(f"bad --{name} {text!r}: write numbers, e.g. 1,2,3") from None
+
+
+def _experiment_vectors(runner, model: str, folder: Path, extract_limit: int,
+                        need_base: bool = False) -> dict:
+    from emosteer.vectors import EmotionVector
+
+    wanted = list(runner.cfg.emotions) + (["base"] if need_base else [])
+    files = {name: folder / f"{name}.safetensors" for name in wanted}
+    if all(f.is_file() for f in files.values()):
+        vectors = {name: EmotionVector.load(f) for name, f in files.items()}
+        if (folder / "base.safetensors").is_file():
+            vectors.setdefault("base", EmotionVector.load(folder / "base.safetensors"))
+        return vectors
+    from emosteer.extraction import ExtractConfig
+    from emosteer.extraction import extract as run
+
+    console.print(f"no vectors in {folder}: extracting {', '.join(runner.cfg.emotions)} from "
+                  f"{extract_limit} emotion_query questions each (never evaluated on)")
+    result = run(runner.model, runner.tokenizer,
+                 ExtractConfig(emotions=tuple(runner.cfg.emotions), limit=extract_limit))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, vector in result.vectors.items():
+        vector.save(folder / f"{name}.safetensors")
+    return dict(result.vectors)
+
+
+def _finish(result, what: str) -> None:
+    from rich.table import Table
+
+    from emosteer.evaluate.report import fmt, mean_rows
+
+    metrics = [m for m in ("ppl", "topic", "eps", "eas", "tec") if m in result.rows[0]]
+    rows = result.rows if what == "mix" else mean_rows(result.rows, metrics)
+    scope = "per cell" if what == "mix" else "mean over emotions"
+    table = Table("row", "target", *metrics, title=f"{what} ({scope})")
+    for r in rows:
+        table.add_row(f"{r['variant']} {r['label']}", r["target"],
+                      *[fmt(r.get(m), m) for m in metrics])
+    console.print(table)
+    console.print(f"report: {result.files['html']} (markdown: {result.files['markdown']}, "
+                  f"rows: {result.files['summary']})")
+
+
+def _resumable(runner):
+    """Re-raise an error with where the results kept so far are."""
+    from contextlib import contextmanager
+
+    from emosteer.errors import EmosteerError
+
+    @contextmanager
+    def guard():
+        try:
+            yield
+        except EmosteerError as err:
+            raise type(err)(f"{err} (answers and scores so far are kept in {runner.out}/; "
+                            "rerun the same command to resume)") from err
+
+    return guard()
+
+
+@experiment_app.command("alpha-sweep")
+def experiment_alpha_sweep(
+    model: str = MODEL,
+    vectors_dir: Path = VECTORS_DIR,
+    extract_limit: int = EXTRACT_LIMIT,
+    emotions: str = EMOTIONS_OPT,
+    alphas: str = ALPHAS,
+    variants: str = typer.Option("raw", help="raw (the paper) and/or centered (vector minus "
+                                             "EV_base), comma-separated"),
+    prompting: bool = typer.Option(True, help="add the system-prompt baseline rows"),
+    limit: int = LIMIT,
+    metrics: str = METRICS,
+    judge: str = JUDGE,
+    topic: str = TOPIC,
+    ppl_model: str | None = PPL_MODEL,
+    target_eps: float = typer.Option(0.5, help="--alpha auto: EPS to reach"),
+    max_ppl_ratio: float = typer.Option(1.5, help="--alpha auto: PPL bound, x unsteered"),
+    calib_limit: int = typer.Option(4, help="--alpha auto: calibration questions per category"),
+    candidates: str = typer.Option("0.5,1,1.5,2,3,4", help="--alpha auto: alphas tried"),
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Path = typer.Option(Path("runs/alpha-sweep"), help="results, caches and report"),
+) -> None:
+    """Each emotion's vector at alphas -1, 0, 1, 2, 4: PPL, topic, EPS, EAS, TEC per emotion.
+
+    Example: [bold]emosteer experiment alpha-sweep --limit 5 --variants raw,centered[/bold]
+    """
+    from emosteer.evaluate.experiments import alpha_sweep
+
+    runner, _, _ = _experiment(model, out, emotions, limit, metrics, judge, topic, ppl_model,
+                               max_new_tokens, batch_size, seed, alphas,
+                               auto={"target_eps": target_eps, "max_ppl_ratio": max_ppl_ratio,
+                                     "limit": calib_limit,
+                                     "candidates": _floats(candidates, "candidates")})
+    vectors = _experiment_vectors(runner, model, vectors_dir, extract_limit,
+                                  need_base="centered" in variants)
+    with _resumable(runner):
+        result = alpha_sweep(runner, vectors, tuple(_csv(variants)), prompting,
+                             auto="auto" in _csv(alphas))
+    _finish(result, "alpha-sweep")
+
+
+@experiment_app.command("mix")
+def experiment_mix(
+    pair: str = typer.Option("joy,sadness", help="two emotions"),
+    weights: str = typer.Option("0,1,2", help="weights tried for each, comma-separated"),
+    model: str = MODEL,
+    vectors_dir: Path = VECTORS_DIR,
+    extract_limit: int = EXTRACT_LIMIT,
+    limit: int = LIMIT,
+    metrics: str = METRICS,
+    judge: str = JUDGE,
+    topic: str = TOPIC,
+    ppl_model: str | None = PPL_MODEL,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Path = typer.Option(Path("runs/mix"), help="results, caches and report"),
+) -> None:
+    """Two emotions mixed over a grid of weights: do their effects add up?
+
+    Example: [bold]emosteer experiment mix --pair joy,anger --weights 0,1,2[/bold]
+    """
+    from emosteer.errors import BadInputError
+    from emosteer.evaluate.experiments import mix_experiment
+
+    names = _csv(pair)
+    if len(names) != 2:
+        raise BadInputError(f"--pair takes two emotions, e.g. joy,sadness (got {pair!r})")
+    try:
+        grid = [float(w) for w in _csv(weights)]
+    except ValueError:
+        raise BadInputError(f"bad --weights {weights!r}: write numbers, e.g. 0,1,2") from None
+    if 0.0 not in grid:
+        grid = [0.0, *grid]  # the additivity gap needs each emotion alone
+    runner, _, _ = _experiment(model, out, pair, limit, metrics, judge, topic, ppl_model,
+                               max_new_tokens, batch_size, seed)
+    vectors = _experiment_vectors(runner, model, vectors_dir, extract_limit)
+    with _resumable(runner):
+        result = mix_experiment(runner, vectors, names[0], names[1], grid)
+    _finish(result, "mix")
+
+
+@experiment_app.command("base")
+def experiment_base(
+    model: str = MODEL,
+    vectors_dir: Path = VECTORS_DIR,
+    extract_limit: int = EXTRACT_LIMIT,
+    alphas: str = typer.Option("-1,0,1,2,4", "--alphas", help="comma-separated"),
+    limit: int = LIMIT,
+    metrics: str = METRICS,
+    judge: str = JUDGE,
+    topic: str = TOPIC,
+    ppl_model: str | None = PPL_MODEL,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Path = typer.Option(Path("runs/base"), help="results, caches and report"),
+) -> None:
+    """EV_base (the mean of the emotion vectors) at each alpha: emotion in general, and which.
+
+    Example: [bold]emosteer experiment base --alphas=-1,0,1,2[/bold]
+    """
+    from emosteer.evaluate.experiments import base
+
+    runner, _, _ = _experiment(model, out, "joy,anger,sadness,fear,disgust", limit, metrics,
+                               judge, topic, ppl_model, max_new_tokens, batch_size, seed, alphas)
+    vectors = _experiment_vectors(runner, model, vectors_dir, extract_limit, need_base=True)
+    with _resumable(runner):
+        result = base(runner, vectors)
+    _finish(result, "base")
+
+
+@experiment_app.command("prompting")
+def experiment_prompting(
+    model: str = MODEL,
+    emotions: str = EMOTIONS_OPT,
+    limit: int = LIMIT,
+    metrics: str = METRICS,
+    judge: str = JUDGE,
+    topic: str = TOPIC,
+    ppl_model: str | None = PPL_MODEL,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Path = typer.Option(Path("runs/prompting"), help="results, caches and report"),
+) -> None:
+    """The baseline: the emotion asked for in the system prompt, no vector.
+
+    Example: [bold]emosteer experiment prompting --limit 5[/bold]
+    """
+    from emosteer.evaluate.experiments import prompting
+
+    runner, _, _ = _experiment(model, out, emotions, limit, metrics, judge, topic, ppl_model,
+                               max_new_tokens, batch_size, seed)
+    with _resumable(runner):
+        result = prompting(runner)
+    _finish(result, "prompting")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     if debug:

@@ -401,3 +401,223 @@ def _bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int], None]
 
 def finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
+
+
+# --- whole experiments, with their reports -----------------------------------------------------
+@dataclass
+class Result:
+    rows: list[dict]
+    files: dict[str, Path]
+    notes: dict = field(default_factory=dict)
+
+
+def alpha_sweep(runner: Runner, vectors: dict[str, EmotionVector],
+                variants: Sequence[str] = ("raw",), prompting: bool = True,
+                auto: bool = False) -> Result:
+    """The paper's table: each emotion at each alpha, with the prompting baseline and, with
+    auto, the alpha calibrated on the calibration split (never on the reported questions)."""
+    cfg = runner.cfg
+    emotions = list(cfg.emotions)
+    queries = evaluation_queries(cfg.limit, cfg.seed, cfg.calibration_share)
+    conditions = sweep_conditions(vectors, emotions, cfg.alphas, variants, prompting)
+    notes: dict = {"queries": len(queries)}
+    if auto:
+        calib = calibration_queries(cfg.auto.limit, cfg.seed, cfg.calibration_share)
+        assert not {q.id for q in calib} & {q.id for q in queries}
+        notes["calibration"] = []
+        for variant in variants:
+            chosen = vectors if variant == "raw" else centered(vectors, emotions)
+            for emotion in emotions:
+                pick = choose_alpha(runner, chosen[emotion], emotion, calib, cfg.auto, variant)
+                notes["calibration"].append({**pick, "variant": variant,
+                                             "queries": len(calib)})
+                name = "auto" if variant == "raw" else f"auto-{variant}"
+                conditions.append(Condition(name, pick["alpha"], (emotion,), chosen[emotion],
+                                            label=f"{pick['alpha']:g}"))
+    rows = runner.run(conditions, queries)
+    notes.update(_sanity(runner, conditions[0], queries))
+    return _write(runner, "alpha-sweep", rows, conditions, queries, notes)
+
+
+def prompting(runner: Runner) -> Result:
+    """Only the baseline: the emotion asked for in the system prompt, against unsteered."""
+    cfg = runner.cfg
+    queries = evaluation_queries(cfg.limit, cfg.seed, cfg.calibration_share)
+    conditions = [unsteered(cfg.emotions), *prompt_conditions(cfg.emotions)]
+    rows = runner.run(conditions, queries)
+    notes = {"queries": len(queries), **_sanity(runner, conditions[0], queries)}
+    return _write(runner, "prompting", rows, conditions, queries, notes)
+
+
+def base(runner: Runner, vectors: dict[str, EmotionVector]) -> Result:
+    """EV_base at each alpha: does the shared part raise emotion in general, and which?"""
+    cfg = runner.cfg
+    queries = evaluation_queries(cfg.limit, cfg.seed, cfg.calibration_share)
+    conditions = base_conditions(vectors, cfg.alphas, cfg.emotions)
+    rows = runner.run(conditions, queries)
+    return _write(runner, "base", rows, conditions, queries, {"queries": len(queries)})
+
+
+def mix_experiment(runner: Runner, vectors: dict[str, EmotionVector], first: str, second: str,
+                   weights: Sequence[float] = (0.0, 1.0, 2.0)) -> Result:
+    """w1 * first + w2 * second over a grid; the additivity gap shows whether effects add."""
+    cfg = runner.cfg
+    queries = evaluation_queries(cfg.limit, cfg.seed, cfg.calibration_share)
+    conditions = mix_conditions(vectors, first, second, weights)
+    rows = runner.run(conditions, queries)
+    notes = {"queries": len(queries), "pair": [first, second], "weights": list(weights)}
+    return _write(runner, "mix", rows, conditions, queries, notes)
+
+
+def _sanity(runner: Runner, plain: Condition, queries: Sequence[Query]) -> dict:
+    """What the judge makes of unsteered answers, and the topic score of a shuffled pairing."""
+    notes: dict = {}
+    keys = [runner.gen_key(plain, q) for q in queries]
+    judged = [runner.annotations_of(k).get("judge") for k in keys]
+    if all(j is not None for j in judged):
+        labels = [max(j["probs"], key=j["probs"].__getitem__) for j in judged]
+        notes["unsteered_labels"] = {lab: labels.count(lab) / len(labels)
+                                     for lab in sorted(set(labels), key=labels.count,
+                                                       reverse=True)}
+    if "topic" in {m.needs for m in runner.metrics} and runner.cfg.topic == "embedding":
+        answers = [runner.generations.get(k)["answer"] for k in keys]
+        questions = [q.question for q in queries]
+        shifted = questions[1:] + questions[:1]  # every answer paired with another question
+        import statistics
+
+        notes["topic_matched"] = statistics.fmean(runner.topic.score(questions, answers))
+        notes["topic_shuffled"] = statistics.fmean(runner.topic.score(shifted, answers))
+    return notes
+
+
+def _write(runner: Runner, name: str, rows: list[dict], conditions: Sequence[Condition],
+           queries: Sequence[Query], notes: dict) -> Result:
+    import json
+
+    from emosteer.evaluate import report
+
+    out = runner.out
+    metrics = [m.name for m in runner.metrics]
+    files: dict[str, Path] = {}
+    files["summary"] = out / "summary.jsonl"
+    with files["summary"].open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"experiment": name, **r}) + "\n" for r in rows)
+    figures = out / "figures"
+    plots: list[Path] = []
+    if name == "mix":
+        first, second = notes["pair"]
+        plots.append(report.plot_mix(rows, first, second, notes["weights"],
+                                     figures / "mix.png"))
+        tables = {t: report.markdown_table([r for r in rows if r["target"] == t], metrics,
+                                           first="weights", name=lambda r: r["label"])
+                  for t in (first, second)}
+    else:
+        tables = report.sweep_tables(rows, metrics)
+        sweep_rows = [r for r in rows if r["variant"] in ("unsteered", "raw", "centered",
+                                                          "base", "prompt")]
+        if name == "base":
+            sweep_rows = [r for r in rows if r["target"] == ANY]
+        for m in metrics:
+            plots.append(report.plot_sweep(sweep_rows, m, figures / f"{m}.png"))
+    judge_proxy = "judge" in {m.needs for m in runner.metrics} and runner.judge.eas_is_proxy
+    md = [f"# emosteer experiment: {name}", "", _settings(runner, queries, notes), "",
+          report.metric_legend(metrics, judge_proxy), ""]
+    for target, table in tables.items():
+        md += [f"## {target}", "", table, ""]
+    if notes.get("calibration"):
+        md += ["## alpha auto (chosen on the calibration split)", "",
+               _calibration_table(notes["calibration"], runner.cfg.auto), ""]
+    md += ["## figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in plots]
+    files["markdown"] = out / "report.md"
+    files["markdown"].write_text("\n".join(md) + "\n", encoding="utf-8")
+    sections = [("settings", _md_html(_settings(runner, queries, notes))),
+                ("metrics", _md_html(report.metric_legend(metrics, judge_proxy)))]
+    sections += [(t, report.html_table(table)) for t, table in tables.items()]
+    if notes.get("calibration"):
+        sections.append(("alpha auto", report.html_table(
+            _calibration_table(notes["calibration"], runner.cfg.auto))))
+    sections.append(("figures", "".join(report.image_tag(p) for p in plots)))
+    sections.append(("sample answers", _samples(runner, conditions, queries)))
+    files["html"] = report.html_report(f"emosteer {name}", sections, out / "report.html")
+    files.update({p.stem: p for p in plots})
+    return Result(rows, files, notes)
+
+
+def _settings(runner: Runner, queries: Sequence[Query], notes: dict) -> str:
+    g = runner.cfg.generation
+    cats: dict[str, int] = {}
+    for q in queries:
+        cats[q.emotion] = cats.get(q.emotion, 0) + 1
+    lines = [f"- model: `{runner.model_id}`; judge: `{runner.cfg.judge}`; topic: "
+             f"{runner.cfg.topic}; PPL under the same model, unsteered",
+             f"- {len(queries)} questions of {DATASET} (seed {runner.cfg.seed}; "
+             + ", ".join(f"{k} {v}" for k, v in cats.items())
+             + f"), none from the calibration split ({runner.cfg.calibration_share:.0%})",
+             f"- generation: {g.max_new_tokens} new tokens, "
+             + (f"sampling T={g.temperature:g} top_p={g.top_p:g}" if g.do_sample
+                else "greedy")
+             + f", repetition penalty {g.repetition_penalty}, seed {g.seed}"]
+    if "unsteered_labels" in notes:
+        lines.append("- judge on the unsteered answers: " + ", ".join(
+            f"{k} {v:.0%}" for k, v in notes["unsteered_labels"].items()))
+    if "topic_shuffled" in notes:
+        lines.append(f"- topic control: unsteered answers score {notes['topic_matched']:.2f} "
+                     f"with their own question, {notes['topic_shuffled']:.2f} with another")
+    t = runner.timings
+    if t:
+        lines.append("- this run: " + ", ".join(
+            f"{k.removesuffix('_s')} {v:.0f} s" if k.endswith("_s") else f"{k} {v:g}"
+            for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def _calibration_table(picks: list[dict], auto: AutoAlpha) -> str:
+    lines = [f"Target EPS ≥ {auto.target_eps:g} with PPL ≤ {auto.max_ppl_ratio:g} x unsteered; "
+             "candidates " + ", ".join(f"{a:g}" for a in auto.candidates) + ".", "",
+             "| vector | emotion | chosen alpha | reached | EPS by alpha (calibration) |",
+             "|---|---|---|---|---|"]
+    for p in picks:
+        eps = ", ".join(f"{c['alpha']:g}: {c['eps']:.2f}" + ("" if c["within_ppl"] else "*")
+                        for c in p["candidates"] if c["eps"] is not None)
+        lines.append(f"| {p['variant']} | {p['emotion']} | {p['alpha']:g} | "
+                     f"{'yes' if p['reached'] else 'no'} | {eps} |")
+    lines.append("")
+    lines.append("\\* PPL above the bound.")
+    return "\n".join(lines)
+
+
+def _md_html(text: str) -> str:
+    import html
+    import re
+
+    items = []
+    for line in text.splitlines():
+        line = html.escape(line.removeprefix("- "))
+        line = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", line)
+        line = re.sub(r"`(.+?)`", r"<code>\1</code>", line)
+        items.append(f"<li>{line}</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _samples(runner: Runner, conditions: Sequence[Condition], queries: Sequence[Query],
+             per_category: int = 1) -> str:
+    import html
+
+    shown: dict[str, int] = {}
+    chosen = []
+    for q in queries:
+        if shown.get(q.emotion, 0) < per_category:
+            shown[q.emotion] = shown.get(q.emotion, 0) + 1
+            chosen.append(q)
+    parts = []
+    for q in chosen:
+        rows = []
+        for c in conditions:
+            record = runner.generations.get(runner.gen_key(c, q))
+            if record is None:
+                continue
+            name = f"{c.variant} {c.targets[0] if c.variant != 'unsteered' else ''} {c.label}"
+            rows.append(f"<tr><td>{html.escape(name)}</td><td class='answer' "
+                        f"style='text-align:left'>{html.escape(record['answer'])}</td></tr>")
+        parts.append(f"<h3>{html.escape(q.question)}</h3><table>{''.join(rows)}</table>")
+    return "".join(parts)

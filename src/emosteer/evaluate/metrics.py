@@ -73,7 +73,7 @@ def target_probability(probs: dict[str, float], target: str) -> float:
 
 @metric("ppl", higher_is_better=False, needs="ppl", aggregate=geometric_mean)
 def ppl(annotations: dict, target: str) -> float | None:
-    """Fluency: perplexity of the answer under the unsteered reference LM (geometric mean)."""
+    """Fluency, the perplexity of the answer under the unsteered reference LM (geometric mean)."""
     item = annotations.get("ppl")
     if not item or item["tokens"] <= 0:
         return None
@@ -82,14 +82,14 @@ def ppl(annotations: dict, target: str) -> float | None:
 
 @metric("topic", higher_is_better=True, needs="topic")
 def topic(annotations: dict, target: str) -> float | None:
-    """Topic consistency in [0, 1]: the answer stays on its question (0.5 = a random pairing)."""
+    """Topic consistency in [0, 1]: the answer keeps to its question (0.5 = random pairing)."""
     value = annotations.get("topic")
     return None if value is None else float(value)
 
 
 @metric("eps", higher_is_better=True, needs="judge")
 def eps(annotations: dict, target: str) -> float | None:
-    """EPS: share of answers whose most likely label is the target emotion."""
+    """Share of answers whose most likely label is the target emotion."""
     judged = annotations.get("judge")
     if judged is None:
         return None
@@ -100,7 +100,7 @@ def eps(annotations: dict, target: str) -> float | None:
 
 @metric("eas", higher_is_better=True, needs="judge")
 def eas(annotations: dict, target: str) -> float | None:
-    """EAS: the judge's 0-100 score of the target emotion (the strongest one for 'any')."""
+    """The judge's 0-100 score of the target emotion (the strongest one for 'any')."""
     judged = annotations.get("judge")
     if judged is None:
         return None
@@ -110,6 +110,6 @@ def eas(annotations: dict, target: str) -> float | None:
 
 @metric("tec", higher_is_better=True, needs="judge")
 def tec(annotations: dict, target: str) -> float | None:
-    """TEC: the judge's probability of the target emotion."""
+    """The judge's mean probability of the target emotion."""
     judged = annotations.get("judge")
     return None if judged is None else target_probability(judged["probs"], target)
