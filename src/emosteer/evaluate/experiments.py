@@ -548,7 +548,8 @@ def _settings(runner: Runner, queries: Sequence[Query], notes: dict) -> str:
     cats: dict[str, int] = {}
     for q in queries:
         cats[q.emotion] = cats.get(q.emotion, 0) + 1
-    lines = [f"- model: `{runner.model_id}`; judge: `{runner.cfg.judge}`; topic: "
+    judge = runner._judge.spec if runner._judge is not None else runner.cfg.judge
+    lines = [f"- model: `{runner.model_id}`; judge: `{judge}`; topic: "
              f"{runner.cfg.topic}; PPL under the same model, unsteered",
              f"- {len(queries)} questions of {DATASET} (seed {runner.cfg.seed}; "
              + ", ".join(f"{k} {v}" for k, v in cats.items())

@@ -49,6 +49,7 @@ class HFJudge:
         except OSError as err:
             raise ModelLoadError(f"could not load judge model {model_id!r}: {err}. Without "
                                  "internet use the embedded judge (--judge embedded)") from err
+        self.tokenizer.padding_side = "right"  # encoders pool position 0 (BERT) or the last EOS
         self.model.to(device).eval()
         self.spec, self.device = f"hf:{model_id}", device
         self.batch_size, self.max_length = batch_size, max_length

@@ -41,8 +41,8 @@ class JsonlStore:
     def get(self, *key) -> dict | None:
         return self.records.get(tuple(key))
 
-    def __contains__(self, key: tuple) -> bool:
-        return tuple(key) in self.records
+    def __contains__(self, key: str | tuple) -> bool:
+        return (tuple(key) if isinstance(key, tuple) else (key,)) in self.records
 
     def __len__(self) -> int:
         return len(self.records)
