@@ -113,6 +113,13 @@ def test_steered_rows_differ_from_unsteered_and_alpha_zero_does_not(setup, tmp_p
 
     alone = generate_text(model, tok, [q.question for q in queries], cfg=cfg.generation)
     assert runner.answers(plain, queries) == alone  # batching with steered rows changes nothing
+    sampled = X.Runner(model, tok, config(), tmp_path / "s", judge=CountingJudge(),
+                       progress=False)
+    sampled.generate([plain], queries)
+    before = sampled.answers(plain, queries)
+    sampled.generate([strong, plain], queries)  # new rows: cached answers are not redone
+    assert sampled.answers(plain, queries) == before
+    assert sampled.timings["answers_generated"] == 2 * len(queries)
 
 
 def test_calibration_questions_never_reach_the_report():

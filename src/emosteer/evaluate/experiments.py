@@ -256,11 +256,10 @@ class Runner:
     # --- generation ---
     def generate(self, conditions: Sequence[Condition], queries: Sequence[Query]) -> None:
         items = [(c, q, self.gen_key(c, q)) for c in conditions for q in queries]
-        unique = list({key: (c, q, key) for c, q, key in items}.values())
+        missing = [item for item in {key: (c, q, key) for c, q, key in items}.values()
+                   if item[2] not in self.generations]  # a cached answer is never redone
         size = self.cfg.generation.batch_size
-        # long-running (steered) rows batch together, so a batch rarely waits on one straggler
-        batches = [unique[i:i + size] for i in range(0, len(unique), size)]
-        todo = [b for b in batches if any(key not in self.generations for _, _, key in b)]
+        todo = [missing[i:i + size] for i in range(0, len(missing), size)]
         start = time.perf_counter()
         with _bar(self.progress, "generating", sum(len(b) for b in todo)) as advance:
             for batch in todo:
