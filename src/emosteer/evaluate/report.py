@@ -40,7 +40,8 @@ def markdown_table(rows: Sequence[dict], metrics: Sequence[str], first: str = "v
     lines = ["| " + " | ".join([first, "alpha", *header(metrics)]) + " |",
              "|" + "---|" * (len(metrics) + 2)]
     for r in sorted(rows, key=_order):
-        alpha = r["label"] if r["variant"] in ("prompt",) else f"{r['alpha']:g}"
+        alpha = r["label"] if r["variant"] == "prompt" or r["alpha"] != r["alpha"] \
+            else f"{r['alpha']:g}"  # alpha != alpha: NaN, one alpha per emotion
         cells = [name(r), alpha, *[fmt(r.get(m), m) for m in metrics]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -57,11 +58,15 @@ def sweep_tables(rows: Sequence[dict], metrics: Sequence[str]) -> dict[str, str]
 def mean_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["variant"], r["alpha"], r["label"] if r["variant"] == "prompt" else "")
+        if r["variant"].startswith("auto"):  # each emotion has its own calibrated alpha
+            key = (r["variant"], None, "per emotion")
+        else:
+            key = (r["variant"], r["alpha"], r["label"] if r["variant"] == "prompt" else "")
         groups.setdefault(key, []).append(r)
     out = []
     for (variant, alpha, label), members in groups.items():
-        row = {"variant": variant, "alpha": alpha, "label": label or f"{alpha:g}",
+        row = {"variant": variant, "alpha": float("nan") if alpha is None else alpha,
+               "label": label or f"{alpha:g}",
                "target": "mean", "n": sum(m["n"] for m in members)}
         for m in metrics:
             values = [x[m] for x in members if x.get(m) is not None]
@@ -93,43 +98,50 @@ STYLES = {"raw": "-", "centered": "--", "base": "-", "mix": ":"}
 
 
 def plot_sweep(rows: Sequence[dict], metric: str, path: Path, title: str = "") -> Path:
-    """metric against alpha: one colour per emotion, solid raw, dashed centred; prompting as a
-    hollow marker to the right of the sweep."""
+    """metric against alpha, one panel per vector variant (raw, centred, ...), one colour per
+    emotion; alpha 0 is the unsteered answer; the prompting baseline is a star at the right."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    variants = [v for v in STYLES if any(r["variant"] == v for r in rows)]
-    alphas = sorted({r["alpha"] for r in rows if r["variant"] in STYLES})
-    right = (max(alphas) if alphas else 0) + 1.0
-    for t in targets:
-        zero = [r for r in rows if r["target"] == t and r["variant"] == "unsteered"]
-        for v in variants:
-            pts = sorted([(r["alpha"], r[metric]) for r in rows + zero
-                          if r["target"] == t and r["variant"] in (v, "unsteered")
-                          and r.get(metric) is not None])
-            if pts:
-                ax.plot(*zip(*pts, strict=True), STYLES[v], marker="o", ms=4,
-                        color=COLOURS.get(t), label=f"{t} ({v})" if len(variants) > 1
-                        else t)
-        prompt = [r for r in rows if r["target"] == t and r["variant"] == "prompt"
-                  and r.get(metric) is not None]
-        if prompt:
-            ax.plot([right], [prompt[0][metric]], marker="*", ms=10, mfc="none",
-                    color=COLOURS.get(t), linestyle="none")
-    ticks = alphas + ([right] if any(r["variant"] == "prompt" for r in rows) else [])
-    ax.set_xticks(ticks, [f"{a:g}" for a in alphas] + (["prompt"] if len(ticks) > len(alphas)
-                                                         else []))
+    variants = [v for v in STYLES if any(r["variant"] == v for r in rows)] or ["raw"]
+    has_prompt = any(r["variant"] == "prompt" for r in rows)
+    fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants) + 0.8, 4.0),
+                             dpi=110, sharey=True, squeeze=False)
     m = METRICS[metric]
-    ax.set_xlabel("alpha (steering strength)")
-    ax.set_ylabel(f"{m.name.upper()} ({'higher' if m.higher_is_better else 'lower'} is better)")
-    if metric in ("eps", "tec", "topic"):
-        ax.set_ylim(-0.03, 1.03)
-    if metric == "ppl":
-        ax.set_yscale("log")
-    ax.axvline(0, color="#bbbbbb", lw=0.8, zorder=0)
-    ax.set_title(title or f"{m.name.upper()} against alpha")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(targets) * len(variants) > 6 else 1, frameon=False)
+    for ax, v in zip(axes[0], variants, strict=True):
+        alphas = sorted({r["alpha"] for r in rows if r["variant"] in (v, "unsteered")})
+        right = (max(alphas) if alphas else 0) + 1.0
+        for t in targets:
+            pts = sorted((r["alpha"], r[metric]) for r in rows
+                         if r["target"] == t and r["variant"] in (v, "unsteered")
+                         and r.get(metric) is not None)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "-", marker="o", ms=4,
+                        color=COLOURS.get(t), label=t)
+            prompt = [r[metric] for r in rows if r["target"] == t and r["variant"] == "prompt"
+                      and r.get(metric) is not None]
+            if prompt:
+                ax.plot([right], prompt[:1], marker="*", ms=11, mfc="none",
+                        color=COLOURS.get(t), linestyle="none")
+        ticks = alphas + ([right] if has_prompt else [])
+        ax.set_xticks(ticks, [f"{a:g}" for a in alphas] + (["prompt"] if has_prompt else []))
+        ax.axvline(0, color="#bbbbbb", lw=0.8, zorder=0)
+        ax.set_xlabel("alpha (steering strength)")
+        ax.set_title(f"{v} vectors" if len(variants) > 1 else (title or f"{v} vectors"),
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+        if metric in ("eps", "tec", "topic"):
+            ax.set_ylim(-0.03, 1.03)
+        if metric == "ppl":
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    axes[0][0].set_ylabel(f"{m.name.upper()} ({'higher' if m.higher_is_better else 'lower'} "
+                          "is better)")
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
+    fig.suptitle(title or f"{m.name.upper()} against alpha", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
