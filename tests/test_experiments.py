@@ -192,3 +192,39 @@ def test_cli_experiment_and_classify(setup, tmp_path, monkeypatch):
     lines = [json.loads(line) for line in result.output.strip().splitlines()]
     assert [line["label"] for line in lines] == ["joy", "neutral"]
     assert all(abs(sum(line["probs"].values()) - 1) < 1e-3 for line in lines)
+
+
+@pytest.mark.parametrize("command", [["classify"], ["experiment", "alpha-sweep"],
+                                     ["experiment", "mix"], ["experiment", "base"],
+                                     ["experiment", "prompting"]])
+def test_help_shows_an_example_without_torch(command):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom emosteer.cli import main\nsys.argv = ['emosteer', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", code, *command, "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert "Example:" in out.stdout and out.stdout.strip().endswith("no torch"), out.stdout
+
+
+def test_cli_extracts_missing_vectors_first(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from emosteer import cli
+
+    model, tok, _ = setup
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    args = ["experiment", "prompting", "--model", str(tmp_path / "tiny"), "--limit", "1",
+            "--metrics", "ppl", "--max-new-tokens", "4", "--out", str(tmp_path / "p")]
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    args = ["experiment", "base", "--model", str(tmp_path / "tiny"), "--vectors-dir",
+            str(tmp_path / "new"), "--extract-limit", "1", "--alphas", "0,1", "--limit", "1",
+            "--metrics", "ppl", "--max-new-tokens", "4", "--out", str(tmp_path / "b")]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert "extracting" in result.output
+    assert sorted(p.stem for p in (tmp_path / "new").glob("*.safetensors")) == sorted(
+        [*EMOTIONS, "base"])
