@@ -228,3 +228,25 @@ def test_cli_extracts_missing_vectors_first(setup, tmp_path):
     assert "extracting" in result.output
     assert sorted(p.stem for p in (tmp_path / "new").glob("*.safetensors")) == sorted(
         [*EMOTIONS, "base"])
+
+
+def test_llm_judge_rates_emotion_and_topic_in_one_request_per_answer(setup, tmp_path):
+    from test_judge import FakeChat
+
+    from emosteer.evaluate.judges import load_judge
+
+    model, tok, _ = setup
+    server = FakeChat([])  # answers every request with anger 80, on_topic 90
+    try:
+        judge = load_judge(f"openai:{server.url}#m", backoff=0, timeout=5)
+        cfg = config(metrics=("topic", "eps", "eas"), topic="judge")
+        runner = X.Runner(model, tok, cfg, tmp_path, judge=judge, progress=False)
+        queries = X.evaluation_queries(1)
+        rows = runner.run([X.unsteered(["anger"])], queries)
+    finally:
+        server.close()
+    assert len(server.requests) == len(queries)
+    assert rows[0]["topic"] == pytest.approx(0.9) and rows[0]["eas"] == pytest.approx(80)
+    assert rows[0]["eps"] == 1.0
+    with pytest.raises(Exception, match="does not rate topic"):
+        X.Runner(model, tok, cfg, tmp_path / "x", judge=CountingJudge()).scorers()

@@ -236,15 +236,9 @@ class Runner:
     @property
     def topic(self):
         if self._topic is None:
-            if self.cfg.topic == "judge":
-                if not self.judge.rates_topic:
-                    raise BadInputError(f"judge {self.cfg.judge} does not rate topic: use "
-                                        "--topic embedding or an openai: judge")
-                self._topic = self.judge
-            else:
-                from emosteer.evaluate.scorers import TopicSimilarity
+            from emosteer.evaluate.scorers import TopicSimilarity
 
-                self._topic = TopicSimilarity()
+            self._topic = TopicSimilarity()
         return self._topic
 
     def gen_key(self, condition: Condition, query: Query) -> str:
@@ -289,20 +283,23 @@ class Runner:
 
     # --- annotation ---
     def scorers(self) -> list[tuple[str, str, Callable]]:
-        """(annotation name, scorer version, score(questions, answers)) for needed metrics."""
+        """(annotation name, scorer version, score(questions, answers)) for needed metrics.
+
+        With topic "judge", topic is read from the judge's own rating: one request per answer.
+        """
         needs = {m.needs for m in self.metrics}
+        topic_from_judge = "topic" in needs and self.cfg.topic == "judge"
+        if topic_from_judge and not self.judge.rates_topic:
+            raise BadInputError(f"judge {self.cfg.judge} does not rate topic: use --topic "
+                                "embedding or an openai: judge")
         out = []
-        if "judge" in needs:
+        if "judge" in needs or topic_from_judge:
             j = self.judge
             out.append(("judge", f"judge:{j.spec}:{j.version}",
                         lambda qs, As: [r.to_json() for r in j.rate(qs, As)]))
-        if "topic" in needs:
+        if "topic" in needs and not topic_from_judge:
             t = self.topic
-            if t is self._judge:
-                out.append(("topic", f"topic:{t.spec}:{t.version}",
-                            lambda qs, As: [r.topic for r in t.rate(qs, As)]))
-            else:
-                out.append(("topic", t.version, t.score))
+            out.append(("topic", t.version, t.score))
         if "ppl" in needs:
             p = self.ppl
             out.append(("ppl", p.version, p.score))
@@ -324,8 +321,11 @@ class Runner:
                                                + time.perf_counter() - start)
 
     def annotations_of(self, key: str) -> dict:
-        return {name: (self.annotations.get(key, version) or {}).get("value")
-                for name, version, _ in self.scorers()}
+        values = {name: (self.annotations.get(key, version) or {}).get("value")
+                  for name, version, _ in self.scorers()}
+        if self.cfg.topic == "judge" and values.get("judge") is not None:
+            values["topic"] = values["judge"].get("topic")
+        return values
 
     # --- summary ---
     def run(self, conditions: Sequence[Condition], queries: Sequence[Query]) -> list[dict]:
