@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = 16  # held-out questions from emotion_query_plus; extraction reads emotion_query only
+QUESTIONS = 40  # held-out questions from emotion_query_plus; extraction reads emotion_query only
 EXTRACTION_QUERIES = 32  # per emotion, about 30 s each on 2 cores
 
 
