@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -24,6 +22,8 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from machine_info import machine
 
 QUESTIONS = ["How did the exam go?", "What do you think about the rain today?",
              "Tell me about your weekend.", "How was the train ride?",
@@ -44,23 +44,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            # other work on the machine slows torch badly (threads oversubscribed): say so
-            "loadavg_1min_at_start": round(os.getloadavg()[0], 2)}
 
 
 def one(url: str, i: int, max_tokens: int) -> dict:

@@ -11,33 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine_info import machine
 
 import emosteer
 from emosteer import data
 from emosteer.extraction import ExtractConfig, extract
 from emosteer.generation import chat_prompt, encode
 from emosteer.models import model_id
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
 
 
 def tokens_per_s(model, enc: dict, new_tokens: int) -> float:

@@ -1,0 +1,25 @@
+"""The machine a benchmark ran on, recorded in every results file."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+            # other work on the machine slows torch badly (threads oversubscribed): say so
+            "loadavg_1min_at_start": round(os.getloadavg()[0], 2)}
