@@ -17,6 +17,7 @@ from emosteer.capture import masked_means
 from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
+from emosteer.progress import progress_bar
 from emosteer.vectors import EMOTIONS, EmotionVector
 
 _CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
@@ -68,7 +69,7 @@ def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
     batches = [(e, chunk) for e in cfg.emotions
                for chunk in _chunks([q for q in queries if q.emotion == e],
                                     cfg.generation.batch_size)]
-    with _progress(progress, len(queries)) as advance:
+    with progress_bar(progress, "extracting", len(queries)) as advance:
         for emotion, chunk in batches:
             diffs, texts = _offsets(model, tokenizer, chunk, emotion, cfg, arch)
             sums[emotion] = sums.get(emotion, 0) + diffs.sum(0)
@@ -151,32 +152,3 @@ def _relabel(vector: EmotionVector, emotion: str) -> EmotionVector:
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-class _progress:
-    """A rich progress bar over queries (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn())
-        self.bar.start()
-        task = self.bar.add_task("queries", total=self.total)
-        return lambda k: self.bar.advance(task, k)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from emosteer.errors import BadInputError
 from emosteer.evaluate.metrics import ANY, get_metrics
 from emosteer.evaluate.store import JsonlStore, digest
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.progress import progress_bar
 from emosteer.vectors import EMOTIONS, EmotionVector
 
 DATASET = "emotion_query_plus"  # evaluation only: extraction never reads it
@@ -255,7 +255,7 @@ class Runner:
         size = self.cfg.generation.batch_size
         todo = [missing[i:i + size] for i in range(0, len(missing), size)]
         start = time.perf_counter()
-        with _bar(self.progress, "generating", sum(len(b) for b in todo)) as advance:
+        with progress_bar(self.progress, "generating", sum(len(b) for b in todo)) as advance:
             for batch in todo:
                 self._generate_batch(batch)
                 advance(len(batch))
@@ -310,7 +310,8 @@ class Runner:
         for name, version, score in self.scorers():
             missing = [k for k in keys if (k, version) not in self.annotations]
             start = time.perf_counter()
-            with _bar(self.progress and bool(missing), f"scoring {name}", len(missing)) as adv:
+            shown = self.progress and bool(missing)
+            with progress_bar(shown, f"scoring {name}", len(missing)) as adv:
                 for i in range(0, len(missing), batch_size):
                     chunk = [self.generations.get(k) for k in missing[i:i + batch_size]]
                     values = score([r["question"] for r in chunk], [r["answer"] for r in chunk])
@@ -376,26 +377,6 @@ def choose_alpha(runner: Runner, vector: EmotionVector, emotion: str,
             "unsteered_ppl": ppl0, "candidates": measured}
 
 
-@contextmanager
-def _bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar with ETA; yields advance(n). Nothing is shown when disabled."""
-    if not enabled or total == 0:
-        yield lambda k: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn())
-    task = bar.add_task(what, total=total)
-    with bar:
-        yield lambda k: bar.advance(task, k)
 
 
 def finite(x: float | None) -> bool:
