@@ -204,3 +204,74 @@ def test_rows_steer_like_separate_runs(llama):
     torch.testing.assert_close(batched[1], logits(llama, IDS[1:2])[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched[2], third[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(logits(llama), logits(llama))
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("alpha", [1.5, -0.7])
+def test_fold_equals_hook_and_restores_the_model_bit_for_bit(llama, alpha):
+    vec = random_vector(llama)
+    before, base = _weights(llama), logits(llama)
+    with emosteer.steer(llama, vec, alpha):
+        hooked = logits(llama)
+    with emosteer.steer(llama, vec, alpha, mode="fold"):
+        assert not any(m._forward_hooks for m in llama.modules())  # no hook: nothing per step
+        folded = logits(llama)
+        assert llama.model.layers[0].self_attn.o_proj.bias is not None
+    torch.testing.assert_close(folded, hooked, rtol=1e-5, atol=1e-5)
+    after = _weights(llama)
+    assert after.keys() == before.keys()  # the created biases are gone again
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert llama.model.layers[0].self_attn.o_proj.bias is None
+    assert torch.equal(logits(llama), base)
+
+
+def test_fold_adds_to_an_existing_bias_and_restores_it_on_error():
+    model = tiny_model("qwen2")  # qwen2 has biases on q/k/v only: give o_proj one to fold into
+    proj = model.model.layers[0].self_attn.o_proj
+    proj.bias = torch.nn.Parameter(torch.randn(proj.out_features))
+    vec = random_vector(model)
+    before = _weights(model)
+    with emosteer.steer(model, vec, 2.0):
+        hooked = logits(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with emosteer.steer(model, vec, 2.0, mode="fold"):
+            torch.testing.assert_close(logits(model), hooked, rtol=1e-5, atol=1e-5)
+            raise RuntimeError("boom")
+    after = _weights(model)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_fold_generates_the_same_greedy_text_as_hook(llama):
+    vec = random_vector(llama, scale=0.5)
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with emosteer.steer(llama, vec, 1.0), torch.no_grad():
+        hooked = llama.generate(IDS, **kwargs)
+    with emosteer.steer(llama, vec, 1.0, mode="fold"), torch.no_grad():
+        folded = llama.generate(IDS, **kwargs)
+    assert torch.equal(hooked, folded)
+
+
+@pytest.mark.parametrize("site, positions", [("residual", "all"), ("attn", "generated")])
+def test_fold_refuses_what_a_bias_cannot_do(llama, site, positions):
+    before = _weights(llama)
+    with pytest.raises(emosteer.EmosteerError, match="fold"):
+        with emosteer.steer(llama, random_vector(llama, site=site), 1.0, positions=positions,
+                            mode="fold"):
+            pass
+    assert _weights(llama).keys() == before.keys()
+
+
+def test_hook_adds_in_place_without_grad_and_out_of_place_with_grad():
+    delta = torch.ones(4)
+    hidden = torch.zeros(1, 2, 4)
+    out = _adder(delta, torch.float32, last_only=True)(None, (), hidden)
+    assert out is hidden and torch.equal(hidden[0, 0], torch.zeros(4))
+    assert torch.equal(hidden[0, 1], torch.ones(4))
+    leaf = torch.zeros(1, 2, 4, requires_grad=True)
+    out = _adder(delta, torch.float32, last_only=False)(None, (), leaf * 1.0)
+    out.sum().backward()
+    assert torch.equal(leaf, torch.zeros(1, 2, 4)) and torch.equal(leaf.grad, torch.ones(1, 2, 4))

@@ -31,7 +31,8 @@ def check_alpha(alpha: float) -> float:
 @contextmanager
 def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
           layers: str | Iterable[int] = "all", positions: str = "all",
-          arch: Architecture | None = None, allow_other_model: bool = False) -> Iterator[None]:
+          arch: Architecture | None = None, allow_other_model: bool = False,
+          mode: str = "hook") -> Iterator[None]:
     """Steer every forward pass inside the block; the model is restored on exit, errors included.
 
     layers: "all" or the layer indices to steer. positions: "all" adds at every position;
@@ -39,10 +40,22 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
     script), so the prompt is read unsteered and every generated token is steered. With
     "generated", generate with the KV cache on (the default), or each re-read prompt position
     would go unsteered.
+
+    mode: "hook" adds through a forward hook; "fold" writes alpha * EV_l into the bias of the
+    attention output projection instead (created if the layer has none), so steering costs
+    nothing per step. fold computes the same outputs as hook (up to float rounding) and
+    needs site "attn" and positions "all"; the weights are restored bit for bit on exit.
     """
     alpha = check_alpha(alpha)
     if positions not in ("all", "generated"):
         raise BadInputError(f"positions={positions!r}: use 'all' or 'generated'")
+    if mode not in ("hook", "fold"):
+        raise BadInputError(f"mode={mode!r}: use 'hook' or 'fold'")
+    if mode == "fold" and (vector.site != "attn" or positions != "all"):
+        raise BadInputError(
+            f"mode='fold' needs site 'attn' and positions 'all' (got site {vector.site!r}, "
+            f"positions {positions!r}): a bias adds at every position of one sublayer; use "
+            "mode='hook'")
     vector.check_model(model, allow_other_model, arch)
     modules = site_modules(model, vector.site, arch)
     chosen = vector.layers if layers == "all" else sorted(set(layers))
@@ -51,6 +64,11 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
         raise BadInputError(f"layers {missing} are not in vector {vector.emotion!r}")
     param = next(model.parameters())
     deltas = _site_deltas(vector, chosen)
+    if mode == "fold":
+        with _folded(modules, {layer: alpha * deltas[layer] for layer in chosen}
+                     if alpha != 0.0 else {}):
+            yield
+        return
     handles = []
     try:
         if alpha != 0.0:
@@ -63,6 +81,36 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def _folded(modules: list, deltas: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Add deltas[l] to the bias of modules[l] (a Linear), creating it if absent; restore on exit.
+
+    The original bias tensors are put back as they were (same objects), so the model after
+    the block is bit-identical to the model before it.
+    """
+    for layer in deltas:
+        module = modules[layer]
+        if not isinstance(getattr(module, "weight", None), torch.Tensor) or \
+                not hasattr(module, "bias") or module.weight.dim() != 2:
+            raise BadInputError(f"mode='fold' needs a Linear output projection; layer {layer} "
+                                f"has {type(module).__name__}: use mode='hook'")
+    saved: list[tuple[torch.nn.Module, torch.Tensor | None]] = []
+    try:
+        with torch.no_grad():
+            for layer, delta in deltas.items():
+                module = modules[layer]
+                old = module.bias
+                saved.append((module, old))
+                w = module.weight
+                delta = delta.to(w.device, torch.float32)
+                new = delta if old is None else old.float() + delta
+                module.bias = torch.nn.Parameter(new.to(w.dtype), requires_grad=False)
+        yield
+    finally:
+        for module, old in reversed(saved):
+            module.bias = old
 
 
 def _device_of(module: torch.nn.Module, default: torch.device) -> torch.device:
@@ -97,15 +145,24 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
 
         def add(hidden: torch.Tensor) -> torch.Tensor:
             return (hidden.float() + delta).clamp(-limit, limit).to(hidden.dtype)
+
+        def add_(hidden: torch.Tensor) -> None:
+            hidden.copy_(add(hidden))
     else:
         cast = delta.to(dtype)  # cast once, not per step
 
         def add(hidden: torch.Tensor) -> torch.Tensor:
             return hidden + cast
 
+        def add_(hidden: torch.Tensor) -> None:
+            hidden.add_(cast)
+
     def hook(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output  # (batch, pos, d_model)
-        if last_only:
+        if not (hidden.requires_grad and torch.is_grad_enabled()):
+            add_(hidden[:, -1:] if last_only else hidden)  # one in-place add, no new tensor
+            return output
+        if last_only:  # autograd: keep the module's output intact
             hidden = torch.cat([hidden[:, :-1], add(hidden[:, -1:])], dim=1)
         else:
             hidden = add(hidden)
