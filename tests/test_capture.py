@@ -114,3 +114,32 @@ def test_extraction_is_mean_of_per_query_offsets_and_reproducible():
     meta = first.vectors["joy"].meta
     assert meta["dataset"] == "emotion_query" and len(meta["dataset_sha256"]) == 64
     assert meta["method"] == "mean_diff" and meta["n_queries"] == "3"
+
+
+def test_read_pairs_is_the_mean_last_token_difference_read_one_text_at_a_time():
+    from emosteer.extraction import read_pairs
+    from emosteer.models import decoder_layers
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    pairs = [("I love this sunny day", "It is a day"), ("great!", "fine."),
+             ("what a wonderful surprise it was", "it was a surprise")]
+
+    def last_token_outputs(text):  # (layers, d), one unpadded text, hooks on the layers
+        seen = []
+        handles = [layer.register_forward_hook(
+            lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out)[0, -1]))
+            for layer in decoder_layers(model)]
+        try:
+            with torch.no_grad():
+                model(**encode(tok, [text], "cpu"))
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.stack(seen)
+
+    manual = sum(last_token_outputs(p) - last_token_outputs(n) for p, n in pairs) / len(pairs)
+    for batch_size in (1, 2, 3):
+        vector = read_pairs(model, tok, pairs, batch_size=batch_size, emotion="joy")
+        assert vector.site == "residual" and vector.emotion == "joy"
+        got = torch.stack([vector.directions[i] for i in vector.layers])
+        torch.testing.assert_close(got, manual, rtol=1e-4, atol=1e-5)

@@ -15,7 +15,14 @@ import torch
 from emosteer import data
 from emosteer.capture import masked_means
 from emosteer.errors import BadInputError, UnknownEmotionError
-from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.generation import (
+    Batch,
+    GenerateConfig,
+    chat_prompt,
+    decode_responses,
+    encode,
+    generate,
+)
 from emosteer.models import Architecture, model_shape
 from emosteer.progress import progress_bar
 from emosteer.vectors import EMOTIONS, EmotionVector
@@ -92,6 +99,35 @@ def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
     for emotion in cfg.emotions:
         vectors[emotion] = _relabel(vectors[emotion], emotion)
     return Extraction(vectors, samples, time.perf_counter() - start, used)
+
+
+def read_pairs(model, tokenizer, pairs: list[tuple[str, str]], site: str = "residual",
+               batch_size: int = 16, emotion: str = "unnamed",
+               arch: Architecture | None = None) -> EmotionVector:
+    """Mean over pairs of (positive - negative) layer outputs at each text's last token.
+
+    The contrast-pair recipe of repeng and steering-vectors, without generation: both texts of
+    a pair go into one padded forward pass (pairs sorted by length, so batches carry little
+    padding), the LM head is skipped, and only a running (layers, d) sum is kept.
+    """
+    if not pairs:
+        raise BadInputError("read_pairs needs at least one (positive, negative) pair")
+    order = sorted(range(len(pairs)), key=lambda i: max(map(len, pairs[i])))
+    total = None
+    for start in range(0, len(order), batch_size):
+        chunk = [pairs[i] for i in order[start:start + batch_size]]
+        n = len(chunk)
+        enc = encode(tokenizer, [p for p, _ in chunk] + [q for _, q in chunk], model.device)
+        att = enc["attention_mask"]
+        last = att.long().cumsum(-1).argmax(-1)  # first position holding the count = last token
+        mask = torch.nn.functional.one_hot(last, att.shape[1])  # (2n, pos), either padding side
+        means = masked_means(model, enc["input_ids"], att, mask, site, arch)  # (2n, layers, d)
+        diff = (means[:n] - means[n:]).sum(0)
+        total = diff if total is None else total + diff
+    mean = total / len(pairs)
+    meta = {**model_shape(model, arch), "emotion": emotion, "site": site,
+            "method": "mean_diff", "positions": "last", "n_queries": len(pairs)}
+    return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
 
 
 def _offsets(model, tokenizer, chunk, emotion, cfg: ExtractConfig, arch):
