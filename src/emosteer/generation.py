@@ -79,6 +79,17 @@ def forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return kwargs
 
 
+def cache_arg(model) -> str:
+    """The forward argument taking a KV cache: transformers 5.24 renamed past_key_values."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+
+
+def cache_of(output):
+    """The KV cache a forward pass returned, under either name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from emosteer.generation import cache_arg, cache_of
 from emosteer.steering import steer_rows
 from emosteer.vectors import EmotionVector
 
@@ -69,7 +70,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         params = inspect.signature(model.forward).parameters
         self._takes_positions = "position_ids" in params
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.24+
+        self._cache_arg = cache_arg(model)
         # only the last position's logits: a prefill of 8 x 100 tokens would otherwise build
         # 8 x 100 x vocab floats (150 MB for SmolLM2)
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -156,7 +157,7 @@ class Engine:
                 if cache is not None:
                     kwargs[self._cache_arg] = cache
                 out = self.model(**kwargs)
-                cache = out["cache"] if "cache" in out else out["past_key_values"]
+                cache = cache_of(out)
                 logits = out.logits[:, -1, :].float()  # (batch, vocab)
                 chosen = [self._pick(logits[k], history[r], jobs[r].sampling, gens[r])
                           for k, r in enumerate(rows)]

@@ -1,0 +1,133 @@
+"""Figures of a discovery: clusters per layer, consistency, causal curves, sublayer influence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emosteer.evaluate.report import COLOURS, _pyplot
+
+KIND_NAMES = {"head": "attention heads", "neuron": "MLP neurons"}
+
+
+def all_plots(result, emotions: list[str], out: Path) -> dict[str, Path]:
+    return {"pca": plot_pca(result, emotions, out / "pca.png"),
+            "consistency": plot_consistency(result.summary, out / "consistency.png"),
+            "causal": plot_causal(result.summary, out / "causal.png"),
+            "sublayers": plot_sublayers(result.summary, emotions, out / "sublayers.png")}
+
+
+def _pca2(x: torch.Tensor) -> torch.Tensor:
+    x = x.double() - x.double().mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(x, q=2, center=False)
+    return (x @ v[:, :2]).float()
+
+
+def plot_pca(result, emotions: list[str], path: Path, n_panels: int = 4) -> Path:
+    """Last-token states projected on their first two principal components, a few layers.
+
+    Top row: the states as read. Bottom row: each state minus the mean of its scene (the same
+    scenario and event under every emotion), so only what the emotion adds is left.
+    """
+    plt = _pyplot()
+    states, labels = result.states, result.labels
+    n_layers = states.shape[1]
+    layers = sorted({round(i * (n_layers - 1) / (n_panels - 1)) for i in range(n_panels)})
+    contexts = result.contexts
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(contexts):
+        groups.setdefault(c, []).append(i)
+    pure = states.clone()
+    for idx in groups.values():
+        pure[idx] = states[idx] - states[idx].mean(0, keepdim=True)
+    fig, axes = plt.subplots(2, len(layers), figsize=(3.4 * len(layers), 6.4), squeeze=False)
+    for row, (name, x) in enumerate((("states", states), ("minus scene mean", pure))):
+        for col, layer in enumerate(layers):
+            ax = axes[row][col]
+            xy = _pca2(x[:, layer])
+            for e in emotions:
+                idx = [i for i, label in enumerate(labels) if label == e]
+                ax.scatter(xy[idx, 0], xy[idx, 1], s=7, alpha=0.7, color=COLOURS.get(e),
+                           label=e)
+            ax.set_title(f"layer {layer}: {name}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].legend(fontsize=7, markerscale=2)
+    fig.suptitle("Last prompt token, emotion-conditioned SEV prompts (PCA per layer)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_consistency(summary: dict, path: Path) -> Path:
+    plt = _pyplot()
+    c = summary["consistency"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = {"halves": "disjoint scenario halves", "valences": "across valences",
+             "cross_emotion": "between different emotions (reference)"}
+    for key, label in names.items():
+        if key in c:
+            ax.plot(range(len(c[key])), c[key], marker=".", label=label,
+                    linestyle="--" if key == "cross_emotion" else "-")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean cosine of directions")
+    ax.set_ylim(-1, 1.02)
+    ax.axhline(0, color="#999", linewidth=0.6)
+    ax.legend(fontsize=8)
+    ax.set_title("Are emotion directions context-agnostic?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_causal(summary: dict, path: Path) -> Path:
+    """Emotion score s against k, top vs random components, 95% confidence bands."""
+    plt = _pyplot()
+    causal = summary["causal"]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
+    for row, mode in enumerate(("ablate", "enhance")):
+        base = causal["baseline"]["emotional" if mode == "ablate" else "neutral"]["mean"]
+        for col, kind in enumerate(("neuron", "head")):
+            ax = axes[row][col]
+            for pick, colour in (("top", "#d62728"), ("random", "#777777")):
+                pts = [c for c in causal["curves"]
+                       if c["mode"] == mode and c["kind"] == kind and c["pick"] == pick]
+                k = [0] + [c["k"] for c in pts]
+                m = [base] + [c["mean"] for c in pts]
+                h = [0.0] + [c["ci95"] for c in pts]
+                ax.plot(k, m, marker="o", color=colour, label=f"{pick} {kind}s")
+                ax.fill_between(k, [a - b for a, b in zip(m, h, strict=True)],
+                                [a + b for a, b in zip(m, h, strict=True)], color=colour,
+                                alpha=0.2)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel(f"k {KIND_NAMES[kind]} {'zeroed' if mode == 'ablate' else 'enhanced'}")
+            ax.set_ylabel("emotion score s")
+            what = "emotion asked for" if mode == "ablate" else "neutral request"
+            ax.set_title(f"{mode}: {what}", fontsize=10)
+            ax.legend(fontsize=8)
+    fig.suptitle("Causal checks on held-out SEV scenes (mean over emotions, 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sublayers(summary: dict, emotions: list[str], path: Path) -> Path:
+    plt = _pyplot()
+    influence = summary["influence"]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
+    top = max(abs(v) for kind in influence.values() for row in kind for v in row) or 1.0
+    for ax, kind in zip(axes, ("head", "neuron"), strict=True):
+        im = ax.imshow(influence[kind], aspect="auto", cmap="RdBu_r", vmin=-top, vmax=top)
+        ax.set_yticks(range(len(emotions)), emotions, fontsize=8)
+        ax.set_title(f"{'attention' if kind == 'head' else 'MLP'}: change of s when the "
+                     "sublayer's emotion shift is added (neutral request)", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    axes[-1].set_xlabel("layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

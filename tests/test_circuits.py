@@ -1,0 +1,181 @@
+"""Emotion circuits: known answers on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import byte_tokenizer, tiny_model
+
+from emosteer.circuits import analysis as A
+from emosteer.circuits.circuit import Components, EmotionCircuit, modulate
+from emosteer.circuits.components import Edit, bias_term, contributions, editing, parts
+from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
+from emosteer.models import model_shape
+
+DENSE = ["llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "falcon", "opt"]
+
+
+def _inputs(seed: int = 1, batch: int = 2, pos: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 250, (batch, pos), generator=g)
+
+
+def _capture(module):
+    seen = {}
+
+    def hook(mod, args, output):
+        seen["in"], seen["out"] = args[0].detach().clone(), output.detach().clone()
+    return module.register_forward_hook(hook), seen
+
+
+@pytest.mark.parametrize("model_type", DENSE)
+def test_contributions_sum_to_the_projection(model_type):
+    model = tiny_model(model_type)
+    p = parts(model)
+    direction = torch.nn.functional.normalize(torch.randn(model.config.hidden_size), dim=0)
+    for kind, group in (("neuron", 1), ("head", p.head_dim)):
+        module = p.modules(kind)[1]
+        handle, seen = _capture(module)
+        with torch.no_grad():
+            model(_inputs())
+        handle.remove()
+        terms = contributions(module, seen["in"], direction, group)
+        assert terms.shape[-1] == p.size(kind)
+        expected = seen["out"].float() @ direction
+        torch.testing.assert_close(terms.sum(-1) + bias_term(module, direction), expected,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_moe_neurons_are_refused_clearly():
+    with pytest.raises(BadInputError, match="mixture of experts"):
+        parts(tiny_model("mixtral"))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_edits_change_inside_and_restore_after_even_on_error(model_type):
+    model = tiny_model(model_type)
+    p = parts(model)
+    ids = _inputs()
+    with torch.no_grad():
+        before = model(ids).logits
+    keep = torch.ones(1, p.n_heads * p.head_dim)
+    keep[0, :p.head_dim] = 0.0  # ablate head 0
+    edits = {("head", 0): Edit(keep, torch.zeros_like(keep)),
+             ("neuron", 1): Edit(torch.ones(1, p.n_neurons), torch.full((1, p.n_neurons), 0.5))}
+    with pytest.raises(RuntimeError, match="boom"), editing(p, edits), torch.no_grad():
+        inside = model(ids).logits
+        assert not torch.equal(inside, before)
+        raise RuntimeError("boom")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+
+
+def test_last_only_edit_leaves_earlier_positions_alone():
+    model = tiny_model("llama")
+    p = parts(model)
+    ids = _inputs()
+    add = torch.randn(1, p.n_neurons)
+    with torch.no_grad():
+        before = model(ids).logits
+        with editing(p, {("neuron", 0): Edit(torch.ones_like(add), add)}, last_only=True):
+            after = model(ids).logits
+    assert torch.equal(after[:, :-1], before[:, :-1])
+    assert not torch.equal(after[:, -1], before[:, -1])
+
+
+def test_last_token_runner_matches_a_full_forward_pass():
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    p = parts(model)
+    prompts = ["a short one", "a somewhat longer prompt here", "mid length"]
+    dirs = torch.nn.functional.normalize(torch.randn(2, p.n_layers, 64), dim=-1)
+    readout = A.Readout(0, dirs[:, 0], torch.zeros(2), torch.ones(2))
+    runner = A.LastToken(model, tok, prompts, p, readout, chunk=2)
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    from emosteer.generation import forward_kwargs
+
+    with torch.no_grad():
+        out = model(**forward_kwargs(model, enc["input_ids"], enc["attention_mask"]),
+                    output_hidden_states=True)
+    torch.testing.assert_close(runner.finals(), out.hidden_states[1][:, -1], rtol=1e-4,
+                               atol=1e-5)
+    # an edit on the last token changes the readout; the cached prefix is not consumed
+    add = torch.randn(1, p.n_neurons)
+    edited = runner.finals({("neuron", 0): Edit(torch.ones_like(add), add)})
+    assert not torch.allclose(edited, runner.finals())
+    torch.testing.assert_close(runner.finals(), out.hidden_states[1][:, -1], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_directions_are_unit_and_centred():
+    states = torch.randn(12, 3, 8)
+    labels = ["joy", "anger", "fear"] * 4
+    dirs = A.directions(states, labels, ["joy", "anger", "fear"])
+    torch.testing.assert_close(dirs.norm(dim=-1), torch.ones(3, 3))
+    means = A.emotion_means(states, labels, ["joy", "anger", "fear"])
+    centred = means - means.mean(0)
+    torch.testing.assert_close(dirs * centred.norm(dim=-1, keepdim=True), centred)
+
+
+def test_random_controls_match_layers_and_avoid_the_picked():
+    import random
+
+    picked = [(0, 1), (0, 2), (3, 5)]
+    control = A.random_like(picked, 10, random.Random(0))
+    assert sorted(layer for layer, _ in control) == [0, 0, 3]
+    assert not set(control) & set(picked)
+
+
+def _circuit(model, emotions=("joy", "fear")):
+    p = parts(model)
+    g = torch.Generator().manual_seed(0)
+    meta = {**model_shape(model), "n_heads": p.n_heads, "head_dim": p.head_dim,
+            "n_neurons": p.n_neurons}
+    circuits = {e: {"head": Components(torch.tensor([0, 1]), torch.tensor([2, 0]),
+                                       torch.rand(2, generator=g),
+                                       torch.randn(2, p.head_dim, generator=g)),
+                    "neuron": Components(torch.tensor([1]), torch.tensor([7]),
+                                         torch.rand(1, generator=g),
+                                         torch.randn(1, 1, generator=g))}
+                for e in emotions}
+    return EmotionCircuit(circuits, meta)
+
+
+def test_circuit_file_round_trips_bit_exactly(tmp_path):
+    model = tiny_model("llama")
+    circuit = _circuit(model)
+    loaded = EmotionCircuit.load(circuit.save(tmp_path / "c.safetensors"))
+    assert loaded.equal(EmotionCircuit(circuit.circuits, loaded.meta))
+    assert all(torch.equal(v, loaded.tensors()[k]) for k, v in circuit.tensors().items())
+    assert loaded.size("joy") == {"head": 2, "neuron": 1}
+
+
+def test_circuit_files_are_checked(tmp_path):
+    model = tiny_model("llama")
+    path = _circuit(model).save(tmp_path / "c.safetensors")
+    other = tiny_model("llama", intermediate_size=96)
+    with pytest.raises(VectorMismatchError, match="n_neurons 128 vs 96"), \
+            modulate(other, EmotionCircuit.load(path), "joy"):
+        pass
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a file at all")
+    with pytest.raises(VectorFileError, match="not a readable"):
+        EmotionCircuit.load(bad)
+    with pytest.raises(UnknownEmotionError, match="choose from joy, fear"), \
+            modulate(model, EmotionCircuit.load(path), "envy"):
+        pass
+
+
+def test_modulation_steers_and_restores():
+    model = tiny_model("llama")
+    circuit = _circuit(model)
+    ids = _inputs()
+    with torch.no_grad():
+        before = model(ids).logits
+        with modulate(model, circuit, "joy", 0.0):
+            assert torch.equal(model(ids).logits, before)
+        with modulate(model, circuit, "joy", 2.0):
+            assert not torch.allclose(model(ids).logits, before)
+        assert torch.equal(model(ids).logits, before)
+    with pytest.raises(Exception, match="finite"), modulate(model, circuit, "joy",
+                                                            float("nan")):
+        pass
