@@ -121,8 +121,10 @@ def test_read_pairs_is_the_mean_last_token_difference_read_one_text_at_a_time():
     from emosteer.models import decoder_layers
 
     model, tok = tiny_model("llama"), byte_tokenizer()
-    pairs = [("I love this sunny day", "It is a day"), ("great!", "fine."),
-             ("what a wonderful surprise it was", "it was a surprise")]
+    joy, calm = "System: you are joyful. User: ", "System: you are calm. User: "
+    pairs = [(joy + "I love this sunny day", calm + "It is a day"), ("great!", "fine."),
+             (joy + "what a wonderful surprise it was", calm + "it was a surprise"),
+             (joy + "tell me", calm + "tell me"), ("x", "y")]  # shared prefixes, read once
 
     def last_token_outputs(text):  # (layers, d), one unpadded text, hooks on the layers
         seen = []
@@ -138,7 +140,7 @@ def test_read_pairs_is_the_mean_last_token_difference_read_one_text_at_a_time():
         return torch.stack(seen)
 
     manual = sum(last_token_outputs(p) - last_token_outputs(n) for p, n in pairs) / len(pairs)
-    for batch_size in (1, 2, 3):
+    for batch_size in (1, 2, 3, 5):
         vector = read_pairs(model, tok, pairs, batch_size=batch_size, emotion="joy")
         assert vector.site == "residual" and vector.emotion == "joy"
         got = torch.stack([vector.directions[i] for i in vector.layers])

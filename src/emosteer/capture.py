@@ -44,18 +44,31 @@ def reading(model, site: str, weights: dict[str, torch.Tensor],
             handle.remove()
 
 
+def cache_argument(model) -> str | None:
+    """The forward() argument taking a KV cache: "cache" (transformers 5.x), "past_key_values"."""
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
 def masked_means(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 mask: torch.Tensor, site: str, arch: Architecture | None = None) -> torch.Tensor:
+                 mask: torch.Tensor, site: str, arch: Architecture | None = None,
+                 past=None) -> torch.Tensor:
     """Per-row mean of each layer's output over positions where mask is 1: (batch, layers, d).
 
-    Rows whose mask is empty come back as zeros; padding never enters a mean.
+    Rows whose mask is empty come back as zeros; padding never enters a mean. past: the KV
+    cache of a prefix that every row shares (read before, not part of the means); then
+    attention_mask covers prefix + input_ids, and mask covers input_ids only.
     """
     mask = mask.float()  # (batch, pos)
     count = mask.sum(-1, keepdim=True).clamp(min=1.0)
     weights = {"w": mask / count}
     kwargs = forward_kwargs(model, input_ids, attention_mask)
+    if past is not None:
+        kwargs[cache_argument(model)] = past
+        if "position_ids" in kwargs:  # positions count the prefix too
+            kwargs["position_ids"] = kwargs["position_ids"][:, -input_ids.shape[1]:]
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = 1  # the logits are not needed: skip most of the LM head
     with reading(model, site, weights, arch) as sums, torch.no_grad():
-        model(**kwargs, use_cache=False)
+        model(**kwargs, use_cache=past is not None)
     return torch.stack([sums[i] for i in sorted(sums)], dim=1).cpu()  # (batch, layers, d)
