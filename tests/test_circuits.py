@@ -179,3 +179,52 @@ def test_modulation_steers_and_restores():
     with pytest.raises(Exception, match="finite"), modulate(model, circuit, "joy",
                                                             float("nan")):
         pass
+
+
+class _CyclingJudge:
+    """Labels answers in turn; discovery asks each scene for 6 emotions then neutral."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def rate(self, questions, answers):
+        from emosteer.evaluate.judges import LABELS, Rating
+
+        out = []
+        for i, _ in enumerate(answers):
+            label = self.labels[i % len(self.labels)]
+            out.append(Rating({x: float(x == label) for x in LABELS}, {}))
+        return out
+
+
+def test_discover_end_to_end_on_a_tiny_model(tmp_path):
+    from emosteer.circuits.discover import DiscoverConfig, discover, save
+    from emosteer.generation import GenerateConfig
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    emotions = ("anger", "sadness", "joy", "fear", "surprise", "disgust")
+    cfg = DiscoverConfig(skeletons=3, test_skeletons=2, budget=10, ks=(1, 3), min_kept=2,
+                         generation=GenerateConfig(max_new_tokens=3, batch_size=8))
+    # every emotional answer confirmed but joy's (judged neutral): joy falls back to all prompts
+    judge = _CyclingJudge(["anger", "sadness", "neutral", "fear", "surprise", "disgust",
+                           "neutral"])
+    result = discover(model, tok, cfg, judge=judge, progress=False)
+    s = result.summary
+    assert s["confirmed"] == {**dict.fromkeys(emotions, 9), "joy": 0}
+    assert s["unfiltered"] == ["joy"]
+    assert result.directions.shape == (6, 2, 64)
+    assert result.scores["neuron"].shape == (6, 2, 128)
+    assert result.scores["head"].shape == (6, 2, 4)
+    assert all(sum(result.circuit.size(e).values()) <= 10 for e in emotions)
+    curves = s["causal"]["curves"]
+    assert {(c["mode"], c["kind"], c["k"], c["pick"]) for c in curves} == {
+        (m, k, n, p) for m in ("ablate", "enhance") for k in ("neuron", "head")
+        for n in (1, 3) for p in ("top", "random")}
+    paths = save(result, tmp_path, list(emotions))
+    loaded = EmotionCircuit.load(paths["circuit"])
+    assert loaded.emotions == list(emotions)
+    assert all((tmp_path / f"{name}.png").stat().st_size > 1000
+               for name in ("pca", "consistency", "causal", "sublayers"))
+    assert "## Causal checks" in (tmp_path / "report.md").read_text()
+    with modulate(model, loaded, "fear", 1.0):
+        pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -46,7 +45,7 @@ def _csv(value: str) -> list[str]:
 def extract(
     model: str = MODEL,
     emotions: str = typer.Option("joy,anger,sadness,fear,disgust", help="comma-separated"),
-    limit: Optional[int] = typer.Option(None, help="queries per emotion (seeded sample); "
+    limit: int | None = typer.Option(None, help="queries per emotion (seeded sample); "
                                                    "default all 100"),
     out: Path = typer.Option(Path("vectors"), help="folder for <emotion>.safetensors"),
     method: str = typer.Option("mean_diff", help="mean_diff (paper) or pca"),
@@ -117,14 +116,18 @@ def _parse_mix(text: str) -> dict[str, float]:
 def generate(
     questions: list[str] = typer.Argument(..., help="one or more questions"),
     model: str = MODEL,
-    vector: Optional[Path] = typer.Option(None, help="a vector file"),
-    mix: Optional[str] = typer.Option(None, help="emotions and weights, e.g. joy=1,anger=0.5"),
-    vectors_dir: Path = typer.Option(Path("vectors"), help="where --mix finds <emotion>.safetensors"),
-    alpha: list[float] = typer.Option([1.0], help="steering strength; repeat to compare"),
-    layers: Optional[str] = typer.Option(None, help="comma-separated layer indices "
+    vector: Path | None = typer.Option(None, help="a vector file"),
+    mix: str | None = typer.Option(None, help="emotions and weights, e.g. joy=1,anger=0.5"),
+    vectors_dir: Path = typer.Option(Path("vectors"),
+                                     help="where --mix finds <emotion>.safetensors"),
+    circuit: Path | None = typer.Option(None, help="a circuit file from `emosteer discover`"),
+    emotion: str | None = typer.Option(None, help="with --circuit: the emotion to express"),
+    alpha: list[float] = typer.Option([1.0], help="steering (or circuit) strength; repeat to "
+                                                  "compare"),
+    layers: str | None = typer.Option(None, help="comma-separated layer indices "
                                                     "(default: all in the vector)"),
     positions: str = typer.Option("all", help="all, or generated (newest token only)"),
-    system: Optional[str] = typer.Option(None, help="a system prompt"),
+    system: str | None = typer.Option(None, help="a system prompt"),
     max_new_tokens: int = 64,
     greedy: bool = False,
     seed: int = 0,
@@ -132,7 +135,9 @@ def generate(
 ) -> None:
     """Answer questions steered by a vector or a mix of emotions.
 
-    Example: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
+    Examples: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
+    [bold]emosteer generate "The bus is late again." --circuit circuits/circuit.safetensors
+    --emotion fear --alpha 2[/bold]
     """
     from rich.table import Table
 
@@ -142,20 +147,49 @@ def generate(
     from emosteer.vectors import EmotionVector
     from emosteer.vectors import mix as mix_vectors
 
-    if (vector is None) == (mix is None):
-        raise BadInputError("pass exactly one of --vector FILE or --mix joy=1,anger=0.5")
+    if sum(x is not None for x in (vector, mix, circuit)) != 1:
+        raise BadInputError("pass exactly one of --vector FILE, --mix joy=1,anger=0.5 or "
+                            "--circuit FILE --emotion NAME")
     alphas = [check_alpha(a) for a in alpha]
+    cfg = _generation(max_new_tokens, greedy, seed, 8)
+    if circuit is not None:
+        _generate_by_circuit(questions, model, circuit, emotion, alphas, system, cfg,
+                             positions, force)
+        return
     steering = (EmotionVector.load(vector) if vector is not None
                 else mix_vectors(_vectors_in(vectors_dir), _parse_mix(mix or "")))
     chosen = "all" if layers is None else [int(x) for x in _csv(layers)]
     m, tok = _load(model)
-    cfg = _generation(max_new_tokens, greedy, seed, 8)
     table = Table("question", "alpha", f"answer steered by {steering.emotion}", show_lines=True)
     for a in alphas:
         answers = generate_text(m, tok, questions, steering, a, system=system, cfg=cfg,
                                 layers=chosen, positions=positions, allow_other_model=force)
-        for q, text in zip(questions, answers):
+        for q, text in zip(questions, answers, strict=True):
             table.add_row(q, f"{a:g}", text)
+    console.print(table)
+
+
+def _generate_by_circuit(questions, model, path, emotion, strengths, system, cfg, positions,
+                         force) -> None:
+    from rich.table import Table
+
+    from emosteer.circuits import EmotionCircuit, modulate
+    from emosteer.errors import BadInputError
+    from emosteer.generation import generate_text
+
+    circuit = EmotionCircuit.load(path)
+    if emotion is None:
+        raise BadInputError(f"--circuit needs --emotion: one of {', '.join(circuit.emotions)}")
+    circuit.of(emotion)  # an unknown emotion fails before the model loads
+    m, tok = _load(model)
+    table = Table("question", "strength", f"answer through the {emotion} circuit",
+                  show_lines=True)
+    for strength in strengths:
+        with modulate(m, circuit, emotion, strength, positions=positions,
+                      allow_other_model=force):
+            answers = generate_text(m, tok, questions, system=system, cfg=cfg)
+        for q, text in zip(questions, answers, strict=True):
+            table.add_row(q, f"{strength:g}", text)
     console.print(table)
 
 
@@ -233,13 +267,13 @@ def serve(
                                                        "file stem is an emotion name"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback; 0.0.0.0 exposes it)"),
     port: int = 8000,
-    api_key: Optional[str] = typer.Option(None, envvar="EMOSTEER_API_KEY",
+    api_key: str | None = typer.Option(None, envvar="EMOSTEER_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1/*"),
     max_tokens: int = typer.Option(512, help="cap on max_tokens per request"),
     max_batch: int = typer.Option(8, help="concurrent requests per forward pass"),
     batch_window: float = typer.Option(0.01, help="seconds a request waits for batch-mates"),
     force: bool = typer.Option(False, help="accept vectors made for another model id"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's "
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's "
                                                      "choice); 1 helps on a busy machine"),
 ) -> None:
     """Serve an OpenAI-compatible API with per-request emotions, and a playground at /.
@@ -305,7 +339,7 @@ def import_(
     file: Path = typer.Argument(..., help="a llama.cpp control vector (.gguf), e.g. from "
                                           "repeng's export_gguf"),
     out: Path = typer.Option(..., "--out", "-o", help="the emosteer vector file to write"),
-    emotion: Optional[str] = typer.Option(None, help="name to record (default: the file's)"),
+    emotion: str | None = typer.Option(None, help="name to record (default: the file's)"),
 ) -> None:
     """Read another tool's vector file into an emosteer vector (.safetensors).
 
@@ -358,6 +392,53 @@ def classify(
         top = sorted(r.probs.items(), key=lambda kv: -kv[1])[:3]
         table.add_row(text, r.label, ", ".join(f"{k} {v:.2f}" for k, v in top))
     console.print(table)
+
+
+@app.command()
+def discover(
+    model: str = MODEL,
+    out: Path = typer.Option(Path("circuits"), help="folder for the circuit, directions, "
+                                                    "vectors, plots and report.md"),
+    emotions: str = typer.Option("anger,sadness,joy,fear,surprise,disgust",
+                                 help="comma-separated"),
+    skeletons: int = typer.Option(40, help="SEV discovery skeletons (x 3 valences), seeded; "
+                                           "0: all"),
+    test_skeletons: int = typer.Option(30, help="held-out SEV skeletons for the causal checks"),
+    budget: int = typer.Option(128, help="components per emotion in the circuit"),
+    ks: str = typer.Option("1,4,16,64,256", help="components ablated/enhanced in the checks"),
+    max_new_tokens: int = typer.Option(40, help="answer length for the judge"),
+    batch_size: int = 16,
+    seed: int = 0,
+) -> None:
+    """Find the heads and neurons that carry each emotion (SEV dataset) and save a circuit.
+
+    Example: [bold]emosteer discover --skeletons 10 --test-skeletons 10 --out circuits/[/bold]
+    """
+    from rich.table import Table
+
+    from emosteer.circuits.discover import DiscoverConfig, save
+    from emosteer.circuits.discover import discover as run
+    from emosteer.errors import BadInputError
+
+    try:
+        k_values = tuple(int(k) for k in _csv(ks))
+    except ValueError:
+        raise BadInputError(f"bad --ks {ks!r}: write whole numbers, e.g. 1,4,16") from None
+    cfg = DiscoverConfig(emotions=tuple(_csv(emotions)), skeletons=skeletons or None,
+                         test_skeletons=test_skeletons or None, budget=budget, ks=k_values,
+                         seed=seed, generation=_generation(max_new_tokens, False, seed,
+                                                           batch_size))
+    m, tok = _load(model)
+    result = run(m, tok, cfg)
+    paths = save(result, out, list(cfg.emotions))
+    s = result.summary
+    table = Table("emotion", "confirmed", "heads", "neurons", title="circuit per emotion")
+    for e in cfg.emotions:
+        table.add_row(e, f"{s['confirmed'][e]}/{s['asked'][e]}",
+                      str(s["circuit_size"][e]["head"]), str(s["circuit_size"][e]["neuron"]))
+    console.print(table)
+    console.print(f"{s['seconds']['total_s']:.0f} s; circuit: {paths['circuit']}; report: "
+                  f"{paths['report']}; then `emosteer experiment compare --circuits {out}`")
 
 
 experiment_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
@@ -625,6 +706,53 @@ def experiment_prompting(
     with _resumable(runner):
         result = prompting(runner)
     _finish(result, "prompting")
+
+
+@experiment_app.command("compare")
+def experiment_compare(
+    model: str = MODEL,
+    circuits: Path = typer.Option(Path("circuits"), help="the folder `emosteer discover` wrote"),
+    test_skeletons: int = typer.Option(30, help="held-out SEV test skeletons (x 3 valences); "
+                                                "0: all"),
+    calibration_skeletons: int = typer.Option(6, help="discovery skeletons for choosing "
+                                                      "alpha and strength"),
+    alphas: str = typer.Option("1,2,4", help="steering alphas tried"),
+    strengths: str = typer.Option("1,2,4", help="circuit strengths tried"),
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> None:
+    """Prompting vs emotion-vector steering vs circuit modulation on held-out SEV scenes.
+
+    Example: [bold]emosteer discover && emosteer experiment compare[/bold]
+    """
+    import json
+
+    from emosteer.circuits import EmotionCircuit
+    from emosteer.circuits.compare import CompareConfig, compare, markdown
+    from emosteer.errors import BadInputError
+    from emosteer.vectors import EmotionVector
+
+    path = circuits / "circuit.safetensors"
+    if not path.is_file():
+        raise BadInputError(f"no circuit in {circuits}/: run `emosteer discover --out "
+                            f"{circuits}` first")
+    circuit = EmotionCircuit.load(path)
+    vectors = {e: EmotionVector.load(circuits / "vectors" / f"{e}.safetensors")
+               for e in circuit.emotions}
+    cfg = CompareConfig(emotions=tuple(circuit.emotions), test_skeletons=test_skeletons or None,
+                        calibration_skeletons=calibration_skeletons,
+                        alphas=tuple(_floats(alphas, "alphas")),
+                        strengths=tuple(_floats(strengths, "strengths")), seed=seed,
+                        generation=_generation(max_new_tokens, False, seed, batch_size))
+    m, tok = _load(model)
+    result = compare(m, tok, circuit, vectors, cfg)
+    table = markdown(result)
+    (circuits / "compare.json").write_text(json.dumps(result, indent=1))
+    (circuits / "compare.md").write_text(table + "\n", encoding="utf-8")
+    console.print(table)
+    console.print(f"chosen on discovery scenes: {result['calibration']['chosen']}; "
+                  f"{result['seconds']:.0f} s; rows: {circuits / 'compare.json'}")
 
 
 def main() -> None:

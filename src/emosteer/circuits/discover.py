@@ -306,7 +306,7 @@ def _emotion_vectors(model, response_means, rows, confirmed, emotions, cfg, arch
 
 def save(result: Discovery, out: Path, emotions: list[str]) -> dict[str, Path]:
     """Write the circuit, directions, vectors, rankings, samples, summary and plots."""
-    from emosteer.circuits import plots
+    from emosteer.circuits import report
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"circuit": result.circuit.save(out / "circuit.safetensors")}
@@ -324,5 +324,7 @@ def save(result: Discovery, out: Path, emotions: list[str]) -> dict[str, Path]:
     with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(x) + "\n" for x in result.samples)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=1))
-    paths.update(plots.all_plots(result, emotions, out))
+    paths.update(report.all_plots(result, emotions, out))
+    paths["report"] = out / "report.md"
+    paths["report"].write_text(report.markdown(result.summary, emotions), encoding="utf-8")
     return paths

@@ -16,7 +16,9 @@ DATASETS = {  # name -> version; bump the version whenever a file changes
     "emotion_query": "1.0",  # 5 emotions x 100 questions, for extraction
     "emotion_query_plus": "1.0",  # 250 emotion + 150 neutral questions, for evaluation only
     "emotion_corpus": "1.0",  # labelled sentences for the embedded emotion judge
+    "sev": "1.0",  # scenario skeletons with one event per valence, for emotion circuits
 }
+VALENCES = ("positive", "neutral", "negative")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,44 @@ def split(queries: list[Query], held_out: float, seed: int = 0) -> tuple[list[Qu
 
     return ([q for q in queries if score(q) >= held_out],
             [q for q in queries if score(q) < held_out])
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One SEV context: a skeleton's scenario with the event of one valence."""
+
+    id: str  # skeleton id
+    theme: str
+    valence: str
+    text: str  # scenario and event, as the user describes them
+
+
+def load_sev(split: str, limit: int | None = None, seed: int = 0) -> list[Scene]:
+    """SEV scenes of a split ("discovery" or "test"): every valence of each skeleton.
+
+    With limit, a seeded sample of `limit` skeletons. The test split is never used to find
+    directions or components.
+    """
+    if split not in ("discovery", "test"):
+        raise EmosteerError(f"unknown SEV split {split!r}: use 'discovery' or 'test'")
+    rows = [r for r in _rows("sev") if r["split"] == split]
+    if limit is not None and limit < len(rows):
+        rows = sorted(random.Random(f"{seed}:sev:{split}").sample(rows, limit),
+                      key=lambda r: r["id"])
+    return [Scene(r["id"], r["theme"], v, f"{r['scenario']} {r['events'][v]}")
+            for r in rows for v in VALENCES]
+
+
+def sev_request(scene: Scene, emotion: str | None) -> str:
+    """The user message for a scene: the emotion asked for explicitly, or the neutral ask."""
+    t = templates()
+    if emotion is None or emotion == "neutral":
+        return f"{scene.text}\n\n{t['sev_neutral']}"
+    if emotion not in t["adjectives"]:
+        raise UnknownEmotionError(f"unknown emotion {emotion!r}: choose from "
+                                  f"{', '.join(t['adjectives'])}")
+    return f"{scene.text}\n\n" + t["sev_emotion"].format(adjective=t["adjectives"][emotion],
+                                                        emotion=emotion)
 
 
 @cache

@@ -1,4 +1,4 @@
-"""Figures of a discovery: clusters per layer, consistency, causal curves, sublayer influence."""
+"""Reports of a discovery: clusters per layer, consistency, causal curves, sublayer influence."""
 
 from __future__ import annotations
 
@@ -131,3 +131,66 @@ def plot_sublayers(summary: dict, emotions: list[str], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(summary: dict, emotions: list[str]) -> str:
+    """The discovery in tables: kept answers, consistency, causal checks, circuit, timings."""
+    s = summary
+    n_layers = s["layers"]
+    lines = [f"# Emotion circuits of {s['model']['model_id']}", "",
+             f"{s['scenes']} discovery scenes ({s['scenes'] // 3} SEV skeletons x 3 valences), "
+             f"{s['test_scenes']} held-out test scenes for the causal checks; "
+             f"{n_layers} layers, {s['heads']} heads and {s['neurons']} MLP neurons per layer.",
+             "", "## Answers the judge confirmed", "",
+             _row(["emotion", "asked", "confirmed", "share"]), _row(["---"] * 4)]
+    for e in emotions:
+        asked, kept = s["asked"][e], s["confirmed"][e]
+        lines.append(_row([e, asked, kept, f"{100 * kept / max(asked, 1):.0f}%"]))
+    if s["unfiltered"]:
+        lines += ["", f"Too few confirmed answers for {', '.join(s['unfiltered'])}: their "
+                      "directions use every prompt of the emotion."]
+    c = s["consistency"]
+    picks = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
+    lines += ["", "## Context-agnostic directions (mean cosine over emotions)", "",
+              _row(["layer", *picks]), _row(["---"] * (len(picks) + 1))]
+    for key, name in (("halves", "disjoint scenario halves"), ("valences", "across valences"),
+                      ("cross_emotion", "different emotions (reference)")):
+        if key in c:
+            lines.append(_row([name, *[f"{c[key][i]:.2f}" for i in picks]]))
+    causal = s["causal"]
+    base = causal["baseline"]
+    lines += ["", f"## Causal checks (emotion score s at layer {causal['readout_layer']}, "
+                  f"{causal['rows']} rows, 95% CI)", "",
+              f"Unedited: s = {base['emotional']['mean']:.2f} when the emotion is asked for, "
+              f"{base['neutral']['mean']:.2f} under the neutral request (0 = the mean over "
+              "emotions, 1 = the emotion's mean).", "",
+              _row(["edit", "components", "k", "top", "random"]), _row(["---"] * 5)]
+    for mode in ("ablate", "enhance"):
+        for kind in ("neuron", "head"):
+            for k in sorted({x["k"] for x in causal["curves"]}):
+                got = {x["pick"]: x for x in causal["curves"] if x["mode"] == mode
+                       and x["kind"] == kind and x["k"] == k}
+                if got:
+                    cells = [f"{got[p]['mean']:.2f} ± {got[p]['ci95']:.2f}"
+                             for p in ("top", "random")]
+                    lines.append(_row([mode, kind + "s", k, *cells]))
+    lines += ["", "## Sublayer influence (change of s, neutral request, mean over emotions)",
+              "", _row(["layer", *picks]), _row(["---"] * (len(picks) + 1))]
+    for kind, name in (("head", "attention"), ("neuron", "MLP")):
+        per_layer = [sum(row[i] for row in s["influence"][kind]) / len(emotions)
+                     for i in range(n_layers)]
+        lines.append(_row([name, *[f"{per_layer[i]:+.2f}" for i in picks]]))
+    lines += ["", "## Circuit", "", _row(["emotion", "heads", "neurons"]), _row(["---"] * 3)]
+    for e in emotions:
+        size = s["circuit_size"][e]
+        lines.append(_row([e, size["head"], size["neuron"]]))
+    t = s["seconds"]
+    lines += ["", "## Time", "", ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
+                                            for k, v in t.items()), "",
+              "![clusters](pca.png)", "![consistency](consistency.png)",
+              "![causal](causal.png)", "![sublayers](sublayers.png)", ""]
+    return "\n".join(lines)
