@@ -26,8 +26,18 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-bench: install
-	$(PY) benchmarks/steer_overhead.py
+# The peers emosteer is measured against pin numpy<2 and transformers<5: their own venv.
+PEERS := .venv-peers
+$(PEERS)/.installed: benchmarks/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet torch==2.13.0
+	$(PEERS)/bin/python -m pip install --quiet -r benchmarks/requirements-peers.txt
+	touch $@
+
+# extraction vs repeng and steering-vectors, steering overhead, GPU projection:
+# writes benchmarks/results/<machine>.json and the tables in docs/benchmarks.md
+bench: install $(PEERS)/.installed
+	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PEERS)

@@ -63,6 +63,23 @@ def ours(spec_path: str, out: str) -> None:
           {"peer": "emosteer", "version": emosteer.__version__})
 
 
+def generate_memory(n: int) -> None:
+    """Worker: peak RSS of the paper's extract() (generates, then re-reads) on n joy queries."""
+    sys.path.insert(0, str(HERE))
+    from peer_extract import reset_peak_rss, rss_mb
+
+    import emosteer
+    from emosteer.extraction import ExtractConfig, extract
+
+    model, tok = emosteer.load_model("default")
+    extract(model, tok, ExtractConfig(emotions=("joy",), limit=2), progress=False)  # warm-up
+    model_rss = rss_mb("VmRSS")
+    reset_peak_rss()
+    result = extract(model, tok, ExtractConfig(emotions=("joy",), limit=n), progress=False)
+    print(json.dumps({"queries": n, "seconds": result.seconds, "rss_after_load_mb": model_rss,
+                      "peak_rss_mb": rss_mb("VmHWM")}))
+
+
 class Worker:
     """One side's process: loaded once, then timed on demand (one "go" per round)."""
 
@@ -113,10 +130,16 @@ def main() -> None:
                         help="emosteer-only runs whose peak RSS shows memory flat in queries")
     parser.add_argument("--repeng-train", action="store_true",
                         help="also time repeng's ControlVector.train (PCA), once")
+    parser.add_argument("--memory-generate", type=int, nargs="*", default=[4, 16],
+                        help="joy queries for extract() (generation) runs: peak RSS vs count")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-generate", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         ours(*args.worker)
+        return
+    if args.worker_generate:
+        generate_memory(args.worker_generate)
         return
     if not PEER_PY.exists():
         sys.exit(f"{PEER_PY} is missing: run `make bench` (it creates .venv-peers)")
@@ -176,6 +199,11 @@ def main() -> None:
         memory[str(n)] = {"peak_rss_mb": m["peak_rss_mb"],
                           "rss_after_load_mb": m["rss_after_load_mb"], "seconds": m["seconds"]}
     largest = memory[str(max(args.memory_pairs))] if memory else None
+    generate_memory_runs = {}
+    for n in args.memory_generate:
+        proc = subprocess.run([sys.executable, __file__, "--worker-generate", str(n)],
+                              capture_output=True, text=True, check=True)
+        generate_memory_runs[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
 
     report = {
         "benchmark": "extraction_peers",
@@ -197,8 +225,11 @@ def main() -> None:
         "peak_rss_over_model_rss": (per_side["emosteer"]["peak_rss_mb"]
                                     / per_side["emosteer"]["rss_after_load_mb"]),
         "peak_rss_mb_largest_query_set": largest and largest["peak_rss_mb"],
+        "extract_generate_peak_rss_mb_by_queries":
+            {n: r["peak_rss_mb"] for n, r in generate_memory_runs.items()},
         "detail": {"sides": per_side, "cosine_vs_steering_vectors": cos_sv,
                    "cosine_vs_repeng_mean_diff": cos_rp, "memory_by_queries": memory,
+                   "extract_generate_memory": generate_memory_runs,
                    "repeng_train_pca_diff": train, "torch_threads": torch.get_num_threads()},
     }
     out_dir = HERE / "results"
