@@ -228,3 +228,30 @@ def test_discover_end_to_end_on_a_tiny_model(tmp_path):
     assert "## Causal checks" in (tmp_path / "report.md").read_text()
     with modulate(model, loaded, "fear", 1.0):
         pass
+
+
+def test_compare_runs_every_method_on_test_scenes(tmp_path):
+    from emosteer.circuits.compare import CompareConfig, compare, markdown
+    from emosteer.circuits.discover import DiscoverConfig, discover
+    from emosteer.generation import GenerateConfig
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    gen = GenerateConfig(max_new_tokens=2, batch_size=16)
+    emotions = ("anger", "joy")
+    judge = _CyclingJudge(["anger", "joy", "neutral"])
+    found = discover(model, tok, DiscoverConfig(emotions=emotions, skeletons=2,
+                                                test_skeletons=1, budget=4, ks=(1,),
+                                                generation=gen), judge=judge, progress=False)
+    result = compare(model, tok, found.circuit, found.vectors,
+                     CompareConfig(emotions=emotions, test_skeletons=1,
+                                   calibration_skeletons=1, alphas=(1.0,), strengths=(2.0,),
+                                   generation=gen), judge=judge, progress=False)
+    methods = [r["method"] for r in result["table"]]
+    assert methods == ["unsteered", "prompting", "steering", "circuit"]
+    assert result["calibration"]["chosen"] == {"steering": 1.0, "circuit": 2.0}
+    test_ids = {r["scene"] for r in result["rows"]}
+    from emosteer import data
+
+    assert test_ids <= {s.id for s in data.load_sev("test")}  # never discovery scenes
+    assert len(result["rows"]) == 3 * (1 + 3 * len(emotions))
+    assert "| circuit | 2 |" in markdown(result)

@@ -401,7 +401,7 @@ def discover(
                                                     "vectors, plots and report.md"),
     emotions: str = typer.Option("anger,sadness,joy,fear,surprise,disgust",
                                  help="comma-separated"),
-    skeletons: int = typer.Option(40, help="SEV discovery skeletons (x 3 valences), seeded; "
+    skeletons: int = typer.Option(30, help="SEV discovery skeletons (x 3 valences), seeded; "
                                            "0: all"),
     test_skeletons: int = typer.Option(30, help="held-out SEV skeletons for the causal checks"),
     budget: int = typer.Option(128, help="components per emotion in the circuit"),
@@ -712,9 +712,9 @@ def experiment_prompting(
 def experiment_compare(
     model: str = MODEL,
     circuits: Path = typer.Option(Path("circuits"), help="the folder `emosteer discover` wrote"),
-    test_skeletons: int = typer.Option(30, help="held-out SEV test skeletons (x 3 valences); "
+    test_skeletons: int = typer.Option(20, help="held-out SEV test skeletons (x 3 valences); "
                                                 "0: all"),
-    calibration_skeletons: int = typer.Option(6, help="discovery skeletons for choosing "
+    calibration_skeletons: int = typer.Option(4, help="discovery skeletons for choosing "
                                                       "alpha and strength"),
     alphas: str = typer.Option("1,2,4", help="steering alphas tried"),
     strengths: str = typer.Option("1,2,4", help="circuit strengths tried"),

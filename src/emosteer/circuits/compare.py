@@ -32,8 +32,8 @@ METHODS = ("unsteered", "prompting", "steering", "circuit")
 @dataclass(frozen=True)
 class CompareConfig:
     emotions: tuple[str, ...] = SEV_EMOTIONS
-    test_skeletons: int | None = 30  # x 3 valences; None: the whole test split
-    calibration_skeletons: int = 6  # discovery skeletons (x 3 valences) for alpha / strength
+    test_skeletons: int | None = 20  # x 3 valences; None: the whole test split
+    calibration_skeletons: int = 4  # discovery skeletons (x 3 valences) for alpha / strength
     alphas: tuple[float, ...] = (1.0, 2.0, 4.0)  # steering strengths tried
     strengths: tuple[float, ...] = (1.0, 2.0, 4.0)  # circuit strengths tried
     ppl_limit: float = 2.0  # chosen values keep perplexity within this x unsteered

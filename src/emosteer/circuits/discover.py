@@ -39,7 +39,7 @@ SEV_EMOTIONS = ("anger", "sadness", "joy", "fear", "surprise", "disgust")
 @dataclass(frozen=True)
 class DiscoverConfig:
     emotions: tuple[str, ...] = SEV_EMOTIONS  # the circuits paper's six
-    skeletons: int | None = 40  # discovery skeletons (x 3 valences); None: all of them
+    skeletons: int | None = 30  # discovery skeletons (x 3 valences); None: all of them
     test_skeletons: int | None = 30  # held-out skeletons for the causal checks
     budget: int = 128  # components per emotion in the circuit (heads + neurons)
     ks: tuple[int, ...] = (1, 4, 16, 64, 256)  # how many components the checks ablate/enhance
