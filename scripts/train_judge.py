@@ -2,12 +2,15 @@
 
     python scripts/train_judge.py            # writes src/emosteer/evaluate/weights/*
     python scripts/train_judge.py --check    # train and report only, write nothing
+    python scripts/train_judge.py --check --splits 5   # also the mean over 5 seeded splits
 
 A seeded 20% of the corpus (by a hash of each id) is held out: the L2 strength is chosen by
 cross-validation on the rest, the shipped weights are fitted on the rest, and the held-out
 accuracy and confusion matrix printed here are those of the shipped weights. Two extra checks
 use sentences that are not in the corpus: neutral sentences that name emotions, and polite
-assistant replies (the bundled model's cheerful default must not read as joy).
+assistant replies (the bundled model's cheerful default must not read as joy). With --splits N
+the whole procedure (L2 by cross-validation, fit, score) is repeated on the held-out splits of
+seeds 0..N-1 and the mean accuracy printed: one split of a few hundred sentences is noisy.
 """
 
 from __future__ import annotations
@@ -79,6 +82,15 @@ def choose_l2(x: torch.Tensor, y: torch.Tensor, ids: list[str], folds: int = 3) 
     return scores
 
 
+def split_accuracy(x: torch.Tensor, y: torch.Tensor, ids: list[str], seed: int) -> float:
+    """Held-out accuracy of the whole procedure on the split of `seed`."""
+    test = torch.tensor(held_out(ids, HELD_OUT, seed))
+    train_ids = [i for i, t in zip(ids, test.tolist(), strict=True) if not t]
+    cv = choose_l2(x[~test], y[~test], train_ids)
+    judge = train(x[~test], y[~test], LABELS, max(cv, key=cv.__getitem__), one_vs_rest=False)
+    return accuracy(judge.probs(x[test]).argmax(-1), y[test])
+
+
 def matrix_markdown(counts: torch.Tensor) -> str:
     head = "| true \\ predicted | " + " | ".join(LABELS) + " | recall |"
     lines = [head, "|" + "---|" * (len(LABELS) + 2)]
@@ -93,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report only, write no weights")
     parser.add_argument("--out", default=str(WEIGHTS), help="weights file (.safetensors)")
+    parser.add_argument("--splits", type=int, default=0, metavar="N",
+                        help="also report the mean held-out accuracy over split seeds 0..N-1")
     args = parser.parse_args(argv)
 
+    # One thread: on a shared 2-core machine a second thread made MiniLM 3x and the fits 20x
+    # slower (measured under load 4); on an idle machine it saves a few seconds at most.
+    torch.set_num_threads(1)
     start = time.perf_counter()
     with dataset_path("emotion_corpus").open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -133,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_confusion": counts.tolist(),
         "held_out_accuracy_by_style": {k: round(sum(v) / len(v), 3) for k, v in by_style.items()},
         "neutral_naming_emotions_correct": f"{int((naming == neutral).sum())}/{len(naming)}",
-        "polite_assistant_neutral": f"{int((polite == neutral).sum())}/{len(polite)}",
-        "seconds": round(time.perf_counter() - start, 1)})
+        "polite_assistant_neutral": f"{int((polite == neutral).sum())}/{len(polite)}"})
+    card["seconds"] = round(time.perf_counter() - start, 1)  # training time, without --splits
+    if args.splits:
+        per_seed = [split_accuracy(x, y, ids, seed) for seed in range(args.splits)]
+        card["held_out_accuracy_by_split_seed"] = [round(a, 4) for a in per_seed]
+        card["held_out_accuracy_mean_over_splits"] = round(sum(per_seed) / len(per_seed), 4)
     judge = type(judge)(**{**judge.__dict__, "card": card})
 
     print(f"corpus {info.name} v{info.version}: {len(rows)} sentences, "
@@ -153,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     for text, p in zip(POLITE_ASSISTANT, polite.tolist(), strict=True):
         if p != neutral:
             print(f"   -> {LABELS[p]}: {text}")
-    print(f"{card['seconds']:.0f} s")
+    if args.splits:
+        print(f"held-out accuracy over split seeds 0..{args.splits - 1}:",
+              ", ".join(f"{a:.1%}" for a in card["held_out_accuracy_by_split_seed"]),
+              f"-> mean {card['held_out_accuracy_mean_over_splits']:.1%}")
+    print(f"{card['seconds']:.0f} s to train")
     if not args.check:
         path = judge.save(args.out)
         print(f"wrote {path} and {path.with_suffix('.json')}")

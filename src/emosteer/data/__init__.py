@@ -15,7 +15,7 @@ DATA_DIR = Path(__file__).parent
 DATASETS = {  # name -> version; bump the version whenever a file changes
     "emotion_query": "1.0",  # 5 emotions x 100 questions, for extraction
     "emotion_query_plus": "1.0",  # 250 emotion + 150 neutral questions, for evaluation only
-    "emotion_corpus": "1.0",  # labelled sentences for the embedded emotion judge
+    "emotion_corpus": "1.1",  # labelled sentences for the embedded emotion judge
     "sev": "1.0",  # scenario skeletons with one event per valence, for emotion circuits
 }
 VALENCES = ("positive", "neutral", "negative")
