@@ -130,7 +130,7 @@ def main() -> None:
                         help="emosteer-only runs whose peak RSS shows memory flat in queries")
     parser.add_argument("--repeng-train", action="store_true",
                         help="also time repeng's ControlVector.train (PCA), once")
-    parser.add_argument("--memory-generate", type=int, nargs="*", default=[4, 16],
+    parser.add_argument("--memory-generate", type=int, nargs="*", default=[16, 32],
                         help="joy queries for extract() (generation) runs: peak RSS vs count")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--worker-generate", type=int, help=argparse.SUPPRESS)
