@@ -114,6 +114,7 @@ def main() -> None:
         folder = compatible_copy(Path(spec["model"]), tmp / "model")
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # where emosteer runs too
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     import importlib.metadata as md
