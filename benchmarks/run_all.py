@@ -199,7 +199,9 @@ def table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the plumbing")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, checks the plumbing: writes <machine>-quick.json and "
+                             "leaves the docs alone (the scripts' own files are overwritten)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every process (default: 1 if the machine is "
                              "busy, 1-minute load average > 1, else torch's default)")
@@ -223,7 +225,7 @@ def main() -> None:
                "wall_seconds": time.perf_counter() - start, "seconds_by_benchmark": seconds,
                "loadavg_1min_by_benchmark": loads, "loadavg_at_end": os.getloadavg(),
                "benchmarks": benchmarks}
-    out = HERE / "results" / f"{name}.json"
+    out = HERE / "results" / f"{name}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     block = f"{START}\n{table(results)}\n{END}"
