@@ -83,8 +83,9 @@ def test_last_only_edit_leaves_earlier_positions_alone():
     assert not torch.equal(after[:, -1], before[:, -1])
 
 
-def test_last_token_runner_matches_a_full_forward_pass():
-    model, tok = tiny_model("llama"), byte_tokenizer()
+@pytest.mark.parametrize("model_type", ["llama", "gemma2", "gpt2"])
+def test_last_token_runner_matches_a_full_forward_pass(model_type):
+    model, tok = tiny_model(model_type), byte_tokenizer()
     p = parts(model)
     prompts = ["a short one", "a somewhat longer prompt here", "mid length"]
     dirs = torch.nn.functional.normalize(torch.randn(2, p.n_layers, 64), dim=-1)
@@ -104,6 +105,10 @@ def test_last_token_runner_matches_a_full_forward_pass():
     assert not torch.allclose(edited, runner.finals())
     torch.testing.assert_close(runner.finals(), out.hidden_states[1][:, -1], rtol=1e-4,
                                atol=1e-5)
+    assert runner.croppable  # the shared prefix is cut back, not copied, after each step
+    runner.croppable = False  # the copying fallback gives the same answers
+    torch.testing.assert_close(runner.finals({("neuron", 0): Edit(torch.ones_like(add), add)}),
+                               edited)
 
 
 def test_directions_are_unit_and_centred():
@@ -183,6 +188,8 @@ def test_modulation_steers_and_restores():
 
 class _CyclingJudge:
     """Labels answers in turn; discovery asks each scene for 6 emotions then neutral."""
+
+    spec, version = "cycling", "test"
 
     def __init__(self, labels):
         self.labels = labels

@@ -136,6 +136,31 @@ class LastToken:
                 out = model(**kwargs, use_cache=True)
             self.chunks.append((i, ids, mask, cache_of(out)))
         self.rows = len(prompts)
+        self.croppable = self._can_crop()
+
+    def _can_crop(self) -> bool:
+        """Whether the cache can be cut back to the prefix after a step (no copy per condition).
+
+        Tried on a copy: a cache type without crop (or whose crop fails, as sliding-window
+        layers may) is copied before every condition instead.
+        """
+        _, ids, mask, cache = self.chunks[0]
+        trial = copy.deepcopy(cache)
+        try:
+            self._step(ids, mask, trial, {})
+            trial.crop(-1)  # drop the one token the step added
+            return trial.get_seq_length() == cache.get_seq_length()
+        except Exception:  # any failure: fall back to copying, which always works
+            return False
+
+    def _step(self, ids, mask, cache, edits) -> torch.Tensor:
+        kwargs = forward_kwargs(self.model, ids, mask)
+        last = {k: v[:, -1:] if k != "attention_mask" else v for k, v in kwargs.items()}
+        weights = {"w": torch.ones(ids.shape[0], 1)}
+        with editing(self.p, edits, last_only=True), \
+                reading(self.model, "residual", weights, self.arch) as sums:
+            self.model(**last, **{cache_arg(self.model): cache}, use_cache=True)
+        return sums[self.readout.layer]
 
     @torch.no_grad()
     def finals(self, edits: dict[tuple[str, int], Edit] | None = None) -> torch.Tensor:
@@ -145,14 +170,13 @@ class LastToken:
             n = ids.shape[0]
             part = {key: Edit(_rows(e.keep, start, n), _rows(e.add, start, n))
                     for key, e in (edits or {}).items()}
-            kwargs = forward_kwargs(self.model, ids, mask)
-            last = {k: v[:, -1:] if k != "attention_mask" else v for k, v in kwargs.items()}
-            weights = {"w": torch.ones(n, 1)}
-            with editing(self.p, part, last_only=True), \
-                    reading(self.model, "residual", weights, self.arch) as sums:
-                self.model(**last, **{cache_arg(self.model): copy.deepcopy(cache)},
-                           use_cache=True)
-            out.append(sums[self.readout.layer])
+            if self.croppable:
+                try:
+                    out.append(self._step(ids, mask, cache, part))
+                finally:
+                    cache.crop(-1)  # back to the prefix, errors included
+            else:
+                out.append(self._step(ids, mask, copy.deepcopy(cache), part))
         return torch.cat(out)
 
     def scores(self, emotion_index: torch.Tensor, edits=None) -> torch.Tensor:

@@ -108,6 +108,7 @@ def compare(model, tokenizer, circuit: EmotionCircuit, vectors: dict[str, Emotio
             rows += run(test, "steering", emotion, chosen["steering"], advance)
             rows += run(test, "circuit", emotion, chosen["circuit"], advance)
     return {"config": {**asdict(cfg), "generation": asdict(cfg.generation)},
+            "judge": f"{judge.spec}@{judge.version}",
             "calibration": {"unsteered_ppl": perplexity(base), "ppl_limit": limit,
                             "tried": tried, "chosen": chosen},
             "table": table(rows, cfg.emotions), "rows": rows,

@@ -132,7 +132,8 @@ def discover(model, tokenizer, cfg: DiscoverConfig = DiscoverConfig(), judge=Non
     times["total_s"] = time.perf_counter() - start
     summary = {
         "config": {**asdict(cfg), "generation": asdict(cfg.generation)},
-        "model": model_shape(model, arch), "layers": p.n_layers, "heads": p.n_heads,
+        "model": model_shape(model, arch), "judge": f"{judge.spec}@{judge.version}",
+        "layers": p.n_layers, "heads": p.n_heads,
         "neurons": p.n_neurons, "scenes": len(scenes), "test_scenes": len(test),
         "confirmed": kept_count,
         "asked": {e: sum(1 for _, a in rows if a == e) for e in asks},
