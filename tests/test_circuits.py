@@ -255,10 +255,11 @@ def test_compare_runs_every_method_on_test_scenes(tmp_path):
                                    generation=gen), judge=judge, progress=False)
     methods = [r["method"] for r in result["table"]]
     assert methods == ["unsteered", "prompting", "steering", "circuit"]
-    assert result["calibration"]["chosen"] == {"steering": 1.0, "circuit": 2.0}
+    assert result["calibration"]["chosen"] == {"steering": {"anger": 1.0, "joy": 1.0},
+                                               "circuit": {"anger": 2.0, "joy": 2.0}}
     test_ids = {r["scene"] for r in result["rows"]}
     from emosteer import data
 
     assert test_ids <= {s.id for s in data.load_sev("test")}  # never discovery scenes
     assert len(result["rows"]) == 3 * (1 + 3 * len(emotions))
-    assert "| circuit | 2 |" in markdown(result)
+    assert "| circuit | " in markdown(result) and "(x2)" in markdown(result)

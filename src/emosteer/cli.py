@@ -714,10 +714,10 @@ def experiment_compare(
     circuits: Path = typer.Option(Path("circuits"), help="the folder `emosteer discover` wrote"),
     test_skeletons: int = typer.Option(20, help="held-out SEV test skeletons (x 3 valences); "
                                                 "0: all"),
-    calibration_skeletons: int = typer.Option(4, help="discovery skeletons for choosing "
+    calibration_skeletons: int = typer.Option(5, help="discovery skeletons for choosing "
                                                       "alpha and strength"),
-    alphas: str = typer.Option("1,2,4", help="steering alphas tried"),
-    strengths: str = typer.Option("1,2,4", help="circuit strengths tried"),
+    alphas: str = typer.Option("0.5,1,2", help="steering alphas tried (per emotion)"),
+    strengths: str = typer.Option("0.5,1,2", help="circuit strengths tried (per emotion)"),
     max_new_tokens: int = 40,
     batch_size: int = 16,
     seed: int = 0,

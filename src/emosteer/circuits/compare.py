@@ -33,9 +33,9 @@ METHODS = ("unsteered", "prompting", "steering", "circuit")
 class CompareConfig:
     emotions: tuple[str, ...] = SEV_EMOTIONS
     test_skeletons: int | None = 20  # x 3 valences; None: the whole test split
-    calibration_skeletons: int = 4  # discovery skeletons (x 3 valences) for alpha / strength
-    alphas: tuple[float, ...] = (1.0, 2.0, 4.0)  # steering strengths tried
-    strengths: tuple[float, ...] = (1.0, 2.0, 4.0)  # circuit strengths tried
+    calibration_skeletons: int = 5  # discovery skeletons (x 3 valences = one batch of 15)
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0)  # steering strengths tried, per emotion
+    strengths: tuple[float, ...] = (0.5, 1.0, 2.0)  # circuit strengths tried, per emotion
     ppl_limit: float = 2.0  # chosen values keep perplexity within this x unsteered
     seed: int = 0
     generation: GenerateConfig = field(default_factory=lambda: GenerateConfig(
@@ -92,27 +92,34 @@ def compare(model, tokenizer, circuit: EmotionCircuit, vectors: dict[str, Emotio
     with progress_bar(progress, "comparing", total) as advance:
         base = run(calibration, "unsteered", "neutral", 0.0, advance)
         limit = cfg.ppl_limit * perplexity(base)
-        chosen, tried = {}, []
-        for method, grid in (("steering", cfg.alphas), ("circuit", cfg.strengths)):
-            for value in grid:
-                got = [r for em in cfg.emotions for r in run(calibration, method, em, value,
-                                                              advance)]
-                tried.append({"method": method, "value": value, "accuracy": accuracy(got),
-                              "ppl": perplexity(got)})
-            ok = [t for t in tried if t["method"] == method and t["ppl"] <= limit] or \
-                [min((t for t in tried if t["method"] == method), key=lambda t: t["ppl"])]
-            chosen[method] = max(ok, key=lambda t: (t["accuracy"], -t["value"]))["value"]
+        tried = [{"method": method, "emotion": emotion, "value": value,
+                  "accuracy": accuracy(got), "ppl": perplexity(got)}
+                 for method, grid in (("steering", cfg.alphas), ("circuit", cfg.strengths))
+                 for value in grid for emotion in cfg.emotions
+                 for got in [run(calibration, method, emotion, value, advance)]]
+        chosen = {m: {e: choose([t for t in tried if t["method"] == m and t["emotion"] == e],
+                                limit) for e in cfg.emotions}
+                  for m in ("steering", "circuit")}
         rows += run(test, "unsteered", "neutral", 0.0, advance)
         for emotion in cfg.emotions:
             rows += run(test, "prompting", emotion, 0.0, advance)
-            rows += run(test, "steering", emotion, chosen["steering"], advance)
-            rows += run(test, "circuit", emotion, chosen["circuit"], advance)
+            rows += run(test, "steering", emotion, chosen["steering"][emotion], advance)
+            rows += run(test, "circuit", emotion, chosen["circuit"][emotion], advance)
     return {"config": {**asdict(cfg), "generation": asdict(cfg.generation)},
             "judge": f"{judge.spec}@{judge.version}",
             "calibration": {"unsteered_ppl": perplexity(base), "ppl_limit": limit,
                             "tried": tried, "chosen": chosen},
             "table": table(rows, cfg.emotions), "rows": rows,
             "test_scenes": len(test), "seconds": time.perf_counter() - start}
+
+
+def choose(tried: list[dict], ppl_limit: float) -> float:
+    """The most accurate value whose perplexity is within the limit (ties: the smaller value);
+    if none is, the value with the lowest perplexity."""
+    ok = [t for t in tried if t["ppl"] <= ppl_limit]
+    if not ok:
+        return min(tried, key=lambda t: t["ppl"])["value"]
+    return max(ok, key=lambda t: (t["accuracy"], -t["value"]))["value"]
 
 
 def accuracy(rows: list[dict]) -> float:
@@ -136,18 +143,23 @@ def table(rows: list[dict], emotions) -> list[dict]:
             per = {e: sum(r["judged"] == e for r in mine) / len(mine) for e in emotions}
         else:
             per = {e: accuracy([r for r in mine if r["emotion"] == e]) for e in emotions}
-        out.append({"method": method, "value": mine[0]["value"], **per,
+        out.append({"method": method, "values": {e: next((r["value"] for r in mine
+                                                           if r["emotion"] == e), 0.0)
+                                                     for e in emotions}, **per,
                     "mean": sum(per.values()) / len(per), "ppl": perplexity(mine)})
     return out
 
 
 def markdown(result: dict) -> str:
     emotions = result["config"]["emotions"]
-    head = ["method", "alpha / strength", *emotions, "mean", "PPL"]
+    head = ["method", *emotions, "mean", "PPL"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["table"]:
-        value = "-" if r["method"] in ("unsteered", "prompting") else f"{r['value']:g}"
-        cells = [r["method"], value, *[f"{100 * r[e]:.1f}%" for e in emotions],
-                 f"**{100 * r['mean']:.1f}%**", f"{r['ppl']:.2f}"]
+        def cell(e, r=r):
+            value = "" if r["method"] in ("unsteered", "prompting") else \
+                f" (x{r['values'][e]:g})"
+            return f"{100 * r[e]:.1f}%{value}"
+        cells = [r["method"], *[cell(e) for e in emotions], f"**{100 * r['mean']:.1f}%**",
+                 f"{r['ppl']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
