@@ -145,7 +145,7 @@ def main() -> None:
         sys.exit(f"{PEER_PY} is missing: run `make bench` (it creates .venv-peers)")
 
     import torch
-    from machine_info import machine
+    from machine_info import machine, write_results
     from safetensors.torch import load_file
 
     import emosteer
@@ -232,12 +232,7 @@ def main() -> None:
                    "extract_generate_memory": generate_memory_runs,
                    "repeng_train_pca_diff": train, "torch_threads": torch.get_num_threads()},
     }
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-    m = report["machine"]
-    (out_dir / f"extraction_peers-{m['host'] or 'unknown'}-{m['cores']}cpu.json").write_text(
-        json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "detail"}))
+    write_results("extraction_peers", report)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,20 @@ def machine() -> dict:
             "cuda": torch.cuda.is_available(),
             # other work on the machine slows torch badly (threads oversubscribed): say so
             "loadavg_1min_at_start": round(os.getloadavg()[0], 2)}
+
+
+def results_path(benchmark: str, m: dict) -> Path:
+    """benchmarks/results/<benchmark>-<host>-<cores>cpu.json: one file per machine."""
+    return Path(__file__).parent / "results" / f"{benchmark}-{m['host'] or 'unknown'}-" \
+        f"{m['cores']}cpu.json"
+
+
+def write_results(benchmark: str, report: dict) -> Path:
+    """Write the full report, and print it without its 'detail' as the last stdout line."""
+    import json
+
+    path = results_path(benchmark, report["machine"])
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "detail"}))
+    return path

@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine_info import machine, results_path  # noqa: E402  (a script beside this one)
+
 DOCS = HERE.parent / "docs" / "benchmarks.md"
 START, END = "<!-- bench:start (written by `make bench`) -->", "<!-- bench:end -->"
 
@@ -42,7 +45,7 @@ def run(name: str, extra: list[str], env: dict) -> tuple[dict, float, list[float
         sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     m = summary["machine"]
-    full = HERE / "results" / f"{name}-{m['host'] or 'unknown'}-{m['cores']}cpu.json"
+    full = results_path(name, m)
     report = json.loads(full.read_text()) if full.exists() else summary
     print(f"{name}: {seconds:.0f} s", file=sys.stderr)
     return report, seconds, load
@@ -207,7 +210,6 @@ def main() -> None:
                              "busy, 1-minute load average > 1, else torch's default)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    from machine_info import machine
 
     # Other work on the machine makes torch's threads wait for each other (a descheduled
     # thread stalls every matmul): one thread per process keeps side-by-side ratios honest.

@@ -21,15 +21,13 @@ Writes benchmarks/results/steer_overhead-<machine>.json; the last stdout line is
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from extraction_peers import contrast_pairs
-from machine_info import machine
+from machine_info import machine, write_results
 
 import emosteer
 from emosteer import data
@@ -197,12 +195,7 @@ def main() -> None:
         "detail": {"generation": detail, "hook_cost_us": cost, "gpu_assumptions": GPU,
                    "gpu_projection": projection},
     }
-    out_dir = Path(__file__).parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    m = report["machine"]
-    (out_dir / f"steer_overhead-{m['host'] or 'unknown'}-{m['cores']}cpu.json").write_text(
-        json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "detail"}))
+    write_results("steer_overhead", report)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ _EXPORTS = {
     "GenerateConfig": "emosteer.generation",
     "generate_text": "emosteer.generation",
     "EmosteerError": "emosteer.errors",
+    "discover": "emosteer.circuits",
+    "DiscoverConfig": "emosteer.circuits",
+    "EmotionCircuit": "emosteer.circuits",
+    "modulate": "emosteer.circuits",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -154,19 +154,8 @@ class EmotionVector:
     @classmethod
     def load(cls, path: str | Path) -> EmotionVector:
         """Read a file written by save(); refuse anything else with a clear message."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise VectorFileError(f"vector file {path} does not exist: check the path, or "
-                                  "create it with `emosteer extract`")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        except Exception as err:  # safetensors raises several types for corrupt headers
-            raise VectorFileError(f"{path} is not a readable safetensors file ({err}): "
-                                  "re-create it with `emosteer extract`") from err
+        meta, tensors = read_safetensors(path, "vector", "emosteer extract")
         if meta.get("format_version") != FORMAT_VERSION:
             raise VectorFileError(f"{path} is not an emosteer vector file (format_version "
                                   f"{meta.get('format_version')!r}, expected {FORMAT_VERSION!r})"
@@ -180,6 +169,22 @@ class EmotionVector:
         if any(not torch.isfinite(v).all() for v in directions.values()):
             raise VectorFileError(f"{path} contains NaN or infinite values: re-extract it")
         return cls(directions, meta)
+
+
+def read_safetensors(path: Path, what: str, maker: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(string metadata, tensors) of a safetensors file, or a VectorFileError saying how to
+    re-create it (`maker`, e.g. "emosteer extract"). Safetensors never runs code: no pickle."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise VectorFileError(f"{what} file {path} does not exist: check the path, or create "
+                              f"it with `{maker}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {}), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises several types for corrupt headers
+        raise VectorFileError(f"{path} is not a readable safetensors file ({err}): "
+                              f"re-create it with `{maker}`") from err
 
 
 def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> EmotionVector:

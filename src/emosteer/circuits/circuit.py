@@ -21,6 +21,7 @@ import torch
 from emosteer.circuits.components import KINDS, Edit, Parts, editing, parts
 from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 from emosteer.models import Architecture, model_shape
+from emosteer.vectors import read_safetensors
 
 FORMAT_VERSION = "1"
 FILE_KIND = "emotion_circuit"
@@ -106,19 +107,8 @@ class EmotionCircuit:
 
     @classmethod
     def load(cls, path: str | Path) -> EmotionCircuit:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise VectorFileError(f"circuit file {path} does not exist: check the path, or "
-                                  "create it with `emosteer discover`")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise VectorFileError(f"{path} is not a readable safetensors file ({err}): "
-                                  "re-create it with `emosteer discover`") from err
+        meta, tensors = read_safetensors(path, "circuit", "emosteer discover")
         if meta.get("kind") != FILE_KIND or meta.get("format_version") != FORMAT_VERSION:
             raise VectorFileError(f"{path} is not an emosteer circuit file (kind "
                                   f"{meta.get('kind')!r}, format_version "
