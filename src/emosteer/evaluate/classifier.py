@@ -116,15 +116,10 @@ class LinearJudge:
 
     @classmethod
     def load(cls, path: str | Path = WEIGHTS) -> LinearJudge:
-        from safetensors import safe_open
+        from emosteer.vectors import read_safetensors
 
-        path = Path(path)
-        if not path.is_file():
-            raise EmosteerError(f"judge weights {path} are missing: run "
-                                "`python scripts/train_judge.py` to train them (under a minute)")
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta, t = read_safetensors(Path(path), "judge weights",
+                                   "python scripts/train_judge.py")  # under a minute
         if meta.get("format_version") != FORMAT_VERSION:
             raise EmosteerError(f"{path} is not an emosteer judge file: retrain it with "
                                 "`python scripts/train_judge.py`")
