@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from emosteer.evaluate.report import COLOURS, _pyplot
+from emosteer.evaluate.report import COLOURS, pyplot, save_figure
 
 KIND_NAMES = {"head": "attention heads", "neuron": "MLP neurons"}
 
@@ -30,7 +30,7 @@ def plot_pca(result, emotions: list[str], path: Path, n_panels: int = 4) -> Path
     Top row: the states as read. Bottom row: each state minus the mean of its scene (the same
     scenario and event under every emotion), so only what the emotion adds is left.
     """
-    plt = _pyplot()
+    plt = pyplot()
     states, labels = result.states, result.labels
     n_layers = states.shape[1]
     layers = sorted({round(i * (n_layers - 1) / (n_panels - 1)) for i in range(n_panels)})
@@ -55,14 +55,11 @@ def plot_pca(result, emotions: list[str], path: Path, n_panels: int = 4) -> Path
             ax.set_yticks([])
     axes[0][0].legend(fontsize=7, markerscale=2)
     fig.suptitle("Last prompt token, emotion-conditioned SEV prompts (PCA per layer)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_consistency(summary: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     c = summary["consistency"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = {"halves": "disjoint scenario halves", "valences": "across valences",
@@ -77,15 +74,12 @@ def plot_consistency(summary: dict, path: Path) -> Path:
     ax.axhline(0, color="#999", linewidth=0.6)
     ax.legend(fontsize=8)
     ax.set_title("Are emotion directions context-agnostic?")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_causal(summary: dict, path: Path) -> Path:
     """Emotion score s against k, top vs random components, 95% confidence bands."""
-    plt = _pyplot()
+    plt = pyplot()
     causal = summary["causal"]
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
     for row, mode in enumerate(("ablate", "enhance")):
@@ -109,14 +103,11 @@ def plot_causal(summary: dict, path: Path) -> Path:
             ax.set_title(f"{mode}: {what}", fontsize=10)
             ax.legend(fontsize=8)
     fig.suptitle("Causal checks on held-out SEV scenes (mean over emotions, 95% CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_sublayers(summary: dict, emotions: list[str], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     influence = summary["influence"]
     fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
     top = max(abs(v) for kind in influence.values() for row in kind for v in row) or 1.0
@@ -127,10 +118,7 @@ def plot_sublayers(summary: dict, emotions: list[str], path: Path) -> Path:
                      "sublayer's emotion shift is added (neutral request)", fontsize=9)
         fig.colorbar(im, ax=ax)
     axes[-1].set_xlabel("layer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _row(cells) -> str:

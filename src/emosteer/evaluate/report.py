@@ -79,7 +79,7 @@ def mean_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
 
 
 # --- plots -----------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError as err:
@@ -92,6 +92,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Lay out, write as PNG and free a matplotlib figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 COLOURS = {"joy": "#e6a700", "anger": "#d62728", "sadness": "#1f77b4", "fear": "#7f3fbf",
            "disgust": "#2ca02c", "surprise": "#ff7f0e", "any": "#444444"}
 STYLES = {"raw": "-", "centered": "--", "base": "-", "mix": ":"}
@@ -100,7 +109,7 @@ STYLES = {"raw": "-", "centered": "--", "base": "-", "mix": ":"}
 def plot_sweep(rows: Sequence[dict], metric: str, path: Path, title: str = "") -> Path:
     """metric against alpha, one panel per vector variant (raw, centred, ...), one colour per
     emotion; alpha 0 is the unsteered answer; the prompting baseline is a star at the right."""
-    plt = _pyplot()
+    plt = pyplot()
     targets = list(dict.fromkeys(r["target"] for r in rows))
     variants = [v for v in STYLES if any(r["variant"] == v for r in rows)] or ["raw"]
     has_prompt = any(r["variant"] == "prompt" for r in rows)
@@ -142,18 +151,14 @@ def plot_sweep(rows: Sequence[dict], metric: str, path: Path, title: str = "") -
                           "is better)")
     axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
     fig.suptitle(title or f"{m.name.upper()} against alpha", fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_mix(rows: Sequence[dict], first: str, second: str, weights: Sequence[float],
              path: Path, metric: str = "tec") -> Path:
     """Heatmaps of the metric for each of the two emotions over the weight grid, and the
     additivity gap: f(w1, w2) - f(w1, 0) - f(0, w2) + f(0, 0)."""
-    plt = _pyplot()
+    plt = pyplot()
     grids = {t: mix_grid(rows, first, second, weights, t, metric) for t in (first, second)}
     gap = {t: additivity_gap(g) for t, g in grids.items()}
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.3), dpi=110)
@@ -175,11 +180,7 @@ def plot_mix(rows: Sequence[dict], first: str, second: str, weights: Sequence[fl
         ax.set_ylabel(f"weight of {first}")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def mix_grid(rows: Sequence[dict], first: str, second: str, weights: Sequence[float],
