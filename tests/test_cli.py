@@ -12,7 +12,8 @@ from conftest import byte_tokenizer, tiny_model
 from emosteer.models import model_shape
 from emosteer.vectors import EmotionVector
 
-COMMANDS = ["extract", "generate", "info", "demo"]
+COMMANDS = ["extract", "generate", "info", "demo", "serve", "export", "import", "classify",
+            "discover", "experiment"]
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -47,6 +48,17 @@ def tiny_folder(tmp_path_factory):
     other = {**shape, "model_id": "other", "hidden_size": "32"}
     EmotionVector({0: torch.ones(32)}, {**other, "emotion": "joy"}).save(root / "other.safetensors")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_circuit(tiny_folder):
+    """A circuit file for the saved tiny llama (from test_circuits' known-answer builder)."""
+    from test_circuits import _circuit
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder / "tiny")
+    model.emosteer_id = "tiny"  # what load_model calls a folder named tiny
+    return _circuit(model).save(tiny_folder / "circuit.safetensors")
 
 
 def one_line_error(out: subprocess.CompletedProcess, pattern: str) -> None:
@@ -96,3 +108,34 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_info_prints_metadata(tiny_folder):
     out = run("info", str(tiny_folder / "vecs" / "joy.safetensors"))
     assert out.returncode == 0 and "format_version" in out.stdout and "tiny" in out.stdout
+
+
+def test_generate_through_a_circuit(tiny_folder, tiny_circuit):
+    out = run("generate", "hello there", "--model", str(tiny_folder / "tiny"), "--circuit",
+              str(tiny_circuit), "--emotion", "fear", "--alpha", "0", "--alpha", "2",
+              "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    assert "through the fear circuit" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--emotion", "fear"], "exactly one of --vector FILE, --mix"),
+    (["--circuit", "circuit.safetensors"], "--circuit needs --emotion: one of joy, fear"),
+    (["--circuit", "circuit.safetensors", "--emotion", "envy"], "unknown emotion 'envy'"),
+    (["--circuit", "joy.safetensors", "--emotion", "joy"], "not an emosteer circuit file"),
+    (["--circuit", "circuit.safetensors", "--emotion", "joy", "--alpha", "inf"], "alpha is inf"),
+])
+def test_generate_circuit_bad_input(tiny_folder, tiny_circuit, args, message):
+    (tiny_folder / "joy.safetensors").write_bytes((tiny_folder / "vecs" / "joy.safetensors")
+                                                  .read_bytes())
+    out = run("generate", "hi", "--model", str(tiny_folder / "tiny"), *args, cwd=tiny_folder)
+    one_line_error(out, message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["discover", "--ks", "1,x"], "bad --ks"),
+    (["discover", "--emotions", "joy,envy"], "need at least two of"),
+    (["experiment", "compare", "--circuits", "nowhere"], "run `emosteer discover --out nowhere`"),
+])
+def test_circuit_commands_bad_input(tiny_folder, args, message):
+    one_line_error(run(*args, cwd=tiny_folder), message)

@@ -135,9 +135,10 @@ def generate(
 ) -> None:
     """Answer questions steered by a vector or a mix of emotions.
 
-    Examples: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
-    [bold]emosteer generate "The bus is late again." --circuit circuits/circuit.safetensors
-    --emotion fear --alpha 2[/bold]
+    Example: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
+
+    Through a circuit: [bold]emosteer generate "The bus is late again." --circuit
+    circuits/circuit.safetensors --emotion fear --alpha 1[/bold]
     """
     from rich.table import Table
 
