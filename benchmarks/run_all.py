@@ -66,6 +66,32 @@ def table(results: dict) -> str:
     mem = ex["detail"]["memory_by_queries"]
     genmem = ex["detail"].get("extract_generate_memory", {})
     load = results["loadavg_1min_by_benchmark"]
+    repeng_layers = len(ex["detail"]["cosine_vs_repeng_mean_diff"]) - 1
+    targets = [  # (what, measured, target): one row each of the targets table
+        (f"extraction speedup vs the faster peer ({ex['faster_peer']})",
+         ex["extraction_speedup_vs_faster_peer"], 1.5),
+        ("identical vectors: min cosine vs steering-vectors (mean difference, all layers)",
+         ex["min_cosine_vs_steering_vectors"], 0.999),
+        (f"identical vectors: min cosine vs repeng's reading, mean difference (layers "
+         f"0-{repeng_layers})", ex["min_cosine_vs_repeng_mean_diff"], 0.999),
+        ("steered / unsteered tokens/s, hook, batch 1",
+         so["steered_over_unsteered_tokens_per_s"], 0.97),
+        ("steered / unsteered tokens/s, hook, batch 8",
+         so["steered_over_unsteered_tokens_per_s_batch_8"], 0.97),
+        ("steered / unsteered tokens/s, fold, batch 1",
+         so["fold_over_unsteered_tokens_per_s"], 0.97),
+        ("steered / unsteered tokens/s, fold, batch 8",
+         so["fold_over_unsteered_tokens_per_s_batch_8"], 0.97),
+        ("per-row steering (5 emotions in a batch of 8) / unsteered batch of 8",
+         so["per_row_over_unsteered_tokens_per_s_batch_8"], 0.95),
+        ("GPU projected, hook, worst case (no overlap), batch 1",
+         so["projected_gpu_steered_over_unsteered_batch_1"], 0.97),
+        ("GPU projected, hook, worst case (no overlap), batch 32",
+         so["projected_gpu_steered_over_unsteered_batch_32"], 0.97),
+        ("GPU projected, hook, GPU-bound (CPU work overlapped), batch 1",
+         so["projected_gpu_overlapped_steered_over_unsteered_batch_1"], 0.97),
+        ("GPU projected, fold", 1.0, 0.97),
+    ]
     lines = [
         f"Machine: `{results['name']}`, {m['cpu']} ({m['cores']} cores, {m['threads']} torch "
         f"threads), torch {m['torch']}, CUDA: {'yes' if m['cuda'] else 'no'}. "
@@ -79,30 +105,7 @@ def table(results: dict) -> str:
         "",
         "| what | measured | target | |",
         "|---|---|---|---|",
-        f"| extraction speedup vs the faster peer ({ex['faster_peer']}) | "
-        + verdict(ex["extraction_speedup_vs_faster_peer"], 1.5) + " |",
-        "| identical vectors: min cosine vs steering-vectors (mean difference, all layers) | "
-        + verdict(ex["min_cosine_vs_steering_vectors"], 0.999) + " |",
-        f"| identical vectors: min cosine vs repeng's reading, mean difference (layers 0-"
-        f"{len(ex['detail']['cosine_vs_repeng_mean_diff']) - 1}) | "
-        + verdict(ex["min_cosine_vs_repeng_mean_diff"], 0.999) + " |",
-        "| steered / unsteered tokens/s, hook, batch 1 | "
-        + verdict(so["steered_over_unsteered_tokens_per_s"], 0.97) + " |",
-        "| steered / unsteered tokens/s, hook, batch 8 | "
-        + verdict(so["steered_over_unsteered_tokens_per_s_batch_8"], 0.97) + " |",
-        "| steered / unsteered tokens/s, fold, batch 1 | "
-        + verdict(so["fold_over_unsteered_tokens_per_s"], 0.97) + " |",
-        "| steered / unsteered tokens/s, fold, batch 8 | "
-        + verdict(so["fold_over_unsteered_tokens_per_s_batch_8"], 0.97) + " |",
-        "| per-row steering (5 emotions in a batch of 8) / unsteered batch of 8 | "
-        + verdict(so["per_row_over_unsteered_tokens_per_s_batch_8"], 0.95) + " |",
-        "| GPU projected, hook, worst case (no overlap), batch 1 | "
-        + verdict(so["projected_gpu_steered_over_unsteered_batch_1"], 0.97) + " |",
-        "| GPU projected, hook, worst case (no overlap), batch 32 | "
-        + verdict(so["projected_gpu_steered_over_unsteered_batch_32"], 0.97) + " |",
-        "| GPU projected, hook, GPU-bound (CPU work overlapped), batch 1 | "
-        + verdict(so["projected_gpu_overlapped_steered_over_unsteered_batch_1"], 0.97) + " |",
-        "| GPU projected, fold | " + verdict(1.0, 0.97) + " |",
+        *[f"| {what} | {verdict(value, target)} |" for what, value, target in targets],
         "",
         "### 1. Extraction throughput (`benchmarks/extraction_peers.py`)",
         "",
