@@ -717,8 +717,9 @@ def experiment_compare(
                                                 "0: all"),
     calibration_skeletons: int = typer.Option(5, help="discovery skeletons for choosing "
                                                       "alpha and strength"),
-    alphas: str = typer.Option("0.5,1,2", help="steering alphas tried (per emotion)"),
-    strengths: str = typer.Option("0.5,1,2", help="circuit strengths tried (per emotion)"),
+    alphas: str = typer.Option("0.5,0.75,1,1.5", help="steering alphas tried (per emotion)"),
+    strengths: str = typer.Option("0.5,0.75,1,1.5", help="circuit strengths tried (per "
+                                                            "emotion)"),
     max_new_tokens: int = 40,
     batch_size: int = 16,
     seed: int = 0,

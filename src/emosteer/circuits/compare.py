@@ -34,8 +34,8 @@ class CompareConfig:
     emotions: tuple[str, ...] = SEV_EMOTIONS
     test_skeletons: int | None = 20  # x 3 valences; None: the whole test split
     calibration_skeletons: int = 5  # discovery skeletons (x 3 valences = one batch of 15)
-    alphas: tuple[float, ...] = (0.5, 1.0, 2.0)  # steering strengths tried, per emotion
-    strengths: tuple[float, ...] = (0.5, 1.0, 2.0)  # circuit strengths tried, per emotion
+    alphas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5)  # steering strengths tried, per emotion
+    strengths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5)  # circuit strengths, per emotion
     ppl_limit: float = 2.0  # chosen values keep perplexity within this x unsteered
     seed: int = 0
     generation: GenerateConfig = field(default_factory=lambda: GenerateConfig(
