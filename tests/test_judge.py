@@ -72,6 +72,23 @@ def test_shipped_card_reports_the_held_out_split():
     assert abs(float(counts.trace()) / card["n_held_out"] - card["held_out_accuracy"]) < 1e-3
 
 
+def test_shipped_weights_reach_85_percent_on_the_held_out_split(embedded):
+    """Recomputed from the corpus and the shipped weights, not read from the card."""
+    from emosteer.data import dataset_info, dataset_path
+
+    card = embedded.heads.card
+    assert card["corpus_sha256"] == dataset_info("emotion_corpus").sha256  # trained on this file
+    rows = [json.loads(line) for line in dataset_path("emotion_corpus").read_text().splitlines()
+            if line.strip()]
+    flags = held_out([r["id"] for r in rows], card["held_out_share"], card["split_seed"])
+    test = [r for r, f in zip(rows, flags, strict=True) if f]
+    predicted = [x["label"] for x in embedded.classify([r["text"] for r in test])]
+    accuracy = sum(p == r["label"] for p, r in zip(predicted, test, strict=True)) / len(test)
+    assert len(test) == card["n_held_out"]
+    assert accuracy >= 0.85
+    assert abs(accuracy - card["held_out_accuracy"]) < 2e-3
+
+
 def test_linear_judge_round_trip_is_bit_exact(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 12, generator=g)
