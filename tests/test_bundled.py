@@ -65,3 +65,31 @@ def test_vector_raises_its_emotion_on_unseen_questions(bundled, judge, emotion):
     diff = steered - plain  # paired: same question, same sampling seed
     t = diff.mean() / (diff.std(ddof=1) / len(diff) ** 0.5)
     assert diff.mean() > 0 and t > 2.0, (emotion, plain.mean(), steered.mean(), t)
+
+
+def test_shipped_circuit_expresses_joy_and_fear_on_held_out_scenes(bundled):
+    """The circuit in docs/results/circuits (found on discovery scenes) moves the embedded
+    judge's label on SEV test scenes asked neutrally: more answers read as the emotion."""
+    from pathlib import Path
+
+    from emosteer import data
+    from emosteer.circuits import EmotionCircuit, modulate
+    from emosteer.evaluate.judges import load_judge
+    from emosteer.generation import GenerateConfig, generate_text
+
+    model, tok = bundled
+    circuit = EmotionCircuit.load(Path(__file__).parents[1] / "docs" / "results" / "circuits"
+                                  / "circuit.safetensors")
+    scenes = data.load_sev("test", 8, seed=5)  # 24 scenes
+    requests = [data.sev_request(s, None) for s in scenes]
+    judge = load_judge("embedded")
+    cfg = GenerateConfig(max_new_tokens=40, batch_size=24)
+
+    def share(emotion, strength):
+        with modulate(model, circuit, emotion, strength):
+            answers = generate_text(model, tok, requests, cfg=cfg)
+        return sum(r.label == emotion for r in judge.rate(requests, answers)) / len(answers)
+
+    for emotion in ("joy", "fear"):
+        before, after = share(emotion, 0.0), share(emotion, 1.0)
+        assert after >= before + 0.25, (emotion, before, after)
