@@ -1,10 +1,11 @@
-"""The metrics registry: each metric is one decorated function of one answer's annotations.
+"""The metrics registry: each metric is one decorated function of the annotation it needs.
 
 An answer's annotations come from scorers, cached by the experiments:
   "ppl":   {"nll": float, "tokens": int}          (scorers.Perplexity)
   "topic": float in [0, 1]                        (scorers.TopicSimilarity, or the LLM judge)
   "judge": {"probs": {...}, "scores": {...}}      (a judge's Rating.to_json())
-A metric turns them into a number for a target emotion; reports iterate `METRICS` in order.
+A metric gets the annotation named by its `needs` (answers without it are skipped) and turns
+it into a number for a target emotion; reports iterate `METRICS` in order.
 The target "any" asks about emotion at all (used for EV_base): p = 1 - p(neutral).
 """
 
@@ -14,6 +15,7 @@ import math
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from emosteer.errors import BadInputError
 
@@ -26,11 +28,13 @@ class Metric:
     higher_is_better: bool
     needs: str  # the annotation it reads: "ppl", "topic" or "judge"
     description: str
-    value: Callable[[dict, str], float | None]  # (annotations, target) -> per-answer value
+    value: Callable[[Any, str], float | None]  # (annotations[needs], target) -> per answer
     aggregate: Callable[[list[float]], float]  # per-answer values -> the reported number
 
     def __call__(self, annotations: Iterable[dict], target: str) -> float | None:
-        values = [v for a in annotations if (v := self.value(a, target)) is not None]
+        """Aggregate over the answers; an answer without the annotation this needs is skipped."""
+        values = [v for a in annotations if a.get(self.needs) is not None
+                  and (v := self.value(a[self.needs], target)) is not None]
         return self.aggregate(values) if values else None
 
 
@@ -40,7 +44,7 @@ METRICS: dict[str, Metric] = {}
 def metric(name: str, *, higher_is_better: bool, needs: str,
            aggregate: Callable[[list[float]], float] = statistics.fmean):
     """Register a metric: `@metric("eps", higher_is_better=True, needs="judge")`."""
-    def register(fn: Callable[[dict, str], float | None]) -> Callable[[dict, str], float | None]:
+    def register(fn: Callable[[Any, str], float | None]) -> Callable[[Any, str], float | None]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
@@ -72,44 +76,33 @@ def target_probability(probs: dict[str, float], target: str) -> float:
 
 
 @metric("ppl", higher_is_better=False, needs="ppl", aggregate=geometric_mean)
-def ppl(annotations: dict, target: str) -> float | None:
+def ppl(item: dict, target: str) -> float | None:
     """Fluency, the perplexity of the answer under the unsteered reference LM (geometric mean)."""
-    item = annotations.get("ppl")
-    if not item or item["tokens"] <= 0:
-        return None
-    return math.exp(item["nll"] / item["tokens"])
+    return math.exp(item["nll"] / item["tokens"]) if item.get("tokens", 0) > 0 else None
 
 
 @metric("topic", higher_is_better=True, needs="topic")
-def topic(annotations: dict, target: str) -> float | None:
+def topic(value: float, target: str) -> float:
     """Topic consistency in [0, 1]: the answer keeps to its question (0.5 = random pairing)."""
-    value = annotations.get("topic")
-    return None if value is None else float(value)
+    return float(value)
 
 
 @metric("eps", higher_is_better=True, needs="judge")
-def eps(annotations: dict, target: str) -> float | None:
+def eps(judged: dict, target: str) -> float:
     """Share of answers whose most likely label is the target emotion."""
-    judged = annotations.get("judge")
-    if judged is None:
-        return None
     probs = judged["probs"]
     label = max(probs, key=probs.__getitem__)
     return float(label != "neutral") if target == ANY else float(label == target)
 
 
 @metric("eas", higher_is_better=True, needs="judge")
-def eas(annotations: dict, target: str) -> float | None:
+def eas(judged: dict, target: str) -> float:
     """The judge's 0-100 score of the target emotion (the strongest one for 'any')."""
-    judged = annotations.get("judge")
-    if judged is None:
-        return None
     scores = judged["scores"]
     return max(scores.values()) if target == ANY else float(scores.get(target, 0.0))
 
 
 @metric("tec", higher_is_better=True, needs="judge")
-def tec(annotations: dict, target: str) -> float | None:
+def tec(judged: dict, target: str) -> float:
     """The judge's mean probability of the target emotion."""
-    judged = annotations.get("judge")
-    return None if judged is None else target_probability(judged["probs"], target)
+    return target_probability(judged["probs"], target)
