@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emosteer.errors import BadInputError, ModelLoadError, UnknownArchitectureError
 
@@ -103,6 +106,28 @@ def model_shape(model: torch.nn.Module, arch: Architecture | None = None) -> dic
         "hidden_size": str(model.config.hidden_size),
         "num_layers": str(len(decoder_layers(model, arch))),
     }
+
+
+def forward_params(model: torch.nn.Module) -> frozenset[str]:
+    """The argument names of model.forward: the one place that asks the model's signature."""
+    return _params_of(type(model))
+
+
+@functools.cache
+def _params_of(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def cache_arg(model: torch.nn.Module) -> str | None:
+    """The forward() argument taking a KV cache: "cache" (transformers 5.24 renamed it),
+    "past_key_values" before; None when the model takes neither."""
+    params = forward_params(model)
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def cache_of(output: Mapping[str, Any]) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def cache_dir() -> Path:
