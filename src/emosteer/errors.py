@@ -26,9 +26,9 @@ class VectorMismatchError(EmosteerError):
     pass
 
 
-class BadAlphaError(EmosteerError, ValueError):
-    pass
-
-
 class BadInputError(EmosteerError, ValueError):
     pass
+
+
+class BadAlphaError(BadInputError):
+    """A steering strength or mix weight that is not a finite number within the bound."""

@@ -7,17 +7,16 @@ queries. EV_base is the mean of the emotions' vectors.
 
 from __future__ import annotations
 
-import inspect
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from emosteer import data
-from emosteer.capture import cache_argument, masked_means
+from emosteer.capture import masked_means
 from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
-from emosteer.models import Architecture, model_shape
+from emosteer.models import Architecture, cache_arg, forward_params, model_shape
 from emosteer.progress import progress_bar
 from emosteer.vectors import EMOTIONS, EmotionVector
 
@@ -89,9 +88,11 @@ def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
         vectors[emotion] = _vector(model, mean, emotion, cfg, used[emotion], arch)
     base = sum(vectors.values(), start=vectors[cfg.emotions[0]] * 0.0) / len(cfg.emotions)
     vectors = {e: (v - base) if cfg.center else v for e, v in vectors.items()}
-    vectors["base"] = _relabel(base, "base")
+    # base records which emotions it is the mean of, so it is never mistaken for another mean
+    vectors["base"] = replace(base, meta={**base.meta, "emotion": "base",
+                                          "emotions": ",".join(cfg.emotions)})
     for emotion in cfg.emotions:
-        vectors[emotion] = _relabel(vectors[emotion], emotion)
+        vectors[emotion] = vectors[emotion].renamed(emotion)
     return Extraction(vectors, samples, time.perf_counter() - start, used)
 
 
@@ -162,8 +163,8 @@ def _signed_last_token_sum(model, seqs: list[list[int]], signs: list[float], pad
     while shared < limit and all(s[shared] == seqs[0][shared] for s in seqs):
         shared += 1
     past = None
-    params = inspect.signature(model.forward).parameters
-    name = cache_argument(model)
+    params = forward_params(model)
+    name = cache_arg(model)
     if len(seqs) > 1 and shared >= 4 and name is not None:
         head = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         with torch.no_grad():
@@ -235,10 +236,6 @@ def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int,
             "dataset_version": info.version, "dataset_sha256": info.sha256, "n_queries": n,
             "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items())}
     return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
-
-
-def _relabel(vector: EmotionVector, emotion: str) -> EmotionVector:
-    return EmotionVector(vector.directions, {**vector.meta, "emotion": emotion})
 
 
 def _chunks(items: list, size: int) -> list[list]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+
+from emosteer.models import forward_params
 
 
 @dataclass(frozen=True)
@@ -74,20 +75,9 @@ def decode_responses(tokenizer, batch: Batch) -> list[str]:
 def forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
     """Arguments for a plain forward pass that places tokens as generate() did (left padding)."""
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "position_ids" in inspect.signature(model.forward).parameters:
+    if "position_ids" in forward_params(model):
         kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     return kwargs
-
-
-def cache_arg(model) -> str:
-    """The forward argument taking a KV cache: transformers 5.24 renamed past_key_values."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters \
-        else "past_key_values"
-
-
-def cache_of(output):
-    """The KV cache a forward pass returned, under either name."""
-    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

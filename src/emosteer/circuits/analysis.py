@@ -18,7 +18,8 @@ import torch
 
 from emosteer.capture import reading
 from emosteer.circuits.components import KINDS, Edit, Parts, contributions, editing, unit_mask
-from emosteer.generation import cache_arg, cache_of, forward_kwargs
+from emosteer.generation import forward_kwargs
+from emosteer.models import cache_arg, cache_of
 
 
 # --- directions ------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ no emotion word in the prompt.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +20,13 @@ import torch
 from emosteer.circuits.components import KINDS, Edit, Parts, editing, parts
 from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 from emosteer.models import Architecture, model_shape
-from emosteer.vectors import read_safetensors
+from emosteer.vectors import (
+    check_alpha,
+    made_for,
+    read_safetensors,
+    shape_differences,
+    write_safetensors,
+)
 
 FORMAT_VERSION = "1"
 FILE_KIND = "emotion_circuit"
@@ -76,14 +81,11 @@ class EmotionCircuit:
                     allow_other_model: bool = False) -> None:
         shape = {**model_shape(model, arch), "n_heads": str(p.n_heads),
                  "head_dim": str(p.head_dim), "n_neurons": str(p.n_neurons)}
-        keys = [k for k in shape if k != "model_id" or not allow_other_model]
-        diffs = [f"{k} {self.meta[k]} vs {shape[k]}" for k in keys
-                 if k in self.meta and self.meta[k] != shape[k]]
+        diffs = shape_differences(self.meta, shape, allow_other_model)
         if diffs:
             raise VectorMismatchError(
-                f"circuit was made for model {self.meta.get('model_id', '?')!r}, not "
-                f"{shape['model_id']!r} ({'; '.join(diffs)}): run `emosteer discover --model "
-                "...` for this model")
+                f"circuit {made_for(self.meta, shape)} ({'; '.join(diffs)}): run `emosteer "
+                "discover --model ...` for this model")
 
     # --- files -------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -92,18 +94,9 @@ class EmotionCircuit:
                 for name in _FIELDS}
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from emosteer import __version__
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "kind": FILE_KIND,
-                "emosteer_version": __version__, "emotions": ",".join(self.circuits),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                **self.meta}
-        save_file(self.tensors(), str(path), metadata=meta)
-        return path
+                "emotions": ",".join(self.circuits), **self.meta}
+        return write_safetensors(path, self.tensors(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EmotionCircuit:
@@ -183,8 +176,6 @@ def modulate(model: torch.nn.Module, circuit: EmotionCircuit, emotion: str,
     positions: "all" (prompt and generated tokens) or "generated" (the newest position of
     each step, with the KV cache on). The model is restored on exit, errors included.
     """
-    from emosteer.steering import check_alpha
-
     strength = check_alpha(strength)
     if positions not in ("all", "generated"):
         raise BadInputError(f"positions={positions!r}: use 'all' or 'generated'")

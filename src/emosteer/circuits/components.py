@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from emosteer.errors import BadInputError
+from emosteer.hooks import hooked, untuple
 from emosteer.models import Architecture, architecture_of, decoder_layers
 
 KINDS = ("head", "neuron")
@@ -123,7 +124,7 @@ def reading_last(model: torch.nn.Module, p: Parts, arch: Architecture | None = N
 
     def residual_hook(index):
         def hook(module, args, output):
-            store("residual", index, output[0] if isinstance(output, tuple) else output)
+            store("residual", index, untuple(output))
         return hook
 
     def input_hook(key, index):
@@ -132,16 +133,11 @@ def reading_last(model: torch.nn.Module, p: Parts, arch: Architecture | None = N
         return hook
 
     layers = decoder_layers(model, arch)
-    handles = []
-    try:
-        for i in range(p.n_layers):
-            handles.append(layers[i].register_forward_hook(residual_hook(i)))
-            handles.append(p.attn_out[i].register_forward_pre_hook(input_hook("head", i)))
-            handles.append(p.mlp_down[i].register_forward_pre_hook(input_hook("neuron", i)))
+    inputs = [(p.attn_out[i], input_hook("head", i)) for i in range(p.n_layers)] + [
+        (p.mlp_down[i], input_hook("neuron", i)) for i in range(p.n_layers)]
+    with hooked(model, {layers[i]: residual_hook(i) for i in range(p.n_layers)}), \
+            hooked(model, inputs, pre=True):
         yield out
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -178,15 +174,9 @@ def editing(p: Parts, edits: Mapping[tuple[str, int], Edit], last_only: bool = F
             return (x, *args[1:])
         return hook
 
-    handles = []
-    try:
-        for (kind, layer), edit in edits.items():
-            module = p.modules(kind)[layer]
-            handles.append(module.register_forward_pre_hook(make_hook(edit)))
+    hooks = [(p.modules(kind)[layer], make_hook(edit)) for (kind, layer), edit in edits.items()]
+    with hooked(None, hooks, pre=True):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def unit_mask(p: Parts, kind: str, indices: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from emosteer.generation import cache_arg, cache_of
+from emosteer.models import cache_arg, cache_of
 from emosteer.steering import steer_rows
 from emosteer.vectors import EmotionVector
 
