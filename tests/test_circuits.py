@@ -210,8 +210,8 @@ def test_discover_end_to_end_on_a_tiny_model(tmp_path):
 
     model, tok = tiny_model("llama"), byte_tokenizer()
     emotions = ("anger", "sadness", "joy", "fear", "surprise", "disgust")
-    cfg = DiscoverConfig(skeletons=3, test_skeletons=2, budget=10, ks=(1, 3), min_kept=2,
-                         generation=GenerateConfig(max_new_tokens=3, batch_size=8))
+    cfg = DiscoverConfig(emotions=emotions, skeletons=3, test_skeletons=2, budget=10, ks=(1, 3),
+                         min_kept=2, generation=GenerateConfig(max_new_tokens=3, batch_size=8))
     # every emotional answer confirmed but joy's (judged neutral): joy falls back to all prompts
     judge = _CyclingJudge(["anger", "sadness", "neutral", "fear", "surprise", "disgust",
                            "neutral"])

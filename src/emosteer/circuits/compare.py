@@ -19,7 +19,7 @@ import torch
 
 from emosteer import data
 from emosteer.circuits.circuit import EmotionCircuit, modulate
-from emosteer.circuits.discover import SEV_EMOTIONS
+from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.progress import progress_bar
@@ -31,7 +31,7 @@ METHODS = ("unsteered", "prompting", "steering", "circuit")
 
 @dataclass(frozen=True)
 class CompareConfig:
-    emotions: tuple[str, ...] = SEV_EMOTIONS
+    emotions: tuple[str, ...] = CIRCUIT_EMOTIONS
     test_skeletons: int | None = 20  # x 3 valences; None: the whole test split
     calibration_skeletons: int = 5  # discovery skeletons (x 3 valences = one batch of 15)
     alphas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5)  # steering strengths tried, per emotion

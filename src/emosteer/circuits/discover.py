@@ -27,18 +27,18 @@ from emosteer.capture import masked_means
 from emosteer.circuits import analysis as A
 from emosteer.circuits.circuit import EmotionCircuit, build
 from emosteer.circuits.components import KINDS, Parts, parts, reading_last
+from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
+from emosteer.files import write_text
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
 from emosteer.progress import progress_bar
 from emosteer.vectors import EmotionVector
 
-SEV_EMOTIONS = ("anger", "sadness", "joy", "fear", "surprise", "disgust")
-
 
 @dataclass(frozen=True)
 class DiscoverConfig:
-    emotions: tuple[str, ...] = SEV_EMOTIONS  # the circuits paper's six
+    emotions: tuple[str, ...] = CIRCUIT_EMOTIONS  # the circuits paper's six
     skeletons: int | None = 30  # discovery skeletons (x 3 valences); None: all of them
     test_skeletons: int | None = 30  # held-out skeletons for the causal checks
     budget: int = 128  # components per emotion in the circuit (heads + neurons)
@@ -321,11 +321,9 @@ def save(result: Discovery, out: Path, emotions: list[str]) -> dict[str, Path]:
     rankings = {e: {k: [{"layer": layer, "index": j, "share": float(result.scores[k][i, layer, j])}
                         for layer, j in A.top_components(result.scores[k][i], 20)]
                     for k in KINDS} for i, e in enumerate(emotions)}
-    (out / "rankings.json").write_text(json.dumps(rankings, indent=1))
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(x) + "\n" for x in result.samples)
-    (out / "summary.json").write_text(json.dumps(result.summary, indent=1))
+    write_text(out / "rankings.json", json.dumps(rankings, indent=1))
+    write_text(out / "samples.jsonl", "".join(json.dumps(x) + "\n" for x in result.samples))
+    write_text(out / "summary.json", json.dumps(result.summary, indent=1))
     paths.update(report.all_plots(result, emotions, out))
-    paths["report"] = out / "report.md"
-    paths["report"].write_text(report.markdown(result.summary, emotions), encoding="utf-8")
+    paths["report"] = write_text(out / "report.md", report.markdown(result.summary, emotions))
     return paths
