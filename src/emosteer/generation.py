@@ -12,6 +12,12 @@ from emosteer.models import forward_params
 
 @dataclass(frozen=True)
 class GenerateConfig:
+    """How answers are decoded, everywhere (extraction, experiments, CLI, server defaults).
+
+    Example:
+        cfg = GenerateConfig(max_new_tokens=96, do_sample=False)
+    """
+
     max_new_tokens: int = 48  # enough for two or three sentences; the paper used up to 512
     do_sample: bool = True  # greedy decoding loops on the bundled 135M model
     temperature: float = 0.6  # the authors' setting
@@ -95,6 +101,18 @@ def generate_text(model, tokenizer, questions: list[str], vector=None, alpha: fl
 
     Seeded: the same questions and settings give the same text, steered or not, so outputs
     at different alphas differ only by the steering.
+
+    Args:
+        model, tokenizer: from `emosteer.load_model`.
+        questions: user messages, one answer each.
+        vector: steer by alpha * vector (None: unsteered).
+        alpha: steering strength.
+        system: a system prompt (None: none).
+        cfg: decoding settings.
+        **steer_options: passed to `emosteer.steer` (layers, positions, mode...).
+
+    Example:
+        answers = generate_text(model, tok, ["How was your day?"], joy, alpha=1.0)
     """
     from emosteer.steering import steer
 

@@ -16,6 +16,7 @@ from emosteer.errors import BadInputError, ModelLoadError, UnknownArchitectureEr
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Site = Literal["attn", "residual"]  # where vectors are read and added (see site_modules)
 
@@ -29,6 +30,11 @@ class Architecture:
     """Where the parts of one decoder-only family live, as dotted paths.
 
     layers is relative to the model; the other paths are relative to one decoder layer.
+
+    Example:
+        arch = Architecture(layers="model.layers", attn_out="self_attn.o_proj",
+                            mlp_down="mlp.down_proj")
+        with emosteer.steer(model, joy, arch=arch): ...
     """
 
     layers: str  # the list of decoder layers
@@ -148,11 +154,21 @@ def bundled_folder() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def load_model(spec: str = "default", device: str | None = None, dtype: str | None = None):
+def load_model(spec: str = "default", device: str | None = None, dtype: str | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) from 'default', a hub id, a local folder or a .gguf file.
 
     The bundled GGUF is dequantised to float32 on first use (about 20 s), then cached as
     safetensors under $EMOSTEER_CACHE (default ~/.cache/emosteer).
+
+    Args:
+        spec: "default" (SmolLM2-135M-Instruct, bundled), a hub id "org/name", a folder saved
+            by transformers, or a .gguf file.
+        device: "cuda", "cpu"... (default: cuda when present).
+        dtype: a torch dtype name such as "bfloat16" (default: the checkpoint's).
+
+    Example:
+        model, tok = emosteer.load_model("default")
     """
     import torch
     from transformers.utils import logging as hf_logging

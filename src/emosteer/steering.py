@@ -26,16 +26,26 @@ def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
           mode: Mode = "hook") -> Iterator[None]:
     """Steer every forward pass inside the block; the model is restored on exit, errors included.
 
-    layers: "all" or the layer indices to steer. positions: "all" adds at every position;
-    "generated" adds only at the newest position of each forward step (the authors' apply
-    script), so the prompt is read unsteered and every generated token is steered. With
-    "generated", generate with the KV cache on (the default), or each re-read prompt position
-    would go unsteered.
+    Args:
+        model: a model of the architecture table (or pass `arch`).
+        vector: the emotion vector; it must have been made for this model.
+        alpha: strength, signed and continuous (0 = unsteered, bit for bit; |alpha| <= 100).
+        layers: "all" or the layer indices to steer.
+        positions: "all" adds at every position; "generated" adds only at the newest
+            position of each forward step (the authors' apply script), so the prompt is read
+            unsteered and every generated token is steered (generate with the KV cache on,
+            the default, or each re-read prompt position would go unsteered).
+        arch: overrides the architecture table entry.
+        allow_other_model: accept a vector made for another model id of the same shape.
+        mode: "hook" adds through a forward hook; "fold" writes alpha * EV_l into the bias of
+            the attention output projection instead (created if the layer has none), so
+            steering costs nothing per step. fold computes the same outputs as hook (up to
+            float rounding), needs site "attn" and positions "all", and restores the weights
+            bit for bit on exit.
 
-    mode: "hook" adds through a forward hook; "fold" writes alpha * EV_l into the bias of the
-    attention output projection instead (created if the layer has none), so steering costs
-    nothing per step. fold computes the same outputs as hook (up to float rounding) and
-    needs site "attn" and positions "all"; the weights are restored bit for bit on exit.
+    Example:
+        with emosteer.steer(model, joy, alpha=1.5):
+            print(emosteer.generate_text(model, tok, ["How did the exam go?"]))
     """
     alpha = check_alpha(alpha)
     if positions not in ("all", "generated"):
@@ -176,6 +186,16 @@ def steer_rows(model: torch.nn.Module, rows: list[EmotionVector | None],
 
     Row i of every forward pass inside the block gets rows[i] added at the vectors' site, so
     requests with different emotions share one forward pass. All vectors must share a site.
+
+    Args:
+        model: the model whose forward passes are steered.
+        rows: one vector (or None) per row of every batch run inside the block.
+        arch: overrides the architecture table entry.
+        allow_other_model: accept vectors made for another model id of the same shape.
+
+    Example:
+        with steer_rows(model, [joy * 1.5, None, anger]):
+            model.generate(**three_prompts)
     """
     steered = [v for v in rows if v is not None]
     if not steered:

@@ -58,6 +58,13 @@ def check_alpha(alpha: float, what: str = "alpha") -> float:
 class EmotionVector:
     """alpha * directions[l] is added at `site` of layer l while steering.
 
+    An immutable value: `joy * 2 - anger * 0.5` is a new vector; `0 * v` steers like none.
+
+    Example:
+        joy = EmotionVector.load("vectors/joy.safetensors")
+        calm_joy = joy - 0.5 * EmotionVector.load("vectors/anger.safetensors")
+        calm_joy.save("vectors/calm_joy.safetensors")
+
     directions: layer index -> float32 tensor of shape (hidden_size,). Layers absent from the
     dict are not steered. meta: string metadata (model_id, architecture, hidden_size,
     num_layers, site, emotion, method, dataset...), written into the safetensors header.
@@ -246,7 +253,15 @@ def read_safetensors(path: Path, what: str, maker: str) -> tuple[dict, dict[str,
 
 
 def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> EmotionVector:
-    """sum_k weights[k] * vectors[k]: several emotions at once (the paper's additivity)."""
+    """sum_k weights[k] * vectors[k]: several emotions at once (the paper's additivity).
+
+    Args:
+        vectors: emotion name -> vector (e.g. `Extraction.vectors`).
+        weights: emotion name -> weight; each weight is checked like an alpha.
+
+    Example:
+        calm_joy = mix(vectors, {"joy": 1.0, "anger": -0.5})  # = joy - 0.5 * anger
+    """
     if not weights:
         raise BadInputError("mix needs at least one emotion weight, e.g. {'joy': 1.0}")
     unknown = [name for name in weights if name not in vectors]

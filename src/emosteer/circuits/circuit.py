@@ -20,6 +20,7 @@ import torch
 from emosteer.circuits.components import KINDS, Edit, Parts, editing, parts
 from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 from emosteer.models import Architecture, model_shape
+from emosteer.steering import Positions
 from emosteer.vectors import (
     check_alpha,
     made_for,
@@ -48,7 +49,12 @@ class Components:
 
 @dataclass(frozen=True, eq=False)
 class EmotionCircuit:
-    """circuits[emotion][kind] -> Components; meta: string metadata (model shape, budget...)."""
+    """circuits[emotion][kind] -> Components; meta: string metadata (model shape, budget...).
+
+    Example:
+        circuit = EmotionCircuit.load("circuits/circuit.safetensors")
+        with emosteer.modulate(model, circuit, "fear", strength=1.0): ...
+    """
 
     circuits: Mapping[str, Mapping[str, Components]]
     meta: Mapping[str, str] = field(default_factory=dict)
@@ -169,12 +175,26 @@ def circuit_edits(p: Parts, circuit: EmotionCircuit, emotion: str, strength: flo
 
 @contextmanager
 def modulate(model: torch.nn.Module, circuit: EmotionCircuit, emotion: str,
-             strength: float = 1.0, positions: str = "all", arch: Architecture | None = None,
-             allow_other_model: bool = False) -> Iterator[None]:
+             strength: float = 1.0, positions: Positions = "all",
+             arch: Architecture | None = None, allow_other_model: bool = False
+             ) -> Iterator[None]:
     """Express `emotion` through its circuit in every forward pass inside the block.
 
-    positions: "all" (prompt and generated tokens) or "generated" (the newest position of
-    each step, with the KV cache on). The model is restored on exit, errors included.
+    Args:
+        model: the model the circuit was discovered on.
+        circuit: from `emosteer discover` / `EmotionCircuit.load`.
+        emotion: one of `circuit.emotions`.
+        strength: multiplies each component's shift (checked like an alpha; 0 = unedited).
+        positions: "all" (prompt and generated tokens) or "generated" (the newest position
+            of each step, with the KV cache on).
+        arch: overrides the architecture table entry.
+        allow_other_model: accept another model id of the same shape.
+
+    The model is restored on exit, errors included.
+
+    Example:
+        with emosteer.modulate(model, circuit, "fear", strength=1.0):
+            print(emosteer.generate_text(model, tok, ["Tell me about your commute."]))
     """
     strength = check_alpha(strength)
     if positions not in ("all", "generated"):

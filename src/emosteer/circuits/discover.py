@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,9 +36,20 @@ from emosteer.models import Architecture, model_shape
 from emosteer.progress import progress_bar
 from emosteer.vectors import EmotionVector
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from emosteer.evaluate.judges import Judge
+
 
 @dataclass(frozen=True)
 class DiscoverConfig:
+    """What `discover` reads and checks; one comment per default says why.
+
+    Example:
+        cfg = DiscoverConfig(emotions=("joy", "anger"), skeletons=10, budget=64)
+    """
+
     emotions: tuple[str, ...] = CIRCUIT_EMOTIONS  # the circuits paper's six
     skeletons: int | None = 30  # discovery skeletons (x 3 valences); None: all of them
     test_skeletons: int | None = 30  # held-out skeletons for the causal checks
@@ -71,45 +83,48 @@ class Discovery:
     contexts: list[str]  # "skeleton/valence" of each state
 
 
-def discover(model, tokenizer, cfg: DiscoverConfig = DiscoverConfig(), judge=None,
+def discover(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+             cfg: DiscoverConfig = DiscoverConfig(), judge: Judge | None = None,
              arch: Architecture | None = None, progress: bool = True) -> Discovery:
+    """Find each emotion's context-agnostic direction, heads and neurons, check them causally
+    on held-out scenes, and assemble the global circuit (the emotion-circuits method).
+
+    Args:
+        model, tokenizer: from `emosteer.load_model`.
+        cfg: scenes, budget, checks and decoding (see DiscoverConfig).
+        judge: confirms which answers express the emotion asked for (default: embedded).
+        arch: overrides the architecture table entry.
+        progress: show rich progress bars.
+
+    Example:
+        result = emosteer.discover(model, tok, emosteer.DiscoverConfig(skeletons=10))
+        result.circuit.save("circuits/circuit.safetensors")
+    """
     from emosteer.evaluate.judges import load_judge
 
     judge = judge or load_judge("embedded")
     p = parts(model, arch)
     emotions = list(cfg.emotions)
-    times: dict[str, float] = {}
     start = time.perf_counter()
     scenes = data.load_sev("discovery", cfg.skeletons, cfg.seed)
-
     # 1. generations under each request; the judge confirms the emotional ones
-    asks = [*emotions, "neutral"]
-    rows = [(s, e) for s in scenes for e in asks]
-    prompts = [chat_prompt(tokenizer, data.sev_request(s, e), None) for s, e in rows]
-    texts, response_means = _generate(model, tokenizer, prompts, cfg.generation, arch, progress)
-    ratings = judge.rate([data.sev_request(s, None) for s, _ in rows], texts)
-    samples = [{"id": s.id, "valence": s.valence, "asked": e, "judged": r.label, "text": t}
-               for (s, e), t, r in zip(rows, texts, ratings, strict=True)]
-    confirmed = [x["asked"] == x["judged"] for x in samples]
-    times["generate_and_judge_s"] = time.perf_counter() - start
-
+    gen = _generate_and_judge(model, tokenizer, scenes, emotions, judge, cfg, arch, progress)
+    times = {"generate_and_judge_s": time.perf_counter() - start}
     # 2. last-token reads of the emotional prompts (kept ones, or all for a sparse emotion)
     t0 = time.perf_counter()
-    kept_count = {e: sum(c for c, (_, a) in zip(confirmed, rows, strict=True) if a == e)
-                  for e in emotions}
-    use = [i for i, (_, e) in enumerate(rows) if e != "neutral"
-           and (confirmed[i] or kept_count[e] < cfg.min_kept)]
-    reads = _read_prompts(model, tokenizer, [prompts[i] for i in use], p, arch, progress)
-    labels = [rows[i][1] for i in use]
+    kept = {e: sum(c for c, (_, a) in zip(gen.confirmed, gen.rows, strict=True) if a == e)
+            for e in emotions}
+    use = [i for i, (_, e) in enumerate(gen.rows) if e != "neutral"
+           and (gen.confirmed[i] or kept[e] < cfg.min_kept)]
+    reads = _read_prompts(model, tokenizer, [gen.prompts[i] for i in use], p, arch, progress)
+    labels = [gen.rows[i][1] for i in use]
     dirs = A.directions(reads["residual"], labels, emotions)
-    consistency = _consistency(reads["residual"], labels, [rows[i][0] for i in use], emotions,
-                               dirs, cfg.seed)
-
+    consistency = _consistency(reads["residual"], labels, [gen.rows[i][0] for i in use],
+                               emotions, dirs, cfg.seed)
     # 3. component shares of each emotion's shift
     shifts = {k: _centred_means(reads[k], labels, emotions) for k in KINDS}
     local = A.component_scores(p, shifts, dirs)
     times["attribute_s"] = time.perf_counter() - t0
-
     # 4. causal checks on held-out scenes
     t0 = time.perf_counter()
     readout_layer = cfg.readout_layer % p.n_layers
@@ -118,36 +133,63 @@ def discover(model, tokenizer, cfg: DiscoverConfig = DiscoverConfig(), judge=Non
     causal, influence = _causal(model, tokenizer, test, emotions, p, readout, shifts, local,
                                 cfg, arch, progress)
     times["causal_s"] = time.perf_counter() - t0
-
     # 5. the global circuit: share of its sublayer's shift x that sublayer's influence
-    global_scores = {e: {k: _share(local[k][i]) * influence[k][i].clamp(min=0)[:, None]
-                         for k in KINDS} for i, e in enumerate(emotions)}
-    info = data.dataset_info("sev")
-    meta = {**model_shape(model, arch), "n_heads": p.n_heads, "head_dim": p.head_dim,
-            "n_neurons": p.n_neurons, "dataset": "sev", "dataset_version": info.version,
-            "dataset_sha256": info.sha256, "skeletons": len(scenes) // 3,
-            "readout_layer": readout_layer}
-    circuit = build(global_scores, shifts, emotions, cfg.budget, p, meta)
-    vectors = _emotion_vectors(model, response_means, rows, confirmed, emotions, cfg, arch)
+    circuit = _global_circuit(model, p, local, influence, shifts, emotions, len(scenes) // 3,
+                              readout_layer, cfg, arch)
+    vectors = _emotion_vectors(model, gen.response_means, gen.rows, gen.confirmed, emotions,
+                               cfg, arch)
     times["total_s"] = time.perf_counter() - start
     summary = {
         "config": {**asdict(cfg), "generation": asdict(cfg.generation)},
         "model": model_shape(model, arch), "judge": f"{judge.spec}@{judge.version}",
         "layers": p.n_layers, "heads": p.n_heads,
         "neurons": p.n_neurons, "scenes": len(scenes), "test_scenes": len(test),
-        "confirmed": kept_count,
-        "asked": {e: sum(1 for _, a in rows if a == e) for e in asks},
-        "neutral_judged_neutral": sum(1 for x in samples if x["asked"] == "neutral"
+        "confirmed": kept,
+        "asked": {e: sum(1 for _, a in gen.rows if a == e) for e in [*emotions, "neutral"]},
+        "neutral_judged_neutral": sum(1 for x in gen.samples if x["asked"] == "neutral"
                                       and x["judged"] == "neutral"),
-        "unfiltered": [e for e in emotions if kept_count[e] < cfg.min_kept],
+        "unfiltered": [e for e in emotions if kept[e] < cfg.min_kept],
         "consistency": consistency, "causal": causal,
         "influence": {k: influence[k].tolist() for k in KINDS},
         "circuit_size": {e: circuit.size(e) for e in emotions},
         "seconds": times,
     }
-    contexts = [f"{rows[i][0].id}/{rows[i][0].valence}" for i in use]
-    return Discovery(circuit, dirs, local, vectors, summary, samples, reads["residual"], labels,
-                     contexts)
+    contexts = [f"{gen.rows[i][0].id}/{gen.rows[i][0].valence}" for i in use]
+    return Discovery(circuit, dirs, local, vectors, summary, gen.samples, reads["residual"],
+                     labels, contexts)
+
+
+@dataclass
+class _Generations:
+    rows: list  # (scene, emotion asked or "neutral")
+    prompts: list[str]
+    samples: list[dict]
+    confirmed: list[bool]  # the judge read the emotion that was asked for
+    response_means: torch.Tensor  # (rows, layers, d) attention-output means over the answer
+
+
+def _generate_and_judge(model, tokenizer, scenes, emotions, judge, cfg: DiscoverConfig, arch,
+                        progress) -> _Generations:
+    rows = [(s, e) for s in scenes for e in [*emotions, "neutral"]]
+    prompts = [chat_prompt(tokenizer, data.sev_request(s, e), None) for s, e in rows]
+    texts, response_means = _generate(model, tokenizer, prompts, cfg.generation, arch, progress)
+    ratings = judge.rate([data.sev_request(s, None) for s, _ in rows], texts)
+    samples = [{"id": s.id, "valence": s.valence, "asked": e, "judged": r.label, "text": t}
+               for (s, e), t, r in zip(rows, texts, ratings, strict=True)]
+    confirmed = [x["asked"] == x["judged"] for x in samples]
+    return _Generations(rows, prompts, samples, confirmed, response_means)
+
+
+def _global_circuit(model, p: Parts, local, influence, shifts, emotions, skeletons: int,
+                    readout_layer: int, cfg: DiscoverConfig, arch) -> EmotionCircuit:
+    scores = {e: {k: _share(local[k][i]) * influence[k][i].clamp(min=0)[:, None]
+                  for k in KINDS} for i, e in enumerate(emotions)}
+    info = data.dataset_info("sev")
+    meta = {**model_shape(model, arch), "n_heads": p.n_heads, "head_dim": p.head_dim,
+            "n_neurons": p.n_neurons, "dataset": "sev", "dataset_version": info.version,
+            "dataset_sha256": info.sha256, "skeletons": skeletons,
+            "readout_layer": readout_layer}
+    return build(scores, shifts, emotions, cfg.budget, p, meta)
 
 
 def _generate(model, tokenizer, prompts, cfg: GenerateConfig, arch, progress):
