@@ -54,7 +54,11 @@ def hooked(model: torch.nn.Module | None,
     handles = []
     try:
         for target, fn in pairs:
-            module = model.get_submodule(target) if isinstance(target, str) else target
+            if isinstance(target, str):
+                if model is None:
+                    raise TypeError(f"hook target {target!r} is a name: pass the model too")
+                target = model.get_submodule(target)
+            module = target
             register = module.register_forward_pre_hook if pre else module.register_forward_hook
             handles.append(register(fn))
         yield

@@ -107,7 +107,8 @@ def read_gguf(path: str | Path) -> EmotionVector:
         reader = gguf.GGUFReader(str(path))
     except Exception as err:  # the reader raises several types for a corrupt file
         raise VectorFileError(f"{path} is not a readable GGUF file ({err})") from err
-    strings = {name: _field_str(f) for name, f in reader.fields.items() if _field_str(f)}
+    strings = {name: text for name, f in reader.fields.items()
+               if (text := _field_str(f)) is not None and text}
     arch = strings.get("general.architecture")
     if arch != GGUF_ARCH:
         raise VectorFileError(f"{path} is a GGUF of architecture {arch!r}, not a control "
@@ -139,7 +140,7 @@ def read_gguf(path: str | Path) -> EmotionVector:
         raise VectorFileError(f"{path}: unknown emosteer.site {site!r}")
     if site == "residual":
         directions = cumulative(directions)
-    meta = {"emotion": ours.get("emotion", path.stem),
+    meta: dict[str, str] = {"emotion": ours.get("emotion", path.stem),
             "architecture": ours.get("architecture", strings.get(f"{GGUF_ARCH}.model_hint",
                                                                  "unknown")),
             "hidden_size": str(sizes.pop()), "site": site, "source": f"gguf:{path.name}"}
@@ -205,10 +206,10 @@ def to_repeng(vector: EmotionVector) -> Any:
         warnings.warn(f"vector {vector.emotion!r} was read at site {vector.site!r}; repeng adds "
                       "to the decoder layer output (residual), one sublayer later", stacklevel=2)
     adds = increments(vector.directions) if vector.site == "residual" else vector.directions
-    fields = {"model_type": vector.meta.get("architecture", "unknown"),
+    fields: dict[str, Any] = {"model_type": vector.meta.get("architecture", "unknown"),
               "directions": {k: v.numpy().astype(np.float32).copy() for k, v in adds.items()}}
     try:
-        from repeng import ControlVector  # type: ignore[import-not-found]
+        from repeng import ControlVector
     except ImportError:
         return ControlVectorLayout(**fields)
     return ControlVector(**fields)
@@ -261,10 +262,10 @@ def to_steering_vectors(vector: EmotionVector) -> Any:
     layout); `SteeringVector.apply(model, multiplier=alpha)` then steers like emosteer.steer."""
     layer_type = {v: k for k, v in _LAYER_TYPES.items()}[vector.site]
     adds = increments(vector.directions) if vector.site == "residual" else vector.directions
-    fields = {"layer_activations": {k: v.clone() for k, v in adds.items()},
+    fields: dict[str, Any] = {"layer_activations": {k: v.clone() for k, v in adds.items()},
               "layer_type": layer_type}
     try:
-        from steering_vectors import SteeringVector  # type: ignore[import-not-found]
+        from steering_vectors import SteeringVector
     except ImportError:
         return SteeringVectorLayout(**fields)
     return SteeringVector(**fields)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import inspect
 import os
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from emosteer.errors import BadInputError, ModelLoadError, UnknownArchitectureError
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Site = Literal["attn", "residual"]  # where vectors are read and added (see site_modules)
@@ -66,7 +64,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def architecture_of(model: torch.nn.Module, override: Architecture | None = None) -> Architecture:
+def architecture_of(model: PreTrainedModel, override: Architecture | None = None) -> Architecture:
     """The Architecture for a model: the override if given, else the table entry for its type."""
     if override is not None:
         return override
@@ -81,12 +79,12 @@ def architecture_of(model: torch.nn.Module, override: Architecture | None = None
     )
 
 
-def decoder_layers(model: torch.nn.Module, arch: Architecture | None = None) -> list:
+def decoder_layers(model: PreTrainedModel, arch: Architecture | None = None) -> list:
     """The model's decoder layers, in order."""
-    return list(model.get_submodule(architecture_of(model, arch).layers))
+    return list(model.get_submodule(architecture_of(model, arch).layers).children())
 
 
-def site_modules(model: torch.nn.Module, site: Site, arch: Architecture | None = None) -> list:
+def site_modules(model: PreTrainedModel, site: Site, arch: Architecture | None = None) -> list:
     """One module per layer whose output is where vectors are read and added.
 
     site "attn": the attention output projection (the self-attention sublayer output, before
@@ -101,12 +99,12 @@ def site_modules(model: torch.nn.Module, site: Site, arch: Architecture | None =
     raise BadInputError(f"unknown site {site!r}: use 'attn' or 'residual'")
 
 
-def model_id(model: torch.nn.Module) -> str:
+def model_id(model: PreTrainedModel) -> str:
     """A name for the model that vector files record and check."""
     return getattr(model, "emosteer_id", None) or model.config.name_or_path or "unnamed"
 
 
-def model_shape(model: torch.nn.Module, arch: Architecture | None = None) -> dict[str, str]:
+def model_shape(model: PreTrainedModel, arch: Architecture | None = None) -> dict[str, str]:
     """What a vector must agree on with its model: id, architecture, width, depth."""
     return {
         "model_id": model_id(model),
@@ -116,17 +114,18 @@ def model_shape(model: torch.nn.Module, arch: Architecture | None = None) -> dic
     }
 
 
-def forward_params(model: torch.nn.Module) -> frozenset[str]:
+def forward_params(model: PreTrainedModel) -> frozenset[str]:
     """The argument names of model.forward: the one place that asks the model's signature."""
-    return _params_of(type(model))
+    cls = type(model)
+    if cls not in _PARAMS:  # per class: accelerate may wrap an instance's forward
+        _PARAMS[cls] = frozenset(inspect.signature(cls.forward).parameters)
+    return _PARAMS[cls]
 
 
-@functools.cache
-def _params_of(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.forward).parameters)
+_PARAMS: dict[type, frozenset[str]] = {}
 
 
-def cache_arg(model: torch.nn.Module) -> str | None:
+def cache_arg(model: PreTrainedModel) -> str | None:
     """The forward() argument taking a KV cache: "cache" (transformers 5.24 renamed it),
     "past_key_values" before; None when the model takes neither."""
     params = forward_params(model)
@@ -198,8 +197,8 @@ def load_model(spec: str = "default", device: str | None = None, dtype: str | No
         raise ModelLoadError(f"model {spec!r} not found: pass 'default', a hub id "
                              "(org/name), a local folder or a .gguf file")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    model.emosteer_id = name
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() via a decorator
+    setattr(model, "emosteer_id", name)  # noqa: B010 (read by model_id)
     return model, prepare_tokenizer(tokenizer)
 
 
@@ -223,7 +222,7 @@ def _from_pretrained(source: str, **kwargs):
     return model, tokenizer
 
 
-def _load_default(kwargs: dict):
+def _load_default(kwargs: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     cached = cache_dir() / "smollm2-135m-instruct"
     if (cached / "model.safetensors").is_file():
         return _from_pretrained(str(cached), **kwargs)

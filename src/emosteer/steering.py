@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -13,6 +13,9 @@ from emosteer.hooks import hooked, retuple, untuple
 from emosteer.models import Architecture, site_modules
 from emosteer.vectors import MAX_ALPHA, EmotionVector, check_alpha, increments
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = ["MAX_ALPHA", "Mode", "Positions", "check_alpha", "steer", "steer_rows"]
 
 Positions = Literal["all", "generated"]  # steer every position, or only the newest one
@@ -20,7 +23,7 @@ Mode = Literal["hook", "fold"]  # a forward hook, or alpha * EV folded into a bi
 
 
 @contextmanager
-def steer(model: torch.nn.Module, vector: EmotionVector, alpha: float = 1.0,
+def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
           layers: Literal["all"] | Iterable[int] = "all", positions: Positions = "all",
           arch: Architecture | None = None, allow_other_model: bool = False,
           mode: Mode = "hook") -> Iterator[None]:
@@ -179,7 +182,7 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
 
 
 @contextmanager
-def steer_rows(model: torch.nn.Module, rows: list[EmotionVector | None],
+def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
                arch: Architecture | None = None, allow_other_model: bool = False
                ) -> Iterator[None]:
     """Steer each row of a batch by its own vector (alpha already applied; None = unsteered).

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -22,7 +22,9 @@ from emosteer.errors import (
 )
 
 if TYPE_CHECKING:
-    from emosteer.models import Architecture
+    from transformers import PreTrainedModel
+
+    from emosteer.models import Architecture, Site
 
 FORMAT_VERSION = "1"
 EMOTIONS = VECTOR_EMOTIONS  # the paper's five basic emotions
@@ -85,8 +87,8 @@ class EmotionVector:
         return self.meta.get("emotion", "unnamed")
 
     @property
-    def site(self) -> str:
-        return self.meta.get("site", "attn")
+    def site(self) -> Site:
+        return cast("Site", self.meta.get("site", "attn"))
 
     @property
     def layers(self) -> list[int]:
@@ -154,7 +156,7 @@ class EmotionVector:
                 and all(torch.equal(v, other.directions[k]) for k, v in self.directions.items()))
 
     # --- compatibility -----------------------------------------------------------------------
-    def check_model(self, model: torch.nn.Module, allow_other_model: bool = False,
+    def check_model(self, model: PreTrainedModel, allow_other_model: bool = False,
                     arch: Architecture | None = None) -> None:
         """Raise VectorMismatchError naming both sides if this vector was made for another model."""
         from emosteer.models import model_shape

@@ -160,7 +160,7 @@ class LastToken:
         weights = {"w": torch.ones(ids.shape[0], 1)}
         with editing(self.p, edits, last_only=True), \
                 reading(self.model, "residual", weights, self.arch) as sums:
-            self.model(**last, **{cache_arg(self.model): cache}, use_cache=True)
+            self.model(**last, **{str(cache_arg(self.model)): cache}, use_cache=True)
         return sums[self.readout.layer]
 
     @torch.no_grad()
@@ -213,6 +213,8 @@ def component_edits(p: Parts, picks: Sequence[list[tuple[str, int, int]]], mode:
         if mode == "ablate":
             edits[(kind, layer)] = Edit(1.0 - mask, torch.zeros_like(mask))
         else:
+            if deltas is None or emotion_index is None:
+                raise ValueError("enhancing needs deltas and emotion_index")
             shift = torch.stack([deltas[kind][e, layer] for e in emotion_index])
             edits[(kind, layer)] = Edit(torch.ones_like(mask), strength * mask * shift)
     return edits

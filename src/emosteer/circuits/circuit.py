@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +29,9 @@ from emosteer.vectors import (
     shape_differences,
     write_safetensors,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FORMAT_VERSION = "1"
 FILE_KIND = "emotion_circuit"
@@ -83,7 +87,7 @@ class EmotionCircuit:
                 and all(torch.equal(v, b[k]) for k, v in a.items()))
 
     # --- compatibility -----------------------------------------------------------------------
-    def check_model(self, model: torch.nn.Module, p: Parts, arch: Architecture | None = None,
+    def check_model(self, model: PreTrainedModel, p: Parts, arch: Architecture | None = None,
                     allow_other_model: bool = False) -> None:
         shape = {**model_shape(model, arch), "n_heads": str(p.n_heads),
                  "head_dim": str(p.head_dim), "n_neurons": str(p.n_neurons)}
@@ -130,7 +134,7 @@ class EmotionCircuit:
 
 def build(scores: Mapping[str, Mapping[str, torch.Tensor]],
           shifts: Mapping[str, torch.Tensor], emotions: list[str], budget: int, p: Parts,
-          meta: Mapping[str, str]) -> EmotionCircuit:
+          meta: Mapping[str, object]) -> EmotionCircuit:
     """The top `budget` components of each emotion across layers and kinds.
 
     scores[emotion][kind]: (layers, components) global scores; shifts[kind]: (emotions,
@@ -155,7 +159,8 @@ def build(scores: Mapping[str, Mapping[str, torch.Tensor]],
                                      scores[emotion][kind].flatten()[chosen].float(),
                                      shift.float())
         circuits[emotion] = kinds
-    return EmotionCircuit(circuits, {**meta, "budget": str(budget)})
+    return EmotionCircuit(circuits, {**{k: str(v) for k, v in meta.items()},
+                                     "budget": str(budget)})
 
 
 def circuit_edits(p: Parts, circuit: EmotionCircuit, emotion: str, strength: float
@@ -174,7 +179,7 @@ def circuit_edits(p: Parts, circuit: EmotionCircuit, emotion: str, strength: flo
 
 
 @contextmanager
-def modulate(model: torch.nn.Module, circuit: EmotionCircuit, emotion: str,
+def modulate(model: PreTrainedModel, circuit: EmotionCircuit, emotion: str,
              strength: float = 1.0, positions: Positions = "all",
              arch: Architecture | None = None, allow_other_model: bool = False
              ) -> Iterator[None]:

@@ -18,12 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from emosteer.errors import BadInputError
 from emosteer.hooks import hooked, untuple
 from emosteer.models import Architecture, architecture_of, decoder_layers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 KINDS = ("head", "neuron")
 
@@ -50,7 +54,7 @@ class Parts:
         return self.n_heads if kind == "head" else self.n_neurons
 
 
-def parts(model: torch.nn.Module, arch: Architecture | None = None) -> Parts:
+def parts(model: PreTrainedModel, arch: Architecture | None = None) -> Parts:
     spec = architecture_of(model, arch)
     layers = decoder_layers(model, spec)
     attn = [layer.get_submodule(spec.attn_out) for layer in layers]
@@ -79,13 +83,14 @@ def in_features(module: torch.nn.Module) -> int:
 
 def out_matrix(module: torch.nn.Module) -> torch.Tensor:
     """The projection's matrix as (out, in); GPT-2's Conv1D stores it transposed."""
-    weight = module.weight
+    weight = cast(torch.Tensor, module.weight)
     return weight.T if type(module).__name__ == "Conv1D" else weight
 
 
 def read_weights(module: torch.nn.Module, direction: torch.Tensor) -> torch.Tensor:
     """W^T d: how much one unit of each input feature writes along d, (in,) float32."""
-    return out_matrix(module).detach().float().T @ direction.to(module.weight.device).float()
+    matrix = out_matrix(module).detach()
+    return matrix.float().T @ direction.to(matrix.device).float()
 
 
 def contributions(module: torch.nn.Module, inputs: torch.Tensor, direction: torch.Tensor,
@@ -105,7 +110,7 @@ def bias_term(module: torch.nn.Module, direction: torch.Tensor) -> float:
 
 
 @contextmanager
-def reading_last(model: torch.nn.Module, p: Parts, arch: Architecture | None = None
+def reading_last(model: PreTrainedModel, p: Parts, arch: Architecture | None = None
                  ) -> Iterator[dict[str, list]]:
     """Collect, per forward pass, the last position's residual stream and projection inputs.
 

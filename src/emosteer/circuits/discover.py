@@ -251,8 +251,9 @@ def _consistency(residual, labels, scenes, emotions, dirs, seed) -> dict:
     by_valence = {v: subset_dirs(lambda s, v=v: s.valence == v) for v in data.VALENCES}
     pairs = [(x, y) for i, x in enumerate(data.VALENCES) for y in data.VALENCES[i + 1:]
              if by_valence[x] is not None and by_valence[y] is not None]
+    found = {v: d for v, d in by_valence.items() if d is not None}
     if pairs:
-        out["valences"] = torch.stack([A.agreement(by_valence[x], by_valence[y]).mean(0)
+        out["valences"] = torch.stack([A.agreement(found[x], found[y]).mean(0)
                                        for x, y in pairs]).mean(0).tolist()
     return out
 
