@@ -9,7 +9,7 @@ same token ids:
   read llama.cpp's source (direction.N -> layer N, 0-based). Agreement here checks the layout
   and the layer numbering; `emulated_off_by_one` adds them after layer N-1 instead.
 - `emosteer`: emosteer.steer with the original vector at its own site (attn by default):
-  the shift a user of emosteer gets; llama.cpp adds one sublayer later (notes.md).
+  the shift a user of emosteer gets; llama.cpp adds one sublayer later (docs/method-notes.md).
 
 Also greedy continuations in both engines, unsteered and steered. Writes
 benchmarks/results/llama_cpp_shift-<machine>.json and prints it as the last line.

@@ -22,7 +22,7 @@ class GenerateConfig:
     do_sample: bool = True  # greedy decoding loops on the bundled 135M model
     temperature: float = 0.6  # the authors' setting
     top_p: float = 0.9  # the authors' setting
-    repetition_penalty: float = 1.15  # keeps the small model out of loops (notes.md)
+    repetition_penalty: float = 1.15  # keeps the small model out of loops (docs/method-notes.md)
     seed: int = 0  # sampling is seeded: the same settings give the same text
     batch_size: int = 16  # fits 2 CPU cores well; raise on a GPU
 

@@ -140,7 +140,7 @@ def _site_deltas(vector: EmotionVector, layers: list[int]) -> dict[int, torch.Te
 
     At the attention output each layer's addition stays in that sublayer: add vector[l]. The
     residual stream carries every earlier addition forward, so adding vector[l] at every layer
-    would pile up (SmolLM2 collapses at alpha 0.5, notes.md); add the increment
+    would pile up (SmolLM2 collapses at alpha 0.5, docs/method-notes.md); add the increment
     vector[l] - vector[previous chosen layer] instead, so the stream at layer l is shifted by
     about vector[l], as it was when read.
     """
