@@ -275,3 +275,43 @@ def test_hook_adds_in_place_without_grad_and_out_of_place_with_grad():
     out = _adder(delta, torch.float32, last_only=False)(None, (), leaf * 1.0)
     out.sum().backward()
     assert torch.equal(leaf, torch.zeros(1, 2, 4)) and torch.equal(leaf.grad, torch.ones(1, 2, 4))
+
+
+def test_fold_blocks_closed_out_of_order_restore_the_model(llama):
+    joy, anger = random_vector(llama, seed=1), random_vector(llama, seed=2, emotion="anger")
+    before, base = _weights(llama), logits(llama)
+    with emosteer.steer(llama, joy, 1.0):
+        with emosteer.steer(llama, anger, 0.5):
+            both = logits(llama)
+    with emosteer.steer(llama, anger, 0.5):
+        only_anger = logits(llama)
+    first = emosteer.steer(llama, joy, 1.0, mode="fold")
+    second = emosteer.steer(llama, anger, 0.5, mode="fold")
+    first.__enter__()
+    second.__enter__()
+    torch.testing.assert_close(logits(llama), both, rtol=1e-5, atol=1e-5)
+    first.__exit__(None, None, None)  # closed before the block opened after it
+    torch.testing.assert_close(logits(llama), only_anger, rtol=1e-5, atol=1e-5)
+    second.__exit__(None, None, None)
+    after = _weights(llama)
+    assert after.keys() == before.keys()  # no bias parameter left behind
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert torch.equal(logits(llama), base)
+
+
+def test_hooked_removes_only_its_own_hooks_and_refuses_names_without_a_model(llama):
+    from emosteer.hooks import hooked, untuple
+
+    seen = []
+    layer = llama.model.layers[0]
+    own = layer.register_forward_hook(lambda m, a, o: None)
+    before = len(layer._forward_hooks)
+    with pytest.raises(RuntimeError, match="inside"):
+        with hooked(llama, {"model.layers.0": lambda m, a, o: seen.append(untuple(o).shape)}):
+            logits(llama)
+            raise RuntimeError("inside")
+    assert seen and len(layer._forward_hooks) == before
+    own.remove()
+    with pytest.raises(TypeError, match="pass the model"):
+        with hooked(None, {"model.layers.0": lambda m, a, o: None}):
+            pass

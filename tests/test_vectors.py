@@ -95,3 +95,40 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(VectorFileError, match="NaN"):
         EmotionVector.load(tmp_path / "nan.safetensors")
     assert good.read_bytes()  # the good file is untouched
+
+
+def test_load_vectors_reads_a_folder_and_says_what_is_wrong(tmp_path):
+    from emosteer.vectors import load_vectors
+
+    vec({0: [1.0, 2, 3, 4]}).save(tmp_path / "joy.safetensors")
+    vec({0: [0.0, 1, 0, 0]}, emotion="anger").save(tmp_path / "anger.safetensors")
+    loaded = load_vectors(tmp_path)
+    assert sorted(loaded) == ["anger", "joy"]
+    assert torch.equal(loaded["joy"].directions[0], torch.tensor([1.0, 2, 3, 4]))
+    with pytest.raises(VectorFileError, match="is a file"):
+        load_vectors(tmp_path / "joy.safetensors")
+    with pytest.raises(VectorFileError, match="no vector files.*--vectors"):
+        load_vectors(tmp_path / "empty")
+
+
+def test_mix_weights_obey_the_alpha_bound():
+    joy = vec({0: [1.0, 0, 0, 0]})
+    for weight in (1e9, 1e39, float("inf"), -101.0):
+        with pytest.raises(BadInputError, match="weight for 'joy'"):
+            mix({"joy": joy}, {"joy": weight})
+
+
+def test_mismatch_message_names_two_different_models_or_says_does_not_fit():
+    from emosteer.vectors import made_for
+
+    assert made_for({"model_id": "a"}, {"model_id": "b"}) == "was made for model 'a', not 'b'"
+    assert made_for({"model_id": "a"}, {"model_id": "a"}) == "does not fit model 'a'"
+
+
+def test_saving_is_atomic_and_refuses_a_directory(tmp_path):
+    v = vec({0: [1.0, 2, 3, 4]})
+    path = v.save(tmp_path / "joy.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["joy.safetensors"]  # no temp file left
+    with pytest.raises(BadInputError, match="is a directory"):
+        v.save(tmp_path)
+    assert EmotionVector.load(path).equal(EmotionVector.load(path))

@@ -11,6 +11,8 @@ _EXPORTS = {
     "EmotionVector": "emosteer.vectors",
     "EMOTIONS": "emosteer.vectors",
     "mix": "emosteer.vectors",
+    "load_vectors": "emosteer.vectors",
+    "hooked": "emosteer.hooks",
     "steer": "emosteer.steering",
     "extract": "emosteer.extraction",
     "ExtractConfig": "emosteer.extraction",

@@ -202,6 +202,33 @@ class EmotionVector:
         return cls(directions, meta)
 
 
+SHIPPED = Path(__file__).parent / "data" / "vectors"  # vectors shipped per bundled model
+
+
+def load_vectors(source: str | Path = "default") -> dict[str, EmotionVector]:
+    """Every vector of a folder, by file name: {"joy": ..., "anger": ..., "base": ...}.
+
+    Args:
+        source: a folder of `<name>.safetensors` files, or "default": the vectors shipped
+            inside the package for the bundled model (no extraction needed).
+
+    Example:
+        vectors = emosteer.load_vectors("default")
+        with emosteer.steer(model, vectors["anger"]): ...
+    """
+    folder = SHIPPED / "smollm2-135m-instruct" if str(source) == "default" else Path(source)
+    if folder.is_file():
+        raise VectorFileError(f"{folder} is a file: pass the folder that holds the vectors "
+                              "(or load one file with EmotionVector.load)")
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        hint = ("this install ships no default vectors: run `emosteer extract`"
+                if str(source) == "default" else
+                f"run `emosteer extract --out {folder}` first, or pass the folder with --vectors")
+        raise VectorFileError(f"no vector files in {folder}: {hint}")
+    return {f.stem: EmotionVector.load(f) for f in files}
+
+
 def shape_differences(meta: Mapping[str, str], shape: Mapping[str, str],
                       allow_other_model: bool = False) -> list[str]:
     """"key file-value vs model-value" for every key of `shape` that `meta` records otherwise
