@@ -24,15 +24,8 @@ import time
 import torch
 
 from emosteer.data import dataset_info, dataset_path
-from emosteer.evaluate.classifier import (
-    LABELS,
-    WEIGHTS,
-    confusion,
-    features,
-    fit_softmax,
-    held_out,
-    train,
-)
+from emosteer.data import held_out_flags as held_out
+from emosteer.evaluate.classifier import LABELS, WEIGHTS, confusion, features, fit_softmax, train
 
 L2_GRID = (0.1, 0.3, 1.0)  # strong penalties: 2688 features, about 950 training sentences
 HELD_OUT = 0.2

@@ -238,8 +238,8 @@ def test_discover_end_to_end_on_a_tiny_model(tmp_path):
 
 
 def test_compare_runs_every_method_on_test_scenes(tmp_path):
-    from emosteer.circuits.compare import CompareConfig, compare, markdown
     from emosteer.circuits.discover import DiscoverConfig, discover
+    from emosteer.evaluate.compare import CompareConfig, compare, markdown
     from emosteer.generation import GenerateConfig
 
     model, tok = tiny_model("llama"), byte_tokenizer()

@@ -10,7 +10,7 @@ from conftest import byte_tokenizer, tiny_model
 
 from emosteer.errors import BadInputError
 from emosteer.evaluate import metrics as M
-from emosteer.evaluate.report import additivity_gap
+from emosteer.evaluate.figures import additivity_gap
 from emosteer.evaluate.store import JsonlStore
 
 
@@ -121,3 +121,45 @@ def test_jsonl_store_resumes_and_skips_a_torn_line(tmp_path):
     again = JsonlStore(path, ("key", "scorer"))
     assert len(again) == 2 and again.get("a", "s")["value"] == 3
     assert ("c", "s") not in again
+
+
+def test_one_table_builder_aligns_and_counts_columns():
+    from emosteer.tables import markdown_table
+
+    table = markdown_table(["a", "b"], [[1, "x"], [2.5, None]], align=("left",))
+    assert table.splitlines() == ["| a | b |", "|:---|---|", "| 1 | x |", "| 2.5 | None |"]
+
+
+def test_report_writes_markdown_and_the_same_sections_as_one_html_page(tmp_path):
+    from emosteer.evaluate.report import Section, escape, write_report
+    from emosteer.plots import pyplot, save_figure
+
+    fig, ax = pyplot().subplots()
+    ax.plot([0, 1], [1, 0])
+    png = save_figure(fig, tmp_path / "figures" / "line.png")
+    answer = "I <b>love</b> it | *really* `x`\nsecond line"
+    files = write_report(tmp_path, "demo report", [
+        Section("settings", "- model: `tiny`; **bold**"),
+        Section("joy", "| vector | EPS ↑ |\n|---|---|\n| raw | 0.50 |", figures=(png,)),
+        Section("sample answers", f"| answer |\n|---|\n| {escape(answer)} |", html_only=True)])
+    md = files["markdown"].read_text()
+    assert md.startswith("# demo report\n") and "## joy" in md and "| raw | 0.50 |" in md
+    assert "![line](figures/line.png)" in md and "sample answers" not in md
+    page = files["html"].read_text()
+    assert "<code>tiny</code>" in page and "<strong>bold</strong>" in page
+    assert "<td>raw</td>" in page and page.count("data:image/png;base64,") == 1
+    # an answer is shown as written: no raw HTML, no emphasis, the pipe kept in its cell
+    assert "<b>love</b>" not in page and "&lt;b&gt;love&lt;/b&gt;" in page
+    assert "| *really* `x` second line</td>" in page
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_perplexity_is_one_function_for_metrics_and_compare():
+    from emosteer.evaluate.compare import rows_perplexity
+    from emosteer.evaluate.scorers import perplexity
+
+    assert perplexity(math.log(2) * 4, 4) == pytest.approx(2.0) and perplexity(1.0, 0) is None
+    rows = [{"nll": math.log(2) * 4, "tokens": 4}, {"nll": math.log(8) * 2, "tokens": 2}]
+    assert rows_perplexity(rows) == pytest.approx(math.exp((math.log(16) + math.log(64)) / 6))
+    assert math.isnan(rows_perplexity([{"nll": 0.0, "tokens": 0}]))
+    assert M.METRICS["ppl"]([{"ppl": rows[0]}], "joy") == pytest.approx(2.0)

@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import byte_tokenizer, tiny_model
 
+from emosteer.evaluate import conditions as C
 from emosteer.evaluate import experiments as X
-from emosteer.evaluate.judges import LABELS, JudgeError, Rating
+from emosteer.evaluate import runner as R
+from emosteer.evaluate.rating import LABELS, JudgeError, Rating
 from emosteer.generation import GenerateConfig
 from emosteer.models import model_shape
 from emosteer.vectors import EMOTIONS, EmotionVector
@@ -43,41 +45,41 @@ def setup():
     g = torch.Generator().manual_seed(0)
     vectors = {e: EmotionVector({0: torch.randn(64, generator=g), 1: torch.randn(64, generator=g)},
                                 {**shape, "emotion": e, "site": "attn"}) for e in EMOTIONS}
-    vectors["base"] = X.centered(vectors, EMOTIONS)["joy"] * 0 + (
+    vectors["base"] = C.centered(vectors, EMOTIONS)["joy"] * 0 + (
         sum((vectors[e] for e in EMOTIONS[1:]), start=vectors["joy"]) / 5)
     return model, tok, vectors
 
 
-def config(**kw) -> X.EvalConfig:
-    return X.EvalConfig(**{"limit": 1, "metrics": ("eps", "tec"), "alphas": (0.0, 2.0),
+def config(**kw) -> R.EvalConfig:
+    return R.EvalConfig(**{"limit": 1, "metrics": ("eps", "tec"), "alphas": (0.0, 2.0),
                            "generation": GenerateConfig(max_new_tokens=6, batch_size=4), **kw})
 
 
 def test_keys_name_what_is_added_not_how_it_is_labelled(setup):
     model, tok, vectors = setup
-    runner = X.Runner(model, tok, config(), "/nonexistent", judge=CountingJudge())
-    (q,) = X.evaluation_queries(1, categories=["joy"])
+    runner = R.Runner(model, tok, config(), "/nonexistent", judge=CountingJudge())
+    (q,) = C.evaluation_queries(1, categories=["joy"])
     joy = vectors["joy"]
     key = runner.gen_key
-    assert key(X.Condition("raw", 0.0, ("joy",), joy), q) == key(X.unsteered(["joy"]), q)
-    assert key(X.Condition("raw", 2.0, ("joy",), joy), q) == key(
-        X.Condition("mix", 1.0, ("joy",), joy * 2.0), q)
-    assert key(X.Condition("raw", 2.0, ("joy",), joy), q) != key(
-        X.Condition("raw", 1.0, ("joy",), joy), q)
-    other_seed = X.Runner(model, tok, config(generation=GenerateConfig(max_new_tokens=6, seed=1)),
+    assert key(C.Condition("raw", 0.0, ("joy",), joy), q) == key(C.unsteered(["joy"]), q)
+    assert key(C.Condition("raw", 2.0, ("joy",), joy), q) == key(
+        C.Condition("mix", 1.0, ("joy",), joy * 2.0), q)
+    assert key(C.Condition("raw", 2.0, ("joy",), joy), q) != key(
+        C.Condition("raw", 1.0, ("joy",), joy), q)
+    other_seed = R.Runner(model, tok, config(generation=GenerateConfig(max_new_tokens=6, seed=1)),
                           "/nonexistent", judge=CountingJudge())
-    assert other_seed.gen_key(X.unsteered(["joy"]), q) != key(X.unsteered(["joy"]), q)
+    assert other_seed.gen_key(C.unsteered(["joy"]), q) != key(C.unsteered(["joy"]), q)
 
 
 def test_sweep_runs_resumes_and_reuses_the_cache(setup, tmp_path):
     model, tok, vectors = setup
     cfg = config()
-    queries = X.evaluation_queries(cfg.limit)
-    conditions = X.sweep_conditions(vectors, EMOTIONS, cfg.alphas, ("raw", "centered"))
+    queries = C.evaluation_queries(cfg.limit)
+    conditions = C.sweep_conditions(vectors, EMOTIONS, cfg.alphas, ("raw", "centered"))
     # 1 unsteered + 5 raw + 5 centred (alpha 2 only) + 5 prompt conditions, 6 questions each
     assert len(conditions) == 16
     failing = CountingJudge(fail_after=32)
-    first = X.Runner(model, tok, cfg, tmp_path, judge=failing, progress=False)
+    first = R.Runner(model, tok, cfg, tmp_path, judge=failing, progress=False)
     with pytest.raises(JudgeError):
         first.run(conditions, queries)
     assert first.timings["answers_generated"] == 16 * len(queries)
@@ -85,7 +87,7 @@ def test_sweep_runs_resumes_and_reuses_the_cache(setup, tmp_path):
     assert kept == 32  # the batch scored before the failure is on disk
 
     judge = CountingJudge()
-    second = X.Runner(model, tok, cfg, tmp_path, judge=judge, progress=False)
+    second = R.Runner(model, tok, cfg, tmp_path, judge=judge, progress=False)
     rows = second.run(conditions, queries)
     assert second.timings["answers_generated"] == 0  # every answer came from the cache
     assert judge.rated == 16 * len(queries) - kept  # only what was missing was scored
@@ -94,7 +96,7 @@ def test_sweep_runs_resumes_and_reuses_the_cache(setup, tmp_path):
         assert row["n"] == len(queries) and 0 <= row["eps"] <= 1
     # the same command again, from a fresh directory, gives the same answers (sampling is
     # seeded per batch, so this holds for the same plan of batches)
-    third = X.Runner(model, tok, cfg, tmp_path / "again", judge=CountingJudge(), progress=False)
+    third = R.Runner(model, tok, cfg, tmp_path / "again", judge=CountingJudge(), progress=False)
     third.generate(conditions, queries)
     for c in conditions:
         assert third.answers(c, queries) == second.answers(c, queries)
@@ -103,17 +105,17 @@ def test_sweep_runs_resumes_and_reuses_the_cache(setup, tmp_path):
 def test_steered_rows_differ_from_unsteered_and_alpha_zero_does_not(setup, tmp_path):
     model, tok, vectors = setup
     cfg = config(generation=GenerateConfig(max_new_tokens=6, batch_size=8, do_sample=False))
-    runner = X.Runner(model, tok, cfg, tmp_path, judge=CountingJudge(), progress=False)
-    queries = X.evaluation_queries(1)
-    plain = X.unsteered(["joy"])
-    strong = X.Condition("raw", 50.0, ("joy",), vectors["joy"])
+    runner = R.Runner(model, tok, cfg, tmp_path, judge=CountingJudge(), progress=False)
+    queries = C.evaluation_queries(1)
+    plain = C.unsteered(["joy"])
+    strong = C.Condition("raw", 50.0, ("joy",), vectors["joy"])
     runner.generate([plain, strong], queries)
     assert runner.answers(plain, queries) != runner.answers(strong, queries)
     from emosteer.generation import generate_text
 
     alone = generate_text(model, tok, [q.question for q in queries], cfg=cfg.generation)
     assert runner.answers(plain, queries) == alone  # batching with steered rows changes nothing
-    sampled = X.Runner(model, tok, config(), tmp_path / "s", judge=CountingJudge(),
+    sampled = R.Runner(model, tok, config(), tmp_path / "s", judge=CountingJudge(),
                        progress=False)
     sampled.generate([plain], queries)
     before = sampled.answers(plain, queries)
@@ -123,11 +125,11 @@ def test_steered_rows_differ_from_unsteered_and_alpha_zero_does_not(setup, tmp_p
 
 
 def test_calibration_questions_never_reach_the_report():
-    evaluation = {q.id for q in X.evaluation_queries(None)}
-    calibration = {q.id for q in X.calibration_queries(None)}
+    evaluation = {q.id for q in C.evaluation_queries(None)}
+    calibration = {q.id for q in C.calibration_queries(None)}
     assert evaluation and calibration and not evaluation & calibration
     assert len(evaluation) + len(calibration) == 400
-    assert X.evaluation_queries(3) == X.evaluation_queries(3)
+    assert C.evaluation_queries(3) == C.evaluation_queries(3)
 
 
 def test_choose_alpha_takes_the_smallest_alpha_that_is_good_enough():
@@ -139,7 +141,7 @@ def test_choose_alpha_takes_the_smallest_alpha_that_is_good_enough():
             return [{"eps": self.table[c.alpha][0], "ppl": self.table[c.alpha][1]}
                     for c in conditions]
 
-    auto = X.AutoAlpha(candidates=(1.0, 2.0, 3.0), target_eps=0.5, max_ppl_ratio=1.5)
+    auto = R.AutoAlpha(candidates=(1.0, 2.0, 3.0), target_eps=0.5, max_ppl_ratio=1.5)
     table = {0.0: (0.0, 10.0), 1.0: (0.3, 11.0), 2.0: (0.6, 14.0), 3.0: (0.9, 30.0)}
     pick = X.choose_alpha(Stub(table), None, "joy", [], auto)
     assert pick["alpha"] == 2.0 and pick["reached"]
@@ -151,8 +153,8 @@ def test_choose_alpha_takes_the_smallest_alpha_that_is_good_enough():
 def test_reports_are_self_contained(setup, tmp_path):
     model, tok, vectors = setup
     cfg = config(metrics=("eps", "tec", "ppl"), alphas=(-1.0, 0.0, 1.0),
-                 auto=X.AutoAlpha(candidates=(1.0, 2.0), limit=1))
-    runner = X.Runner(model, tok, cfg, tmp_path, judge=CountingJudge(), progress=False)
+                 auto=R.AutoAlpha(candidates=(1.0, 2.0), limit=1))
+    runner = R.Runner(model, tok, cfg, tmp_path, judge=CountingJudge(), progress=False)
     result = X.alpha_sweep(runner, vectors, ("raw",), prompting=True, auto=True)
     page = result.files["html"].read_text()
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
@@ -163,7 +165,7 @@ def test_reports_are_self_contained(setup, tmp_path):
     assert "alpha auto" in md and len(result.notes["calibration"]) == 5
     summary = [json.loads(line) for line in result.files["summary"].open()]
     assert {r["variant"] for r in summary} == {"unsteered", "raw", "prompt", "auto"}
-    mixed = X.mix_experiment(X.Runner(model, tok, config(), tmp_path / "mix",
+    mixed = X.mix_experiment(R.Runner(model, tok, config(), tmp_path / "mix",
                                       judge=CountingJudge(), progress=False),
                              vectors, "joy", "anger", (0.0, 1.0))
     assert len(mixed.rows) == 4 * 2 and mixed.files["mix"].is_file()
@@ -240,13 +242,21 @@ def test_llm_judge_rates_emotion_and_topic_in_one_request_per_answer(setup, tmp_
     try:
         judge = load_judge(f"openai:{server.url}#m", backoff=0, timeout=5)
         cfg = config(metrics=("topic", "eps", "eas"), topic="judge")
-        runner = X.Runner(model, tok, cfg, tmp_path, judge=judge, progress=False)
-        queries = X.evaluation_queries(1)
-        rows = runner.run([X.unsteered(["anger"])], queries)
+        runner = R.Runner(model, tok, cfg, tmp_path, judge=judge, progress=False)
+        queries = C.evaluation_queries(1)
+        rows = runner.run([C.unsteered(["anger"])], queries)
     finally:
         server.close()
     assert len(server.requests) == len(queries)
     assert rows[0]["topic"] == pytest.approx(0.9) and rows[0]["eas"] == pytest.approx(80)
     assert rows[0]["eps"] == 1.0
     with pytest.raises(Exception, match="does not rate topic"):
-        X.Runner(model, tok, cfg, tmp_path / "x", judge=CountingJudge()).scorers()
+        R.Runner(model, tok, cfg, tmp_path / "x", judge=CountingJudge()).scorers()
+
+
+def test_runner_names_its_judge_without_loading_it(setup):
+    model, tok, _ = setup
+    lazy = R.Runner(model, tok, config(judge="hf:some/model"), "/nonexistent")
+    assert lazy.judge_spec == "hf:some/model" and lazy._judge is None  # nothing loaded
+    given = R.Runner(model, tok, config(), "/nonexistent", judge=CountingJudge())
+    assert given.judge_spec == "counting"

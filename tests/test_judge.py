@@ -12,13 +12,13 @@ import pytest
 import torch
 from conftest import byte_tokenizer
 
+from emosteer.data import held_out_flags as held_out
 from emosteer.errors import BadInputError
 from emosteer.evaluate.classifier import (
     LABELS,
     LinearJudge,
     confusion,
     fit_softmax,
-    held_out,
     shipped,
     train,
 )
@@ -301,3 +301,64 @@ def test_parse_reply_clamps_and_rejects_incomplete():
     assert parse_reply(json.dumps({"joy": 10})) is None
     assert parse_reply("") is None
     assert parse_reply(json.dumps({k.upper(): str(v) for k, v in GOOD.items()}))["joy"] == 10
+
+
+def test_llm_judge_makes_at_most_retries_plus_one_requests_per_answer(fake):
+    # server errors, unreadable replies and a mix of both share one budget of retries + 1
+    scripts = {"errors": [("status", 503)] * 10, "malformed": [("text", "no idea")] * 10,
+               "mixed": [("status", 500), ("text", "hm"), ("status", 429), ("text", "?")] * 3}
+    for name, script in scripts.items():
+        server = fake(*script)
+        with pytest.raises(JudgeError):
+            judge_for(server, retries=2).rate(["q"], ["a"])
+        assert len(server.requests) == 3, name
+    server = fake(*[("status", 503)] * 10)
+    with pytest.raises(JudgeError, match="after 1 tries"):
+        judge_for(server, retries=0).rate(["q"], ["a"])
+    assert len(server.requests) == 1
+
+
+def test_llm_judge_without_the_openai_client_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now raises ImportError
+    with pytest.raises(Exception, match=r"emosteer\[eval\]"):
+        load_judge("openai:http://127.0.0.1:9/v1#m")
+
+
+def test_judges_are_a_registry_without_import_cycles():
+    import subprocess
+    import sys
+
+    from emosteer.evaluate import judges
+
+    class Always:
+        spec, version, eas_is_proxy, rates_topic = "always", "1", True, False
+
+        def rate(self, questions, answers):
+            return [judges.Rating(judges.normalise({"joy": 1}), {"joy": 100.0}) for _ in answers]
+
+    judges.register_judge("always-test", lambda argument, **options: Always())
+    try:
+        assert load_judge("always-test").rate(["q"], ["a"])[0].label == "joy"
+        with pytest.raises(ValueError, match="twice"):
+            judges.register_judge("always-test", lambda argument, **options: Always())
+        with pytest.raises(BadInputError, match="unknown judge"):
+            load_judge("always-test:extra")  # this judge takes no argument
+    finally:
+        del judges._REGISTRY["always-test"]
+    with pytest.raises(BadInputError, match="names no model"):
+        load_judge("hf:")
+    # a backend imported first, alone, never needs the registry module
+    for backend in ("classifier", "hf_judge", "llm_judge"):
+        code = (f"import sys, emosteer.evaluate.{backend}\n"
+                "print('emosteer.evaluate.judges' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)
+        assert out.stdout.strip() == "False", (backend, out.stderr[-500:])
+
+
+def test_judge_labels_come_from_the_one_emotion_list():
+    from emosteer.emotions import CIRCUIT_EMOTIONS, JUDGE_LABELS
+
+    assert LABELS == JUDGE_LABELS and tuple(EMOTIONS) == CIRCUIT_EMOTIONS

@@ -470,8 +470,8 @@ def _experiment(model: str, out: Path, emotions: str, limit: int, metrics: str, 
     from dataclasses import replace as _replace
 
     from emosteer.errors import BadInputError
-    from emosteer.evaluate.experiments import AutoAlpha, EvalConfig, Runner
     from emosteer.evaluate.metrics import get_metrics
+    from emosteer.evaluate.runner import AutoAlpha, EvalConfig, Runner
     from emosteer.generation import GenerateConfig
     from emosteer.steering import check_alpha
 
@@ -731,8 +731,8 @@ def experiment_compare(
     import json
 
     from emosteer.circuits import EmotionCircuit
-    from emosteer.circuits.compare import CompareConfig, compare, markdown
     from emosteer.errors import BadInputError
+    from emosteer.evaluate.compare import CompareConfig, compare, markdown
     from emosteer.vectors import EmotionVector
 
     path = circuits / "circuit.safetensors"

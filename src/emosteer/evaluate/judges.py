@@ -1,80 +1,91 @@
 """Judges read an answer and say which emotion it expresses, and how strongly.
 
 Every judge returns one Rating per answer: `probs` over the seven labels (EPS, TEC), `scores`
-0-100 per emotion (EAS) and, when it can, `topic` in [0, 1]. Pick one with a spec string:
+0-100 per emotion (EAS) and, when it can, `topic` in [0, 1]. Pick one with a spec string
+`<name>` or `<name>:<argument>`, looked up in a registry:
 
 - `embedded`: MiniLM + logistic regression shipped with emosteer (offline; EAS is a proxy)
 - `hf:<model id or folder>`: a zero-shot NLI model (e.g. facebook/bart-large-mnli, as the
   paper) or a text-classification model with emotion labels
 - `openai:<base url>#<model>`: an LLM judge over any OpenAI-compatible chat API
+
+A backend module imports only `rating.py`; the factories here import it when first used, so
+`load_judge` loads nothing it does not need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any
 
-from emosteer.errors import BadInputError, EmosteerError
+from emosteer.errors import BadInputError
+from emosteer.evaluate.rating import EMOTIONS, LABELS, Judge, JudgeError, Rating, normalise
 
-LABELS = ("joy", "anger", "sadness", "fear", "disgust", "surprise", "neutral")
-EMOTIONS = LABELS[:-1]
+__all__ = ["EMOTIONS", "LABELS", "Judge", "JudgeError", "Rating", "load_judge", "normalise",
+           "register_judge"]
 
-
-class JudgeError(EmosteerError):
-    """A judge could not rate: unreachable endpoint, a reply that isn't JSON, ..."""
-
-
-@dataclass(frozen=True)
-class Rating:
-    probs: dict[str, float]  # over LABELS, sums to 1: which label the text expresses
-    scores: dict[str, float]  # 0-100 per emotion, independent of each other (EAS)
-    topic: float | None = None  # 0-1: does the answer stay on the question (None: not rated)
-    extra: dict = field(default_factory=dict)  # backend details kept in the cache (raw reply)
-
-    @property
-    def label(self) -> str:
-        return max(self.probs, key=self.probs.__getitem__)
-
-    def to_json(self) -> dict:
-        out = {"probs": self.probs, "scores": self.scores}
-        if self.topic is not None:
-            out["topic"] = self.topic
-        return {**out, **({"extra": self.extra} if self.extra else {})}
+JudgeFactory = Callable[..., Judge]  # (argument after "name:", **options) -> Judge
+_REGISTRY: dict[str, tuple[JudgeFactory, bool]] = {}
 
 
-class Judge(Protocol):
-    spec: str  # what the user passed; part of every cache key
-    version: str  # changes whenever the judge's answers could change (weights hash, rubric)
-    eas_is_proxy: bool  # True when EAS is not a judge's own 0-100 rating
-    rates_topic: bool
+def register_judge(name: str, factory: JudgeFactory, takes_argument: bool = False) -> None:
+    """Make `load_judge(name)` (or `name:<argument>`) build a judge with `factory`.
 
-    def rate(self, questions: Sequence[str], answers: Sequence[str]) -> list[Rating]: ...
+    Args:
+        name: the spec's name, before any ":".
+        factory: called as factory(argument, **options); argument is "" without one.
+        takes_argument: True when the spec needs `name:<argument>` (hf:, openai:).
+
+    Example:
+        register_judge("always-joy", lambda argument, **options: AlwaysJoy())
+        load_judge("always-joy")
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"judge {name!r} is registered twice")
+    _REGISTRY[name] = (factory, takes_argument)
 
 
-def load_judge(spec: str = "embedded", **options) -> Judge:
-    """The judge named by a spec string (see the module docstring)."""
-    if spec == "embedded":
-        from emosteer.evaluate.classifier import EmbeddedJudge
+def load_judge(spec: str = "embedded", **options: Any) -> Judge:
+    """The judge named by a spec string (see the module docstring).
 
-        return EmbeddedJudge(**options)
-    if spec.startswith("hf:") and len(spec) > 3:
-        from emosteer.evaluate.hf_judge import HFJudge
+    Args:
+        spec: "embedded", "hf:<model id or folder>" or "openai:<base url>#<model>".
+        options: passed to the backend (e.g. backoff=0, timeout=5 for openai:).
 
-        return HFJudge(spec[3:], **options)
-    if spec.startswith("openai:"):
-        from emosteer.evaluate.llm_judge import OpenAIJudge
-
-        return OpenAIJudge.from_spec(spec, **options)
+    Example:
+        judge = load_judge("embedded")
+        judge.rate(["How was it?"], ["Wonderful, I loved every minute!"])[0].label  # "joy"
+    """
+    name, colon, argument = spec.partition(":")
+    entry = _REGISTRY.get(name)
+    if entry is not None and entry[1] == bool(colon):
+        return entry[0](argument, **options)
     raise BadInputError(f"unknown judge {spec!r}: use 'embedded', 'hf:<model id>' (e.g. "
                         "hf:facebook/bart-large-mnli) or 'openai:<base url>#<model>' (e.g. "
                         "openai:http://localhost:8000/v1#gpt-4o-mini)")
 
 
-def normalise(values: dict[str, float]) -> dict[str, float]:
-    """Scale non-negative values to sum to one over LABELS (uniform when all are zero)."""
-    clean = {label: max(0.0, float(values.get(label, 0.0))) for label in LABELS}
-    total = sum(clean.values())
-    if total <= 0:
-        return {label: 1.0 / len(LABELS) for label in LABELS}
-    return {label: v / total for label, v in clean.items()}
+def _embedded(argument: str, **options: Any) -> Judge:
+    from emosteer.evaluate.classifier import EmbeddedJudge
+
+    return EmbeddedJudge(**options)
+
+
+def _hf(argument: str, **options: Any) -> Judge:
+    from emosteer.evaluate.hf_judge import HFJudge
+
+    if not argument:
+        raise BadInputError("the judge spec hf: names no model: write hf:<model id or folder> "
+                            "(e.g. hf:facebook/bart-large-mnli)")
+    return HFJudge(argument, **options)
+
+
+def _openai(argument: str, **options: Any) -> Judge:
+    from emosteer.evaluate.llm_judge import OpenAIJudge
+
+    return OpenAIJudge.from_spec(f"openai:{argument}", **options)
+
+
+register_judge("embedded", _embedded)
+register_judge("hf", _hf, takes_argument=True)
+register_judge("openai", _openai, takes_argument=True)

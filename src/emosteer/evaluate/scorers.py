@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from emosteer.generation import chat_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class Perplexity:
@@ -17,9 +21,18 @@ class Perplexity:
     The answer is scored after the chat prompt (question only, no system prompt), so PPL
     measures how natural the answer is as a reply, the same way for every condition. Never call
     it inside a steering block: the reference model must be unsteered.
+
+    Args:
+        model: the reference LM.
+        tokenizer: its tokenizer.
+        batch_size: answers per forward pass.
+
+    Example:
+        Perplexity(model, tok).score(["Hi?"], ["Hello there!"])  # [{"nll": ..., "tokens": 4}]
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 8):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 batch_size: int = 8):
         from emosteer.models import model_id
 
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -65,6 +78,11 @@ class Perplexity:
 
 
 def perplexity(nll: float, tokens: int) -> float | None:
+    """exp(nll / tokens): the perplexity of summed NLL over `tokens` (None without tokens).
+
+    Example:
+        perplexity(math.log(2) * 4, 4)  # 2.0
+    """
     return math.exp(nll / tokens) if tokens > 0 else None
 
 
@@ -75,6 +93,12 @@ class TopicSimilarity:
     emotion_query_plus except q) with cos(q, a) > cos(p, a): 1.0 when the answer is closer to
     its own question than to any other, 0.5 on average for an answer paired with a random
     question, whatever the raw cosine level. An empty answer scores 0.
+
+    Args:
+        reference: the questions an answer is compared with (default: all of EQ+).
+
+    Example:
+        TopicSimilarity().score(["How do I bake bread?"], ["Mix flour, water and salt..."])
     """
 
     def __init__(self, reference: Sequence[str] | None = None):
@@ -85,17 +109,19 @@ class TopicSimilarity:
         self.reference = list(dict.fromkeys(reference))
         digest = hashlib.sha256("\n".join(self.reference).encode()).hexdigest()[:12]
         self.version = f"topic:minilm-rank:{digest}"
-        self._ref = None
+        self._ref: torch.Tensor | None = None
 
     def score(self, questions: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """One score in [0, 1] per (question, answer)."""
         from emosteer.evaluate.classifier import embed
 
         if self._ref is None:
-            self._ref = embed(self.reference)  # (refs, dim)
+            self._ref = embed(self.reference)
+        ref = self._ref  # (refs, dim)
         q = embed(list(questions))  # (n, dim)
         a = embed([x or " " for x in answers])
         own = (q * a).sum(-1)  # (n,)
-        other = a @ self._ref.T  # (n, refs)
+        other = a @ ref.T  # (n, refs)
         scores = []
         for i, question in enumerate(questions):
             keep = torch.tensor([r != question for r in self.reference])
