@@ -72,7 +72,12 @@ def plot_pca(result: Discovery, emotions: list[str], path: Path, n_panels: int =
 
 
 def plot_consistency(summary: dict, path: Path) -> Path:
-    """Cosine of directions found on disjoint halves and across valences, per layer.
+    """Cosine of directions found on disjoint halves and across valences, per layer, with the
+    cosine between different emotions as the reference.
+
+    Args:
+        summary: `Discovery.summary` (its "consistency" curves).
+        path: the PNG written.
 
     Example:
         plot_consistency(result.summary, Path("circuits/consistency.png"))
