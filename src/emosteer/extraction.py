@@ -1,40 +1,81 @@
-"""The Emotion Vector method: emotion-conditioned minus neutral layer outputs, averaged.
+"""Emotion vectors: emotion-conditioned minus neutral layer outputs, and the methods built on them.
 
 For each query q and layer l: O_l(q) is the layer output averaged over the response tokens;
 the offset is O_l(emotion prompt) - O_l(neutral prompt); EV_l is the offset averaged over
-queries. EV_base is the mean of the emotions' vectors.
+queries (the paper's method, `mean_diff`). EV_base is the mean of the emotions' vectors.
+
+The other methods change one step each (ExtractConfig):
+- filter="judge": average only emotional answers the judge reads as the target emotion and
+  neutral answers it reads as neutral (the circuits paper keeps only confirmed samples);
+- scale="norm": each layer's vector gets the length norm_fraction x the typical norm of the
+  site's output on neutral text (measured during extraction, metadata site_norms), so a
+  strength means the same at every layer and in every model;
+- band: keep a contiguous window of layers, fixed or picked by a teacher-forced scan;
+- method="trained": start from the vector and optimise it on the same answers (train.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from emosteer import data
+from emosteer.bands import best_band, scan_bands
 from emosteer.capture import masked_means
+from emosteer.contrast import read_pairs  # noqa: F401 (it lived here: old imports work)
 from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
-from emosteer.models import Architecture, cache_arg, forward_params, model_shape
+from emosteer.hooks import hooked, untuple
+from emosteer.models import Architecture, Site, model_shape, site_modules
 from emosteer.progress import progress_bar
+from emosteer.train import PreferencePair, TrainConfig, train_vector
 from emosteer.vectors import EMOTIONS, EmotionVector
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Method = Literal["mean_diff", "pca", "trained"]  # mean of offsets, principal direction, optimised
+Filter = Literal["none", "judge"]  # every answer, or only the ones the judge confirms
+Scale = Literal["raw", "norm"]  # lengths as read, or a fraction of the site's typical norm
+Band = tuple[int, int] | Literal["auto"] | None  # layers start..stop-1, scanned, or all
+
 _CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
-            "context": ("own", "neutral"), "method": ("mean_diff", "pca")}
+            "context": ("own", "neutral"), "method": get_args(Method),
+            "filter": get_args(Filter), "scale": get_args(Scale)}
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
+    """What extract() reads and how it turns the readings into vectors.
+
+    Example:
+        ExtractConfig(emotions=("joy", "anger"), limit=40, method="trained", band="auto")
+    """
+
     emotions: tuple[str, ...] = EMOTIONS  # the paper's five basic emotions
     dataset: str = "emotion_query"  # our EmotionQuery: 100 questions per emotion
     limit: int | None = None  # queries per emotion (seeded sample); None takes all 100
-    site: str = "attn"  # the authors read and add at the self-attention output (notes.md)
+    site: Site = "attn"  # the authors read and add at the self-attention output (notes.md)
     positions: str = "response"  # paper: mean over the T response tokens; "all" adds the prompt
     context: str = "own"  # read each response under its own prompt; "neutral": re-read the
     # emotional response under the neutral prompt, so only the response's tone differs
-    method: str = "mean_diff"  # the paper's mean of offsets; "pca": first principal direction
+    method: Method = "mean_diff"  # the paper's mean of offsets; "pca": first principal
+    # direction; "trained": the mean optimised on the same answers (train.py)
     center: bool = False  # subtract EV_base from every emotion (removes their shared part)
+    filter: Filter = "none"  # "judge": average only the answers the judge confirms
+    judge: str = "embedded"  # the judge that filters (never part of any loss)
+    band: Band = None  # None: every layer; (start, stop); "auto": the best window of the scan
+    band_width: int = 10  # layers of an "auto" band (the circuits paper steers 10 of 28)
+    scale: Scale = "raw"  # "norm": layer l's vector is norm_fraction x site_norms[l] long
+    norm_fraction: float = 0.1  # what strength 1 adds, as a fraction of the site's norm
+    scan_pairs: int = 8  # questions per emotion the band scan reads (teacher-forced)
+    train: TrainConfig = field(default_factory=TrainConfig)  # method="trained" only
     generation: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
@@ -47,6 +88,24 @@ class ExtractConfig:
             if emotion not in known:
                 raise UnknownEmotionError(f"unknown emotion {emotion!r}: {self.dataset} has "
                                           f"{', '.join(known)}")
+        if self.method == "pca" and self.filter != "none":
+            raise BadInputError("method='pca' needs paired offsets: use filter='none'")
+        band = self.band
+        if band not in (None, "auto") and not (
+                isinstance(band, tuple) and len(band) == 2 and 0 <= band[0] < band[1]):
+            raise BadInputError(f"band={band!r}: use (start, stop) with 0 <= start < stop, "
+                                "'auto' or None")
+        if self.band_width < 1 or not self.norm_fraction > 0 or self.scan_pairs < 1:
+            raise BadInputError("band_width and scan_pairs must be >= 1, norm_fraction > 0")
+
+
+@dataclass
+class Generated:
+    """One batch of generations: neutral rows, then emotion rows, of the same queries."""
+
+    emotion: str
+    queries: list[data.Query]
+    batch: Batch
 
 
 @dataclass
@@ -55,152 +114,234 @@ class Extraction:
     samples: list[dict]  # the generated responses, for inspection
     seconds: float
     used: dict[str, int]  # queries that produced a non-empty response in both settings
+    generations: list[Generated] = field(default_factory=list)  # pass back to reuse them
+    site_norms: list[float] = field(default_factory=list)  # per layer, on neutral answers
+    details: dict[str, dict] = field(default_factory=dict)  # per emotion: filter, scan, training
 
 
-def extract(model, tokenizer, cfg: ExtractConfig = ExtractConfig(),
-            arch: Architecture | None = None, progress: bool = True) -> Extraction:
+@dataclass
+class _Totals:
+    """Running sums of one emotion (nothing is kept per answer but token ids for training)."""
+
+    offsets: torch.Tensor | float = 0.0  # sum of paired offsets
+    emotional: torch.Tensor | float = 0.0  # filter: sum of confirmed emotional means
+    neutral: torch.Tensor | float = 0.0  # filter: sum of confirmed neutral means
+    n_emotional: int = 0
+    n_neutral: int = 0
+    used: int = 0
+    pca: list[torch.Tensor] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
+
+
+def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+            cfg: ExtractConfig = ExtractConfig(), arch: Architecture | None = None,
+            progress: bool = True, judge=None,
+            generations: Sequence[Generated] | None = None) -> Extraction:
+    """Generate neutral and emotional answers, read the layer outputs, make the vectors.
+
+    Args:
+        model: the model to read.
+        tokenizer: its tokenizer.
+        cfg: the method and its settings (ExtractConfig).
+        arch: overrides the architecture table.
+        progress: show a progress bar.
+        judge: the judge for filter="judge" (default: load_judge(cfg.judge)); no other step
+            calls it, and it never enters a loss.
+        generations: an earlier Extraction's generations (same queries and generation
+            settings): reused instead of generating again, so methods compare on one set.
+
+    Example:
+        result = extract(model, tok, ExtractConfig(limit=40))
+        result.vectors["joy"].save("vectors/joy.safetensors")
+    """
     queries = data.load_queries(cfg.dataset, list(cfg.emotions), cfg.limit, cfg.generation.seed)
     torch.manual_seed(cfg.generation.seed)
-    sums: dict[str, torch.Tensor] = {}
-    offsets: dict[str, list[torch.Tensor]] = {e: [] for e in cfg.emotions}
-    used = dict.fromkeys(cfg.emotions, 0)
+    if cfg.filter == "judge" and judge is None:
+        from emosteer.evaluate.judges import load_judge
+
+        judge = load_judge(cfg.judge)
+    totals = {e: _Totals() for e in cfg.emotions}
+    squares: dict = {}  # neutral answers: sum of squared site norms per layer, tokens
     samples: list[dict] = []
+    gens: list[Generated] = list(generations or [])
     start = time.perf_counter()
     batches = [(e, chunk) for e in cfg.emotions
                for chunk in _chunks([q for q in queries if q.emotion == e],
                                     cfg.generation.batch_size)]
+    if gens and [(g.emotion, [q.id for q in g.queries]) for g in gens] != \
+            [(e, [q.id for q in c]) for e, c in batches]:
+        raise BadInputError("generations were made for other queries: extract with the same "
+                            "emotions, dataset, limit, seed and batch_size")
     with progress_bar(progress, "extracting", len(queries)) as advance:
-        for emotion, chunk in batches:
-            diffs, texts = _offsets(model, tokenizer, chunk, emotion, cfg, arch)
-            sums[emotion] = sums.get(emotion, 0) + diffs.sum(0)
-            used[emotion] += diffs.shape[0]
-            if cfg.method == "pca":
-                offsets[emotion].append(diffs)
+        for i, (emotion, chunk) in enumerate(batches):
+            if i == len(gens):
+                gens.append(_generate(model, tokenizer, emotion, chunk, cfg))
+            texts = _read(model, tokenizer, gens[i], cfg, arch, totals[emotion], squares,
+                          judge)
             samples.extend(texts)
             advance(len(chunk))
+    norms = [math.sqrt(float(s) / max(squares["tokens"], 1.0)) for s in squares["sum"]]
+    vectors, details = _vectors(model, tokenizer, cfg, totals, norms, arch, judge)
+    return Extraction(vectors, samples, time.perf_counter() - start,
+                      {e: t.used for e, t in totals.items()}, gens, norms, details)
+
+
+def _generate(model, tokenizer, emotion: str, chunk: list[data.Query],
+              cfg: ExtractConfig) -> Generated:
+    """Neutral rows, then emotion rows, of the same queries, in one generate() call."""
+    prompts = ([chat_prompt(tokenizer, q.question, data.system_prompt(None)) for q in chunk]
+               + [chat_prompt(tokenizer, q.question, data.system_prompt(emotion)) for q in chunk])
+    return Generated(emotion, list(chunk), generate(model, tokenizer, prompts, cfg.generation))
+
+
+def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Totals,
+          squares: dict, judge) -> list[dict]:
+    """Add one batch's offsets (and squared site norms of its neutral rows) to the totals."""
+    n, batch = len(gen.queries), gen.batch
+    texts = decode_responses(tokenizer, batch)
+    read = _reread_under_neutral(batch, n) if cfg.context == "neutral" else batch
+    mask = read.response_mask if cfg.positions == "response" else read.attention_mask
+    neutral = mask.clone()
+    neutral[n:] = 0  # the site norms are measured on neutral answers only
+    with _square_norms(model, cfg.site, neutral, arch) as sq:
+        means = masked_means(model, read.input_ids, read.attention_mask, mask, cfg.site, arch)
+    squares["sum"] = squares.get("sum", 0.0) + torch.stack([sq[i] for i in sorted(sq)])
+    squares["tokens"] = squares.get("tokens", 0.0) + float(neutral.sum())
+    ok = ((batch.response_mask[:n].sum(-1) > 0) & (batch.response_mask[n:].sum(-1) > 0)).cpu()
+    diffs = (means[n:] - means[:n])[ok]  # (kept, layers, d)
+    tot.offsets = tot.offsets + diffs.sum(0)
+    tot.used += diffs.shape[0]
+    if cfg.method == "pca":
+        tot.pca.append(diffs)
+    samples = [{"id": q.id, "emotion": gen.emotion, "neutral": texts[i], "emotional": texts[n + i]}
+               for i, q in enumerate(gen.queries)]
+    keep = ok
+    if cfg.filter == "judge":
+        ratings = judge.rate([q.question for q in gen.queries] * 2, texts)
+        labels = [r.label for r in ratings]
+        keep = ok & torch.tensor([label == gen.emotion for label in labels[n:]])
+        calm = ok & torch.tensor([label == "neutral" for label in labels[:n]])
+        tot.emotional = tot.emotional + means[n:][keep].sum(0)
+        tot.neutral = tot.neutral + means[:n][calm].sum(0)
+        tot.n_emotional += int(keep.sum())
+        tot.n_neutral += int(calm.sum())
+        for i, sample in enumerate(samples):
+            sample.update(judged_neutral=labels[i], judged_emotional=labels[n + i])
+    if cfg.method == "trained" or cfg.band == "auto":
+        tot.pairs.extend(_pairs(batch, n, keep))
+    return samples
+
+
+def _pairs(batch: Batch, n: int, keep: torch.Tensor) -> list[PreferencePair]:
+    """Neutral prompt, emotional answer, neutral answer of every kept query (token ids)."""
+    p = batch.prompt_len
+    ids, att, resp = batch.input_ids.cpu(), batch.attention_mask.cpu(), batch.response_mask.cpu()
+    return [PreferencePair(tuple(ids[i, :p][att[i, :p].bool()].tolist()),
+                           tuple(ids[n + i][resp[n + i].bool()].tolist()),
+                           tuple(ids[i][resp[i].bool()].tolist()))
+            for i in range(n) if keep[i]]
+
+
+@contextmanager
+def _square_norms(model, site: Site, weights: torch.Tensor,
+                  arch) -> Iterator[dict[int, torch.Tensor]]:
+    """Per layer, sum over positions of weights[b, pos] * ||out_l[b, pos]||^2 (read only)."""
+    sums: dict[int, torch.Tensor] = {}
+
+    def make(index: int):
+        def hook(module, args, output):
+            hidden = untuple(output).float()  # (batch, pos, d_model)
+            w = weights.to(hidden.device, torch.float32)  # (batch, pos)
+            sums[index] = torch.einsum("bp,bp->", w, hidden.pow(2).sum(-1)).cpu()
+        return hook
+
+    modules = site_modules(model, site, arch)
+    with hooked(model, {module: make(i) for i, module in enumerate(modules)}):
+        yield sums
+
+
+def _vectors(model, tokenizer, cfg: ExtractConfig, totals: dict[str, _Totals],
+             norms: list[float], arch, judge) -> tuple[dict[str, EmotionVector], dict[str, dict]]:
+    """The means (filtered, principal), EV_base, centring, then each emotion's finish."""
     vectors = {}
     for emotion in cfg.emotions:
-        if used[emotion] == 0:
+        t = totals[emotion]
+        if t.used == 0:
             raise RuntimeError(f"no usable responses for {emotion}: every generation was empty")
-        mean = sums[emotion] / used[emotion]  # (layers, d)
+        if cfg.filter == "judge":
+            if t.n_emotional == 0 or t.n_neutral == 0:
+                raise BadInputError(
+                    f"the judge confirmed {t.n_emotional} {emotion} and {t.n_neutral} neutral "
+                    f"answers of {t.used}: raise limit or use filter='none'")
+            mean = t.emotional / t.n_emotional - t.neutral / t.n_neutral  # (layers, d)
+            name = f"{getattr(judge, 'spec', cfg.judge)}:{getattr(judge, 'version', '?')}"
+            extra = {"filter": "judge", "n_neutral": str(t.n_neutral), "judge": name}
+            n = t.n_emotional
+        else:
+            mean, extra, n = t.offsets / t.used, {}, t.used  # (layers, d)
         if cfg.method == "pca":
-            mean = _principal(torch.cat(offsets[emotion]), mean)
-        vectors[emotion] = _vector(model, mean, emotion, cfg, used[emotion], arch)
+            mean = _principal(torch.cat(t.pca), mean)
+        vectors[emotion] = _vector(model, mean, emotion, cfg, n, arch, norms, extra)
     base = sum(vectors.values(), start=vectors[cfg.emotions[0]] * 0.0) / len(cfg.emotions)
     vectors = {e: (v - base) if cfg.center else v for e, v in vectors.items()}
     # base records which emotions it is the mean of, so it is never mistaken for another mean
     vectors["base"] = replace(base, meta={**base.meta, "emotion": "base",
                                           "emotions": ",".join(cfg.emotions)})
+    details = {}
     for emotion in cfg.emotions:
-        vectors[emotion] = vectors[emotion].renamed(emotion)
-    return Extraction(vectors, samples, time.perf_counter() - start, used)
+        vectors[emotion], details[emotion] = _finish(
+            model, vectors[emotion].renamed(emotion), totals[emotion], cfg, norms,
+            tokenizer.pad_token_id or 0, arch)
+    return vectors, details
 
 
-def read_pairs(model, tokenizer, pairs: list[tuple[str, str]], site: str = "residual",
-               batch_size: int = 16, emotion: str = "unnamed",
-               arch: Architecture | None = None) -> EmotionVector:
-    """Mean over pairs of (positive - negative) layer outputs at each text's last token.
+def _finish(model, vector: EmotionVector, tot: _Totals, cfg: ExtractConfig, norms: list[float],
+            pad: int, arch) -> tuple[EmotionVector, dict]:
+    """Scale, band and training, in that order, for one emotion's vector."""
+    detail: dict = {"n_emotional": tot.n_emotional, "n_neutral": tot.n_neutral,
+                    "pairs": len(tot.pairs)}
+    if cfg.scale == "norm":
+        vector = norm_scaled(vector, norms, cfg.norm_fraction)
+    if (cfg.band == "auto" or cfg.method == "trained") and not tot.pairs:
+        raise BadInputError(f"no usable answer pairs for {vector.emotion}: raise limit")
+    band = cfg.band
+    if band == "auto":
+        width = min(cfg.band_width, len(vector.layers))
+        detail["scan"] = scan_bands(model, tot.pairs[:cfg.scan_pairs], vector, width,
+                                    cfg.train.kl_weight, cfg.train.max_answer_tokens, pad, arch)
+        band = best_band(detail["scan"])
+    if band is not None:
+        if band[1] > len(vector.layers):
+            raise BadInputError(f"band {band} ends past the model's {len(vector.layers)} "
+                                f"layers: use stop <= {len(vector.layers)}")
+        vector = vector.select(range(*band))
+        vector = replace(vector, meta={**vector.meta, "band": f"{band[0]}-{band[1] - 1}"})
+    if cfg.method == "trained":
+        result = train_vector(model, tot.pairs, vector, cfg.train, norms, pad, arch)
+        vector = result.vector
+        detail["train"] = {"losses": result.losses, "margins": result.margins,
+                           "kls": result.kls, "seconds": result.seconds}
+    return vector, detail
 
-    The contrast-pair recipe of repeng and steering-vectors, without generation. Texts are
-    sorted by their tokens, so a batch (2 * batch_size texts) mostly shares a prefix (a
-    system prompt, a template): that prefix is read once and its KV cache reused by every
-    row. The LM head is skipped and only a running (layers, d) sum is kept.
+
+def norm_scaled(vector: EmotionVector, norms: Sequence[float], fraction: float) -> EmotionVector:
+    """Each layer's direction with length fraction x norms[layer] (a zero layer stays zero).
+
+    Args:
+        vector: the directions to rescale.
+        norms: per layer, the typical norm of the site's output (metadata site_norms).
+        fraction: the share of that norm strength 1 adds.
+
+    Example:
+        norms = [float(x) for x in joy.meta["site_norms"].split(",")]
+        joy_scaled = norm_scaled(joy, norms, 0.1)
     """
-    if not pairs:
-        raise BadInputError("read_pairs needs at least one (positive, negative) pair")
-    texts = [p for p, _ in pairs] + [q for _, q in pairs]
-    signs = [1.0] * len(pairs) + [-1.0] * len(pairs)
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: ids[i])  # shared prefixes side by side
-    total = None
-    for rows in _prefix_batches([ids[i] for i in order], 2 * batch_size):
-        rows = [order[r] for r in rows]
-        part = _signed_last_token_sum(model, [ids[i] for i in rows], [signs[i] for i in rows],
-                                      tokenizer.pad_token_id or 0, site, arch)
-        total = part if total is None else total + part
-    mean = total / len(pairs)
-    meta = {**model_shape(model, arch), "emotion": emotion, "site": site,
-            "method": "mean_diff", "positions": "last", "n_queries": len(pairs)}
-    return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:  # keep a last token to read
-        n += 1
-    return n
-
-
-def _prefix_batches(seqs: list[list[int]], size: int) -> list[list[int]]:
-    """Cut sorted token lists into batches of at most size, where a batch stops when adding
-    the next text would raise the tokens computed per text by more than 5% (the shared
-    prefix is computed once, the rest once per row, padded to the longest)."""
-
-    def cost(lcp: int, longest: int, n: int) -> float:
-        return (lcp + n * (longest - lcp)) / n
-
-    batches: list[list[int]] = []
-    for i, seq in enumerate(seqs):
-        if batches and len(batches[-1]) < size:
-            rows = batches[-1]
-            lcp = min((_common_prefix(seqs[rows[0]], seqs[r]) for r in rows[1:]),
-                      default=len(seqs[rows[0]]) - 1)
-            longest = max(len(seqs[r]) for r in rows)
-            new_lcp = min(lcp, _common_prefix(seqs[rows[0]], seq))
-            if cost(new_lcp, max(longest, len(seq)), len(rows) + 1) <= \
-                    1.05 * cost(lcp, longest, len(rows)) or len(rows) < 2:
-                rows.append(i)
-                continue
-        batches.append([i])
-    return batches
-
-
-def _signed_last_token_sum(model, seqs: list[list[int]], signs: list[float], pad: int,
-                           site: str, arch) -> torch.Tensor:
-    """sum_i signs[i] * (layer outputs at the last token of seqs[i]): (layers, d)."""
-    shared = 0
-    limit = min(map(len, seqs)) - 1  # every row keeps at least its last token
-    while shared < limit and all(s[shared] == seqs[0][shared] for s in seqs):
-        shared += 1
-    past = None
-    params = forward_params(model)
-    name = cache_arg(model)
-    if len(seqs) > 1 and shared >= 4 and name is not None:
-        head = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([seqs[0][:shared]], device=model.device),
-                        use_cache=True, **head)
-        past = out[name]
-        past.batch_repeat_interleave(len(seqs))
-        seqs = [s[shared:] for s in seqs]
-    else:
-        shared = 0
-    width = max(map(len, seqs))
-    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=model.device)
-    att = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs],
-                       device=model.device)  # left padding: the last column is a real token
-    mask = torch.zeros_like(att)
-    mask[:, -1] = 1
-    full = torch.cat([torch.ones(len(seqs), shared, dtype=att.dtype, device=att.device), att], 1)
-    means = masked_means(model, input_ids, full, mask, site, arch, past=past)  # (b, layers, d)
-    return torch.einsum("b,bld->ld", torch.tensor(signs), means)
-
-
-def _offsets(model, tokenizer, chunk, emotion, cfg: ExtractConfig, arch):
-    """Per-query offsets (kept, layers, d) for one batch, and the texts generated."""
-    n = len(chunk)
-    prompts = ([chat_prompt(tokenizer, q.question, data.system_prompt(None)) for q in chunk]
-               + [chat_prompt(tokenizer, q.question, data.system_prompt(emotion)) for q in chunk])
-    batch = generate(model, tokenizer, prompts, cfg.generation)  # neutral rows, then emotion
-    texts = decode_responses(tokenizer, batch)
-    batch = _reread_under_neutral(batch, n) if cfg.context == "neutral" else batch
-    mask = batch.response_mask if cfg.positions == "response" else batch.attention_mask
-    means = masked_means(model, batch.input_ids, batch.attention_mask, mask, cfg.site, arch)
-    ok = (batch.response_mask[:n].sum(-1) > 0) & (batch.response_mask[n:].sum(-1) > 0)
-    diffs = (means[n:] - means[:n])[ok.cpu()]  # (kept, layers, d)
-    samples = [{"id": q.id, "emotion": emotion, "neutral": texts[i], "emotional": texts[n + i]}
-               for i, q in enumerate(chunk)]
-    return diffs, samples
+    directions = {}
+    for layer, v in vector.directions.items():
+        length = float(v.norm())
+        directions[layer] = v * (fraction * norms[layer] / length) if length > 0 else v
+    meta = {**vector.meta, "scale": "norm", "norm_fraction": f"{fraction:g}"}
+    return EmotionVector(directions, meta)
 
 
 def _reread_under_neutral(batch: Batch, n: int) -> Batch:
@@ -226,15 +367,17 @@ def _principal(offsets: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int,
-            arch) -> EmotionVector:
+def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int, arch,
+            norms: list[float], extra: dict[str, str]) -> EmotionVector:
     info = data.dataset_info(cfg.dataset)
     g = cfg.generation
+    method = "mean_diff" if cfg.method == "trained" else cfg.method  # training comes later
     meta = {**model_shape(model, arch), "emotion": emotion, "site": cfg.site,
-            "method": cfg.method, "positions": cfg.positions, "context": cfg.context,
+            "method": method, "positions": cfg.positions, "context": cfg.context,
             "centered": str(cfg.center).lower(), "dataset": info.name,
             "dataset_version": info.version, "dataset_sha256": info.sha256, "n_queries": n,
-            "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items())}
+            "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items()),
+            "site_norms": ",".join(f"{x:.6g}" for x in norms), **extra}
     return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
 
 

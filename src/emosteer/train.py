@@ -1,0 +1,339 @@
+"""Optimised emotion vectors: per-layer vectors trained by gradient descent, the model frozen.
+
+The data are the answers extraction already generates: for each question, the neutral answer
+and the emotional answer. A BiPO-style preference objective (bi-directional preference
+optimisation of a steering vector): under the neutral prompt, adding the vector should raise
+the log-likelihood of the emotional answer over the neutral one, relative to the unsteered
+model, and subtracting it should do the reverse. A KL penalty keeps the steered next-token
+distribution on the neutral answers close to the unsteered model's, for fluency:
+
+    m(s) = s * ([lp_sv(chosen) - lp_0(chosen)] - [lp_sv(rejected) - lp_0(rejected)])
+    loss = -log sigmoid(beta * m(+1)) - log sigmoid(beta * m(-1)) + kl_weight * KL(p_0 || p_v)
+
+lp is the mean log-probability per answer token. No judge takes part: the loss sees token ids
+and the model's logits only.
+
+The prompt, except its last token, is read once without steering and its KV cache reused;
+steering and gradients cover the last prompt token and the answer (the first answer token is
+predicted from a steered position). Answers are cut to `max_answer_tokens`: the tone shows in
+the first sentence, and the cost grows with every token.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+
+from emosteer.errors import BadInputError
+from emosteer.generation import forward_kwargs
+from emosteer.hooks import hooked, retuple, untuple
+from emosteer.models import Architecture, cache_arg, cache_of, site_modules
+from emosteer.vectors import EmotionVector
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+Init = Literal["mean_diff", "zero"]  # start from the given vector, or from zero
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the optimiser runs; every default was chosen on the pilot (scripts/pilot_methods.py).
+
+    Example:
+        TrainConfig(steps=100, lr=0.02, kl_weight=0.5)
+    """
+
+    steps: int = 150  # a few hundred steps per emotion fit in minutes on 2 CPU cores
+    lr: float = 0.02  # Adam, in units of the layer's per-coordinate activation RMS
+    beta: float = 2.0  # preference temperature on per-token log-likelihood margins
+    kl_weight: float = 1.0  # fluency: KL(unsteered || steered) on the neutral answers
+    bidirectional: bool = True  # BiPO: the negated vector must prefer the neutral answer
+    pairs_per_step: int = 2  # questions per step (4 rows each with bidirectional)
+    max_answer_tokens: int = 24  # answers are cut here: the tone shows early, cost is linear
+    init: Init = "mean_diff"  # start from the extracted vector (faster, stabler than zero)
+    seed: int = 0  # the order of the pairs
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.pairs_per_step < 1 or self.max_answer_tokens < 1:
+            raise BadInputError("steps, pairs_per_step and max_answer_tokens must be >= 1")
+        if not (self.lr > 0 and self.beta > 0 and self.kl_weight >= 0):
+            raise BadInputError("lr and beta must be > 0 and kl_weight >= 0")
+        if self.init not in ("mean_diff", "zero"):
+            raise BadInputError(f"init={self.init!r}: use 'mean_diff' or 'zero'")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """Token ids of one question's prompt (the neutral one) and its two answers."""
+
+    prompt: tuple[int, ...]  # the chat prompt, generation prompt included
+    chosen: tuple[int, ...]  # the emotional answer (end token excluded)
+    rejected: tuple[int, ...]  # the neutral answer to the same question
+
+
+@dataclass
+class TrainResult:
+    """The trained vector and the per-step curves (mean over the step's pairs)."""
+
+    vector: EmotionVector
+    losses: list[float]
+    margins: list[float]  # m(+1): the steered preference for the emotional answer
+    kls: list[float]
+    seconds: float
+
+
+def train_vector(model: PreTrainedModel, pairs: Sequence[PreferencePair], init: EmotionVector,
+                 cfg: TrainConfig = TrainConfig(), scales: Sequence[float] | None = None,
+                 pad_id: int = 0, arch: Architecture | None = None) -> TrainResult:
+    """Train init's layers (the same layers, the same site) on the preference pairs.
+
+    Args:
+        model: the frozen model (its weights and train/eval mode are restored on exit).
+        pairs: neutral prompt, emotional answer, neutral answer (see PreferencePair).
+        init: the starting vector (init="zero" keeps only its layers and metadata).
+        cfg: steps, learning rate, beta, KL weight, seed...
+        scales: per-layer typical activation norm at the site (vector metadata site_norms):
+            the parameters are in units of norm / sqrt(hidden), so one lr suits every layer.
+        pad_id: the tokenizer's padding id.
+        arch: overrides the architecture table.
+
+    Example:
+        result = train_vector(model, pairs, mean_diff_vector, TrainConfig(steps=100))
+        result.vector.save("joy.safetensors")
+    """
+    if not pairs:
+        raise BadInputError("train_vector needs at least one preference pair")
+    layers = init.layers
+    d = init.hidden_size
+    unit = torch.tensor([(scales[layer] if scales else 1.0) / math.sqrt(d) for layer in layers])
+    start = torch.stack([init.directions[layer] for layer in layers]) / unit[:, None]
+    theta = torch.nn.Parameter(start if cfg.init == "mean_diff" else torch.zeros_like(start))
+    opt = torch.optim.Adam([theta], lr=cfg.lr)
+    order = _order(len(pairs), cfg)
+    clock = time.perf_counter()
+    losses, margins, kls = [], [], []
+    with _frozen(model):
+        reference = reference_logprobs(model, pairs, cfg.max_answer_tokens, pad_id)
+        for step in range(cfg.steps):
+            chosen = order[step]
+            rows = _Rows.build(model, [pairs[i] for i in chosen], cfg, pad_id)
+            loss, margin, kl = _objective(model, rows, theta * unit[:, None], layers, init.site,
+                                          reference[chosen], cfg, arch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            margins.append(margin)
+            kls.append(kl)
+    directions = {layer: (theta[i] * unit[i]).detach() for i, layer in enumerate(layers)}
+    meta = {**init.meta, "method": "trained", **_train_meta(cfg, pairs, losses, margins, kls)}
+    return TrainResult(EmotionVector(directions, meta), losses, margins, kls,
+                       time.perf_counter() - clock)
+
+
+def _order(n: int, cfg: TrainConfig) -> list[torch.Tensor]:
+    """The pair indices of each step: seeded shuffles of all pairs, one after another."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size = min(cfg.pairs_per_step, n)
+    flat: list[int] = []
+    while len(flat) < cfg.steps * size:
+        flat.extend(torch.randperm(n, generator=gen).tolist())
+    return [torch.tensor(flat[i * size:(i + 1) * size]) for i in range(cfg.steps)]
+
+
+def _train_meta(cfg: TrainConfig, pairs: Sequence[PreferencePair], losses: list[float],
+                margins: list[float], kls: list[float]) -> dict[str, str]:
+    def tail(xs: list[float], first: bool) -> str:
+        k = max(1, len(xs) // 10)
+        part = xs[:k] if first else xs[-k:]
+        return f"{sum(part) / len(part):.4g}"
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(repr((p.prompt, p.chosen, p.rejected)).encode())
+    return {"train_objective": "bipo" if cfg.bidirectional else "preference",
+            "train_steps": str(cfg.steps), "train_lr": f"{cfg.lr:g}",
+            "train_beta": f"{cfg.beta:g}", "train_kl_weight": f"{cfg.kl_weight:g}",
+            "train_pairs_per_step": str(cfg.pairs_per_step),
+            "train_max_answer_tokens": str(cfg.max_answer_tokens), "train_init": cfg.init,
+            "train_seed": str(cfg.seed), "train_pairs": str(len(pairs)),
+            "train_data_sha256": h.hexdigest(),
+            "train_loss_start": tail(losses, True), "train_loss_end": tail(losses, False),
+            "train_margin_end": tail(margins, False), "train_kl_end": tail(kls, False)}
+
+
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No parameter gradients and eval mode inside; the flags and mode restored on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+# --- rows: prompt prefix once, then last prompt token + answer ---------------------------------
+@dataclass
+class _Rows:
+    """A batch of (pair, answer, sign) rows: the cached prompt prefix and the steered part."""
+
+    ids: torch.Tensor  # (rows, 1 + T): last prompt token, answer, right padding
+    mask: torch.Tensor  # (rows, prefix + 1 + T): attention over prefix and this part
+    target: torch.Tensor  # (rows, T): 1 where ids[:, 1:] is a real answer token
+    past: object  # KV cache of the prefix (rows repeated), or None: then ids carry it all
+    prefix: torch.Tensor | None  # (rows, prefix) when there is no cache
+    signs: torch.Tensor  # (rows,) +1 / -1 / 0 steering sign
+    width: int  # answer slots T
+
+    @classmethod
+    def build(cls, model, pairs: Sequence[PreferencePair], cfg: TrainConfig, pad_id: int,
+              signs: Sequence[float] | None = None) -> _Rows:
+        """Rows per pair: chosen+, rejected+ (then chosen-, rejected- with bidirectional)."""
+        signs = list(signs) if signs is not None else \
+            ([1.0, 1.0, -1.0, -1.0] if cfg.bidirectional else [1.0, 1.0])
+        per = len(signs)
+        answers = [[p.chosen, p.rejected][k % 2][:cfg.max_answer_tokens]
+                   for p in pairs for k in range(per)]
+        return cls.of(model, [p.prompt for p in pairs], answers, signs, pad_id)
+
+    @classmethod
+    def of(cls, model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+           signs: Sequence[float], pad_id: int) -> _Rows:
+        """len(answers) = len(prompts) * len(signs): answer r belongs to prompt r // len(signs)."""
+        per = len(signs)
+        device = next(model.parameters()).device
+        p_len = max(map(len, prompts))
+        pre = torch.full((len(prompts), p_len), pad_id, dtype=torch.long)
+        pre_mask = torch.zeros_like(pre)
+        for i, p in enumerate(prompts):
+            pre[i, p_len - len(p):] = torch.tensor(p)
+            pre_mask[i, p_len - len(p):] = 1
+        t = max(1, max(map(len, answers)))
+        ids = torch.full((len(answers), 1 + t), pad_id, dtype=torch.long)
+        own = torch.zeros_like(ids)
+        for r, a in enumerate(answers):
+            ids[r, 0] = pre[r // per, -1]
+            ids[r, 1:1 + len(a)] = torch.tensor(list(a), dtype=torch.long)
+            own[r, :1 + len(a)] = 1
+        rep_mask = pre_mask[:, :-1].repeat_interleave(per, 0)
+        mask = torch.cat([rep_mask, own], 1)
+        past, prefix = None, None
+        if p_len > 1 and cache_arg(model) is not None:
+            with torch.no_grad():
+                out = model(**forward_kwargs(model, pre[:, :-1].to(device),
+                                             pre_mask[:, :-1].to(device)), use_cache=True)
+            past = cache_of(out)
+            past.batch_repeat_interleave(per)
+        elif p_len > 1:
+            prefix = pre[:, :-1].repeat_interleave(per, 0)
+        signs_t = torch.tensor(list(signs) * len(prompts), dtype=torch.float32)
+        return cls(ids.to(device), mask.to(device), own[:, 1:].to(device), past,
+                   prefix if prefix is None else prefix.to(device), signs_t, t)
+
+    def logits(self, model) -> torch.Tensor:
+        """(rows, T, vocab): the logits that predict answer slot 1..T (a fresh cache copy)."""
+        if self.prefix is not None:  # no KV cache: read prefix and part together
+            ids = torch.cat([self.prefix, self.ids], 1)
+            out = model(**forward_kwargs(model, ids, self.mask), use_cache=False)
+            return out.logits[:, -self.ids.shape[1]:-1].float()
+        kwargs = forward_kwargs(model, self.ids, self.mask)
+        if "position_ids" in kwargs:
+            kwargs["position_ids"] = kwargs["position_ids"][:, -self.ids.shape[1]:]
+        if self.past is not None:
+            kwargs[str(cache_arg(model))] = copy.deepcopy(self.past)
+        kwargs["attention_mask"] = self.mask
+        out = model(**kwargs, use_cache=self.past is not None)
+        return out.logits[:, :-1].float()
+
+
+@contextmanager
+def _adding(model, directions: torch.Tensor, layers: Sequence[int], site: str,
+            signs: torch.Tensor, arch: Architecture | None) -> Iterator[None]:
+    """Row b gets signs[b] * directions[i] added at the site of layers[i] (autograd-friendly)."""
+    modules = site_modules(model, site, arch)
+    if site == "residual":  # the stream carries earlier additions: add increments (steering.py)
+        directions = torch.cat([directions[:1], directions[1:] - directions[:-1]])
+
+    def make(i: int):
+        def hook(module, args, output):
+            hidden = untuple(output)  # (batch, pos, d_model)
+            add = signs.to(hidden.device)[:, None, None] * directions[i].to(hidden.device)
+            return retuple(output, hidden + add.to(hidden.dtype))
+        return hook
+
+    with hooked(model, {modules[layer]: make(i) for i, layer in enumerate(layers)}):
+        yield
+
+
+def _answer_logprobs(logits: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """Mean log-probability per answer token of each row: (rows,)."""
+    logp = torch.log_softmax(logits, -1).gather(-1, rows.ids[:, 1:, None])[..., 0]
+    count = rows.target.sum(-1).clamp(min=1)
+    return (logp * rows.target).sum(-1) / count
+
+
+@torch.no_grad()
+def reference_logprobs(model: PreTrainedModel, pairs: Sequence[PreferencePair],
+                       max_answer_tokens: int, pad_id: int = 0, chunk: int = 8) -> torch.Tensor:
+    """Unsteered mean log-probability per token of (chosen, rejected) answers: (pairs, 2).
+
+    Args:
+        model: the unsteered model.
+        pairs: the preference pairs.
+        max_answer_tokens: answers are cut to this many tokens, as in training.
+        pad_id: the tokenizer's padding id.
+        chunk: pairs per forward pass.
+
+    Example:
+        ref = reference_logprobs(model, pairs, 24)  # ref[:, 0] - ref[:, 1]: unsteered margin
+    """
+    cfg = TrainConfig(max_answer_tokens=max_answer_tokens)
+    out = []
+    for i in range(0, len(pairs), chunk):
+        rows = _Rows.build(model, pairs[i:i + chunk], cfg, pad_id, signs=[0.0, 0.0])
+        out.append(_answer_logprobs(rows.logits(model), rows).view(-1, 2).cpu())
+    return torch.cat(out)
+
+
+def _objective(model, rows: _Rows, directions: torch.Tensor, layers: Sequence[int], site: str,
+               reference: torch.Tensor, cfg: TrainConfig, arch) -> tuple[torch.Tensor, float,
+                                                                          float]:
+    """(loss, mean m(+1), mean KL) for one batch of rows."""
+    per = 4 if cfg.bidirectional else 2
+    with torch.no_grad():  # the unsteered distribution on the rejected (neutral) rows
+        base = rows.logits(model)[1::per]
+    with _adding(model, directions, layers, site, rows.signs, arch):
+        logits = rows.logits(model)
+    lp = _answer_logprobs(logits, rows).view(-1, per)  # (pairs, per)
+    gain = lp - reference.to(lp.device).repeat(1, per // 2)  # steered minus unsteered
+    plus = gain[:, 0] - gain[:, 1]
+    loss = -F.logsigmoid(cfg.beta * plus)
+    if cfg.bidirectional:
+        loss = loss - F.logsigmoid(cfg.beta * (gain[:, 3] - gain[:, 2]))
+    kl = _kl(base, logits[1::per], rows.target[1::per])
+    total = loss.mean() + cfg.kl_weight * kl
+    return total, float(plus.detach().mean()), float(kl.detach())
+
+
+def _kl(base: torch.Tensor, steered: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked positions of KL(base || steered), logits (rows, T, vocab)."""
+    p = torch.log_softmax(base, -1)
+    q = torch.log_softmax(steered, -1)
+    per_pos = (p.exp() * (p - q)).sum(-1)  # (rows, T)
+    return (per_pos * mask).sum() / mask.sum().clamp(min=1)
