@@ -11,6 +11,11 @@ Two linear heads share the features: a softmax over the seven labels (label, EPS
 sigmoid per label trained one-vs-rest (a per-emotion presence score that need not sum to one:
 the proxy for a judge's 0-100 EAS). Weights are a safetensors file with a JSON card beside
 it, never pickle; `scripts/train_judge.py` rebuilds both from the corpus in under a minute.
+
+Two more judges of the same kind are shipped for checking one judge against another: A
+("embedded-a") and B ("embedded-b") are each fitted on one half of the training part, so
+their training sentences are disjoint, and both are scored on the same held-out 20% that no
+shipped judge saw (`training_flags` says which sentences each one saw).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from emosteer.evaluate.rating import EMOTIONS, LABELS, Rating
 from emosteer.files import atomic_path, write_text
 
 WEIGHTS = Path(__file__).parent / "weights" / "emotion_judge.safetensors"
+HALF_WEIGHTS = {half: WEIGHTS.with_name(f"emotion_judge_{half}.safetensors") for half in "ab"}
+HALF_SEED = 1  # the seed of the hash that splits the training part into halves A and B
 FORMAT_VERSION = "1"
 
 
@@ -256,14 +263,44 @@ def confusion(true: torch.Tensor, pred: torch.Tensor, n_labels: int) -> torch.Te
     return counts
 
 
-@cache
-def shipped() -> LinearJudge:
-    """The weights shipped with emosteer (read once).
+def training_flags(ids: Sequence[str], held_out_share: float = 0.2, split_seed: int = 0,
+                   half: str | None = None, half_seed: int = HALF_SEED) -> list[bool]:
+    """Which corpus sentences a judge trains on: not held out, and in its half if it has one.
+
+    The held-out part is `data.held_out_flags(ids, held_out_share, split_seed)`; the rest is
+    split by a second seeded hash, `held_out_flags(rest, 0.5, half_seed)`: True is half "b",
+    False half "a". Half "a" and half "b" are disjoint, and neither meets the held-out part.
+
+    Args:
+        ids: the corpus ids.
+        held_out_share: the share never trained on (card "held_out_share").
+        split_seed: the held-out split's seed (card "split_seed").
+        half: None (the whole training part), "a" or "b" (card "half").
+        half_seed: the seed of the halves (card "half_seed").
 
     Example:
-        shipped().card["held_out_accuracy"]
+        flags = training_flags(ids, **{k: card[k] for k in ("held_out_share", "split_seed")})
     """
-    return LinearJudge.load(WEIGHTS)
+    from emosteer.data import held_out_flags
+
+    if half not in (None, "a", "b"):
+        raise ValueError(f"half={half!r}: use None, 'a' or 'b'")
+    test = held_out_flags(list(ids), held_out_share, split_seed)
+    if half is None:
+        return [not t for t in test]
+    rest = [i for i, t in zip(ids, test, strict=True) if not t]
+    in_b = dict(zip(rest, held_out_flags(rest, 0.5, half_seed), strict=True))
+    return [i in in_b and in_b[i] == (half == "b") for i in ids]
+
+
+@cache
+def shipped(half: str | None = None) -> LinearJudge:
+    """The weights shipped with emosteer (read once): the default judge, or half "a" / "b".
+
+    Example:
+        shipped().card["held_out_accuracy"], shipped("b").card["held_out_accuracy"]
+    """
+    return LinearJudge.load(WEIGHTS if half is None else HALF_WEIGHTS[half])
 
 
 class EmbeddedJudge:
@@ -272,17 +309,23 @@ class EmbeddedJudge:
 
     Args:
         weights: a weights file from scripts/train_judge.py (default: the shipped one).
+        half: "a" or "b": the shipped judge trained on that half of the training part
+            (specs "embedded-a", "embedded-b"); ignored when weights is given.
 
     Example:
         EmbeddedJudge().classify(["I can't believe they cancelled again!"])[0]["label"]
+        EmbeddedJudge(half="b").spec  # "embedded-b"
     """
 
-    spec = "embedded"
     eas_is_proxy = True
     rates_topic = False
 
-    def __init__(self, weights: str | Path | None = None):
-        self.heads = shipped() if weights is None else LinearJudge.load(weights)
+    def __init__(self, weights: str | Path | None = None, half: str | None = None):
+        if weights is not None:
+            self.heads, self.spec = LinearJudge.load(weights), "embedded"
+        else:
+            self.heads = shipped(half)
+            self.spec = "embedded" if half is None else f"embedded-{half}"
         self.version = self.heads.card.get("weights_sha256", "unknown")[:12]
         missing = set(LABELS) - set(self.heads.labels)
         if missing:

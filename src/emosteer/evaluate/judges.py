@@ -5,6 +5,8 @@ Every judge returns one Rating per answer: `probs` over the seven labels (EPS, T
 `<name>` or `<name>:<argument>`, looked up in a registry:
 
 - `embedded`: MiniLM + logistic regression shipped with emosteer (offline; EAS is a proxy)
+- `embedded-a`, `embedded-b`: the same, each fitted on one of two disjoint halves of the
+  training part (a second opinion that shares no training sentence with the first)
 - `hf:<model id or folder>`: a zero-shot NLI model (e.g. facebook/bart-large-mnli, as the
   paper) or a text-classification model with emotion labels
 - `openai:<base url>#<model>`: an LLM judge over any OpenAI-compatible chat API
@@ -65,10 +67,10 @@ def load_judge(spec: str = "embedded", **options: Any) -> Judge:
                         "openai:http://localhost:8000/v1#gpt-4o-mini)")
 
 
-def _embedded(argument: str, **options: Any) -> Judge:
+def _embedded(argument: str, half: str | None = None, **options: Any) -> Judge:
     from emosteer.evaluate.classifier import EmbeddedJudge
 
-    return EmbeddedJudge(**options)
+    return EmbeddedJudge(half=half, **options)
 
 
 def _hf(argument: str, **options: Any) -> Judge:
@@ -87,5 +89,8 @@ def _openai(argument: str, **options: Any) -> Judge:
 
 
 register_judge("embedded", _embedded)
+# the same judge fitted on disjoint halves of its training part (docs/judge.md)
+register_judge("embedded-a", lambda argument, **options: _embedded(argument, "a", **options))
+register_judge("embedded-b", lambda argument, **options: _embedded(argument, "b", **options))
 register_judge("hf", _hf, takes_argument=True)
 register_judge("openai", _openai, takes_argument=True)
