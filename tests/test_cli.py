@@ -13,7 +13,8 @@ from emosteer.models import model_shape
 from emosteer.vectors import EmotionVector
 
 COMMANDS = ["extract", "generate", "info", "demo", "serve", "export", "import", "classify",
-            "discover", "experiment"]
+            "discover", "experiment", "experiment alpha-sweep", "experiment mix",
+            "experiment base", "experiment prompting", "experiment compare"]
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def test_help_does_not_import_torch():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_help_shows_an_example(command):
-    out = run(command, "--help")
+    out = run(*command.split(), "--help")
     assert out.returncode == 0 and "Example:" in out.stdout
 
 

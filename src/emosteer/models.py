@@ -217,9 +217,23 @@ def _from_pretrained(source: str, **kwargs):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **gguf)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as err:
-        raise ModelLoadError(f"could not load model {source!r}: {err}") from err
+    except Exception as err:  # transformers, safetensors, gguf and torch raise their own types
+        name = str(Path(source) / gguf["gguf_file"]) if gguf else source
+        raise ModelLoadError(_load_failure(name, err)) from err
     return model, tokenizer
+
+
+def _load_failure(source: str, err: Exception) -> str:
+    """One line: why `source` did not load, and what to pass instead."""
+    import pickle
+
+    if isinstance(err, pickle.UnpicklingError):  # torch's weights_only loader refused it
+        return (f"refused to load model {source!r}: its weights are a pickle holding more than "
+                "tensors, and emosteer never runs pickled code: use safetensors weights")
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()),
+                 type(err).__name__)
+    return (f"could not load model {source!r} ({first}): pass a folder saved by transformers "
+            "(config.json, tokenizer and weights), a .gguf model file, a hub id or 'default'")
 
 
 def _load_default(kwargs: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

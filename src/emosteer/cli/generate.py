@@ -1,0 +1,155 @@
+"""The generate command: answer questions steered by a vector, a mix, or a circuit."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from emosteer.cli.common import console, load, vectors_in
+from emosteer.cli.options import (
+    VECTORS,
+    ForceOpt,
+    GenerateOptions,
+    ModelOpt,
+    VectorsDirOpt,
+    given,
+    numbers,
+    split_commas,
+    texts,
+    utf8,
+    with_groups,
+)
+from emosteer.errors import BadInputError
+
+if TYPE_CHECKING:
+    from emosteer.generation import GenerateConfig
+
+ONE_SOURCE = ("pass exactly one of --vector FILE, --mix joy=1 (repeat for more emotions) or "
+              "--circuit FILE --emotion NAME")
+
+
+def parse_mix(items: Sequence[str]) -> dict[str, float]:
+    """["joy=1", "anger=-0.5", "fear"] -> {"joy": 1.0, "anger": -0.5, "fear": 1.0}.
+
+    Only the syntax is checked here; `emosteer.vectors.mix` checks each weight's range.
+
+    Example:
+        >>> parse_mix(["joy=1.5", "anger=-0.5"])
+        {'joy': 1.5, 'anger': -0.5}
+    """
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value) if sep else 1.0
+        except ValueError:
+            raise BadInputError(f"bad --mix item {item!r}: write name=weight, e.g. --mix joy=1 "
+                                "--mix anger=0.5 (or --mix joy=1,anger=0.5)") from None
+    return weights
+
+
+def library_default(func: Callable[..., Any], name: str) -> Any:
+    """The default of `func`'s argument `name`: the library keeps it, the CLI reads it."""
+    return inspect.signature(func).parameters[name].default
+
+
+@with_groups
+def generate(
+    questions: Annotated[list[str], typer.Argument(help="one or more questions",
+                                                   callback=texts)],
+    model: ModelOpt = "default",
+    vector: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="a vector file")] = None,
+    mix: Annotated[list[str] | None, typer.Option(
+        callback=split_commas, help="emotion=weight, repeat for several: --mix joy=1 --mix "
+                                    "anger=0.5 (joy=1,anger=0.5 also works)")] = None,
+    vectors_dir: VectorsDirOpt = VECTORS,
+    circuit: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="a circuit file from `emosteer discover`")] = None,
+    emotion: Annotated[str | None, typer.Option(
+        help="with --circuit: the emotion to express")] = None,
+    alpha: Annotated[list[str] | None, typer.Option(
+        "--alpha", "--alphas", callback=split_commas,
+        help="steering (or circuit) strength; repeat to compare"
+             " (default: generate_text's alpha)")] = None,
+    layers: Annotated[list[str] | None, typer.Option(
+        "--layer", "--layers", callback=split_commas,
+        help="a layer index to steer; repeat for several (default: all in the vector)")] = None,
+    positions: Annotated[str | None, typer.Option(
+        help="all, or generated (newest token only) (default: steer's positions)")] = None,
+    system: Annotated[str | None, typer.Option(callback=utf8, help="a system prompt")] = None,
+    force: ForceOpt = False,
+    gen: GenerateOptions = GenerateOptions(),
+) -> None:
+    """Answer questions steered by a vector or a mix of emotions.
+
+    Example: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
+
+    Through a circuit: [bold]emosteer generate "The bus is late again." --circuit
+    circuits/circuit.safetensors --emotion fear --alpha 1[/bold]
+    """
+    from emosteer.steering import check_alpha
+
+    if sum(x is not None for x in (vector, mix, circuit)) != 1:
+        raise BadInputError(ONE_SOURCE)
+    # check_alpha parses text itself, so its message names the value as typed
+    strengths = [check_alpha(a) for a in alpha] if alpha else None  # type: ignore[arg-type]
+    options = given(positions=positions, allow_other_model=force or None)
+    if circuit is not None:
+        if layers:
+            raise BadInputError("--layers applies to vectors: a circuit names its own heads "
+                                "and neurons")
+        _by_circuit(questions, model, circuit, emotion, strengths, system, gen.config(),
+                    options)
+    else:
+        chosen = numbers(layers, "--layers", int)
+        _by_vector(questions, model, vector, mix, vectors_dir, strengths, system,
+                   gen.config(), {**options, **given(layers=chosen)})
+
+
+def _by_vector(questions: list[str], model: str, vector: Path | None, mix: list[str] | None,
+               folder: Path, strengths: list[float] | None, system: str | None,
+               cfg: GenerateConfig, options: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from emosteer.generation import generate_text
+    from emosteer.vectors import EmotionVector
+    from emosteer.vectors import mix as mix_vectors
+
+    steering = (EmotionVector.load(vector) if vector is not None
+                else mix_vectors(vectors_in(folder), parse_mix(mix or [])))
+    m, tok = load(model)
+    table = Table("question", "alpha", f"answer steered by {steering.emotion}", show_lines=True)
+    for a in strengths or [library_default(generate_text, "alpha")]:
+        answers = generate_text(m, tok, questions, steering, a, system=system, cfg=cfg,
+                                **options)
+        for q, text in zip(questions, answers, strict=True):
+            table.add_row(q, f"{a:g}", text)
+    console.print(table)
+
+
+def _by_circuit(questions: list[str], model: str, path: Path, emotion: str | None,
+                strengths: list[float] | None, system: str | None, cfg: GenerateConfig,
+                options: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from emosteer.circuits import EmotionCircuit, modulate
+    from emosteer.generation import generate_text
+
+    circuit = EmotionCircuit.load(path)
+    if emotion is None:
+        raise BadInputError(f"--circuit needs --emotion: one of {', '.join(circuit.emotions)}")
+    circuit.of(emotion)  # an unknown emotion fails before the model loads
+    m, tok = load(model)
+    table = Table("question", "strength", f"answer through the {emotion} circuit",
+                  show_lines=True)
+    for strength in strengths or [library_default(modulate, "strength")]:
+        with modulate(m, circuit, emotion, strength, **options):
+            answers = generate_text(m, tok, questions, system=system, cfg=cfg)
+        for q, text in zip(questions, answers, strict=True):
+            table.add_row(q, f"{strength:g}", text)
+    console.print(table)

@@ -1,0 +1,66 @@
+"""Commands that move vectors between tools: export (llama.cpp GGUF) and import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emosteer.cli.common import console
+from emosteer.cli.options import OutFileOpt, finite, given, utf8
+from emosteer.errors import BadInputError
+
+
+def export(
+    file: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False, help="an emosteer vector file (.safetensors)")],
+    out: OutFileOpt,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="gguf: llama.cpp control vector (repeng reads it)")] = "gguf",
+    scale: Annotated[float | None, typer.Option(
+        parser=finite, help="multiply the vector (llama.cpp can also scale it with "
+                            "--control-vector-scaled FILE:SCALE)"
+                            " (default: export_gguf's scale)")] = None,
+) -> None:
+    """Write a vector in another tool's layout.
+
+    Example: [bold]emosteer export vectors/joy.safetensors --out joy.gguf[/bold], then
+    [bold]llama-cli -m model.gguf --control-vector joy.gguf[/bold]
+    """
+    from emosteer.interop import export_gguf
+    from emosteer.vectors import EmotionVector
+
+    if fmt != "gguf":
+        raise BadInputError(f"unknown --format {fmt!r}: use gguf")
+    vector = EmotionVector.load(file)
+    export_gguf(vector, out, **given(scale=scale))
+    note = (" (read at the attention output; llama.cpp adds it to the residual stream after "
+            "each layer, and layer 0 is dropped: see docs/serving.md)"
+            if vector.site == "attn" else "")
+    console.print(f"wrote {out}: llama.cpp control vector of {vector.emotion!r}, "
+                  f"{len([k for k in vector.layers if k >= 1])} layers{note}")
+
+
+def import_(
+    file: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False, help="a llama.cpp control vector (.gguf), e.g. from "
+                                          "repeng's export_gguf")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", dir_okay=False, help="the emosteer vector file to write")],
+    emotion: Annotated[str | None, typer.Option(
+        callback=utf8, help="name to record (default: the file's)")] = None,
+) -> None:
+    """Read another tool's vector file into an emosteer vector (.safetensors).
+
+    Example: [bold]emosteer import calm.gguf --out vectors/calm.safetensors[/bold]
+    """
+    from emosteer.interop import read_gguf
+
+    vector = read_gguf(file)
+    if emotion:
+        vector = vector.renamed(emotion)
+    vector.save(out)
+    console.print(f"wrote {out}: {vector.emotion!r}, {len(vector.layers)} layers "
+                  f"({vector.layers[0]}..{vector.layers[-1]}), site {vector.site}, for "
+                  f"{vector.meta.get('architecture')} models of width {vector.hidden_size}")
