@@ -53,7 +53,11 @@ def parse_mix(items: Sequence[str]) -> dict[str, float]:
 
 
 def library_default(func: Callable[..., Any], name: str) -> Any:
-    """The default of `func`'s argument `name`: the library keeps it, the CLI reads it."""
+    """The default of `func`'s argument `name`: the library keeps it, the CLI reads it.
+
+    Example:
+        library_default(generate_text, "alpha")  # 1.0
+    """
     return inspect.signature(func).parameters[name].default
 
 
