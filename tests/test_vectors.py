@@ -132,3 +132,8 @@ def test_saving_is_atomic_and_refuses_a_directory(tmp_path):
     with pytest.raises(BadInputError, match="is a directory"):
         v.save(tmp_path)
     assert EmotionVector.load(path).equal(EmotionVector.load(path))
+
+
+def test_saved_files_are_readable_by_others_like_any_file(tmp_path):
+    path = vec({0: [1.0, 2, 3, 4]}).save(tmp_path / "joy.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -34,10 +34,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                             "writable path") from err
     os.close(fd)
     tmp = Path(name)
-    # mkstemp makes the file private (0600): give it the target's mode, or the usual 0644
-    os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
     try:
         yield tmp
+        # mkstemp (and writers such as safetensors) make the file private (0600): give it
+        # the target's mode, or the usual 0644
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

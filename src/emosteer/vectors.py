@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -33,7 +33,7 @@ _SHAPE_KEYS = ("model_id", "architecture", "hidden_size", "num_layers", "site")
 _TENSOR_PREFIX = "layer."
 
 
-def check_alpha(alpha: float, what: str = "alpha") -> float:
+def check_alpha(alpha: float | str, what: str = "alpha") -> float:
     """alpha as a float, or a BadAlphaError saying why it cannot steer.
 
     Args:
@@ -73,7 +73,7 @@ class EmotionVector:
     """
 
     directions: Mapping[int, torch.Tensor]
-    meta: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)  # values become str on creation
 
     def __post_init__(self) -> None:
         clean = {int(k): v.detach().to("cpu", torch.float32).reshape(-1).clone()

@@ -101,7 +101,7 @@ def generate(
     if sum(x is not None for x in (vector, mix, circuit)) != 1:
         raise BadInputError(ONE_SOURCE)
     # check_alpha parses text itself, so its message names the value as typed
-    strengths = [check_alpha(a) for a in alpha] if alpha else None  # type: ignore[arg-type]
+    strengths = [check_alpha(a) for a in alpha] if alpha else None
     options = given(positions=positions, allow_other_model=force or None)
     if circuit is not None:
         if layers:
