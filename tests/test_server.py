@@ -118,6 +118,7 @@ def test_sse_wire_format(served):
                        "temperature": 0}).encode()
     req = urllib.request.Request(served["url"] + "/v1/completions", data=body, method="POST")
     req.add_header("Authorization", f"Bearer {KEY}")
+    req.add_header("Content-Type", "application/json")  # urllib's default, a form, is refused
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         raw = resp.read().decode()

@@ -38,12 +38,38 @@ class Batch:
 
 
 def chat_prompt(tokenizer, question: str, system: str | None) -> str:
+    """One user question (after an optional system prompt) as the model's chat prompt.
+
+    Args:
+        tokenizer: its chat template renders the prompt (a plain "User: ..." layout without).
+        question: the user message.
+        system: a system prompt, or None for none.
+
+    Example:
+        chat_prompt(tok, "How was your day?", None)
+    """
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question}]
+    return render_chat(tokenizer, messages)
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
+    """A conversation as the prompt the model answers next (its generation prompt added).
+
+    The tokenizer's chat template renders it; a tokenizer without one gets lines of
+    "Role: content" ending with "Assistant:".
+
+    Args:
+        tokenizer: the model's tokenizer.
+        messages: [{"role": "system" | "user" | "assistant", "content": text}, ...].
+
+    Example:
+        render_chat(tok, [{"role": "user", "content": "Hi"}])  # "User: Hi\nAssistant:" untemplated
+    """
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    head = f"System: {system}\n" if system else ""
-    return f"{head}User: {question}\nAssistant:"
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
 
 
 def encode(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
@@ -63,7 +89,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerateConfig) -> Batch
     prompt_len = enc["input_ids"].shape[1]
     response = out[:, prompt_len:]  # (batch, new)
     ended = torch.zeros_like(response, dtype=torch.bool)
-    for eos in _eos_ids(model, tokenizer):
+    for eos in eos_ids(model, tokenizer):
         ended |= response == eos
     response_mask = (ended.long().cumsum(-1) == 0).long()  # tokens before the first end token
     attention_mask = torch.cat([enc["attention_mask"], response_mask], dim=1)
@@ -86,12 +112,21 @@ def forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return kwargs
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+def eos_ids(model, tokenizer) -> set[int]:
+    """The token ids that end an answer: the model's generation config's and the tokenizer's.
+
+    Args:
+        model, tokenizer: from `emosteer.load_model`.
+
+    Example:
+        ended = token in eos_ids(model, tok)
+    """
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
     if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+        found.add(tokenizer.eos_token_id)
+    return found
 
 
 def generate_text(model, tokenizer, questions: list[str], vector=None, alpha: float = 1.0,

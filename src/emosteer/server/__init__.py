@@ -3,7 +3,8 @@
 Needs the `server` extra: `pip install "emosteer[server]"`. Start it with `emosteer serve`.
 """
 
-from emosteer.server.app import ServeConfig, create_app
+from emosteer.server.app import ServeConfig, Server, create_app
 from emosteer.server.engine import Engine, Job, Sampling
+from emosteer.server.errors import APIError
 
-__all__ = ["Engine", "Job", "Sampling", "ServeConfig", "create_app"]
+__all__ = ["APIError", "Engine", "Job", "Sampling", "ServeConfig", "Server", "create_app"]

@@ -10,7 +10,6 @@ samples from its own seeded generator, so its tokens do not depend on its batch-
 
 from __future__ import annotations
 
-import inspect
 import queue
 import random
 import threading
@@ -18,24 +17,54 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from emosteer.models import cache_arg, cache_of
+from emosteer.errors import EmosteerError
+from emosteer.generation import GenerateConfig, eos_ids
+from emosteer.models import cache_arg, cache_of, forward_params
 from emosteer.steering import steer_rows
 from emosteer.vectors import EmotionVector
+
+_DEFAULTS = GenerateConfig()  # the one place for decoding defaults
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one request picks its tokens (temperature 0 = greedy)."""
+    """How one request picks its tokens (temperature 0 = greedy).
 
-    max_tokens: int = 128  # a few paragraphs; the server caps it with --max-tokens
-    temperature: float = 0.6  # emosteer's default (the authors'); greedy loops on small models
-    top_p: float = 0.9  # the authors' setting
-    repetition_penalty: float = 1.15  # keeps the bundled 135M model out of loops (notes.md)
+    The knobs default to `emosteer.generation.GenerateConfig`'s, so the server decodes as
+    the CLI and the experiments do.
+
+    Example:
+        Sampling(max_tokens=32, temperature=0)  # greedy, repetition penalty as configured
+    """
+
+    max_tokens: int = 128  # a few paragraphs (a server answer, not GenerateConfig's 48)
+    temperature: float = _DEFAULTS.temperature
+    top_p: float = _DEFAULTS.top_p
+    repetition_penalty: float = _DEFAULTS.repetition_penalty
     seed: int | None = None  # None: a fresh random seed per request
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+
+    def processors(self) -> LogitsProcessorList:
+        """transformers' processors for these knobs, in generate()'s order: repetition
+        penalty, then temperature and top-p (the warpers only when sampling)."""
+        steps = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            steps.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.temperature > 0:
+            steps.append(TemperatureLogitsWarper(float(self.temperature)))
+            if self.top_p < 1.0:
+                steps.append(TopPLogitsWarper(self.top_p))
+        return steps
 
 
 @dataclass(eq=False)
@@ -57,7 +86,17 @@ class Job:
 
 
 class Engine:
-    """Owns the model in one worker thread; submit() is thread-safe."""
+    """Owns the model in one worker thread; submit() is thread-safe.
+
+    Args:
+        model, tokenizer: from `emosteer.load_model`.
+        max_batch: rows per forward pass.
+        batch_window: seconds the first request of a batch waits for batch-mates.
+        max_queue: the queue length the API refuses beyond (429).
+
+    Example:
+        engine = Engine(model, tok); engine.start(); engine.submit(job)
+    """
 
     def __init__(self, model, tokenizer, max_batch: int = 8, batch_window: float = 0.01,
                  max_queue: int = 256) -> None:
@@ -66,11 +105,15 @@ class Engine:
         self.max_batch = max_batch  # rows per forward pass
         self.batch_window = batch_window  # seconds the first request waits for batch-mates
         self.max_queue = max_queue
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        params = inspect.signature(model.forward).parameters
+        params = forward_params(model)
         self._takes_positions = "position_ids" in params
-        self._cache_arg = cache_arg(model)
+        arg = cache_arg(model)
+        if arg is None:
+            raise EmosteerError(f"{type(model).__name__}.forward takes no KV cache argument: "
+                                "the server decodes with a cache; serve a causal LM")
+        self._cache_arg: str = arg
         # only the last position's logits: a prefill of 8 x 100 tokens would otherwise build
         # 8 x 100 x vocab floats (150 MB for SmolLM2)
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -142,6 +185,7 @@ class Engine:
         ids, mask = ids.to(device), mask.to(device)
         history = [list(j.prompt_ids) for j in jobs]  # repetition penalty reads prompt + output
         gens = [_generator(j.sampling.seed) for j in jobs]
+        steps = [j.sampling.processors() for j in jobs]
         rows = list(range(len(jobs)))  # indices into jobs of the rows still in the batch
         cache = None
         step_ids = ids
@@ -159,7 +203,8 @@ class Engine:
                 out = self.model(**kwargs)
                 cache = cache_of(out)
                 logits = out.logits[:, -1, :].float()  # (batch, vocab)
-                chosen = [self._pick(logits[k], history[r], jobs[r].sampling, gens[r])
+                chosen = [_pick(logits[k:k + 1], history[r], steps[r], gens[r],
+                                greedy=jobs[r].sampling.temperature <= 0)
                           for k, r in enumerate(rows)]
                 keep = []
                 for k, (r, token) in enumerate(zip(rows, chosen, strict=False)):
@@ -184,26 +229,6 @@ class Engine:
         if all(v is None for v in vectors):
             return nullcontext()
         return steer_rows(self.model, vectors, allow_other_model=True)
-
-    def _pick(self, logits: torch.Tensor, history: list[int], s: Sampling,
-              gen: torch.Generator) -> int:
-        """One token from one row's logits (vocab,): repetition penalty, temperature, top-p."""
-        if s.repetition_penalty != 1.0 and history:
-            seen = torch.tensor(sorted(set(history)), device=logits.device)
-            picked = logits[seen]
-            logits = logits.clone()
-            logits[seen] = torch.where(picked > 0, picked / s.repetition_penalty,
-                                       picked * s.repetition_penalty)
-        if s.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits / s.temperature, dim=-1)
-        if s.top_p < 1.0:
-            order = torch.argsort(probs, descending=True)
-            ranked = probs[order]
-            before = ranked.cumsum(-1) - ranked  # mass of the tokens ranked above each one
-            ranked = torch.where(before < s.top_p, ranked, torch.zeros_like(ranked))
-            probs = torch.zeros_like(probs).scatter(0, order, ranked)
-        return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
     def _advance(self, job: Job, token: int) -> bool:
         """Record a token, emit the new text; True when the job is finished."""
@@ -234,6 +259,19 @@ class Engine:
         return False
 
 
+def _pick(logits: torch.Tensor, history: list[int], steps: LogitsProcessorList,
+          gen: torch.Generator, greedy: bool) -> int:
+    """One token from one row's logits (1, vocab) after its processors: the argmax when
+    greedy, else a draw from the row's own generator."""
+    if steps:
+        seen = cast(torch.LongTensor, torch.tensor([history], device=logits.device))  # (1, pos)
+        logits = steps(seen, logits)
+    if greedy:
+        return int(logits.argmax())
+    probs = torch.softmax(logits[0], dim=-1)  # (vocab,)
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
 def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
 
@@ -252,11 +290,3 @@ def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
                 best = n
                 break
     return best
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        found.add(tokenizer.eos_token_id)
-    return found
