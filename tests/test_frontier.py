@@ -4,6 +4,8 @@ the selection rule on synthetic scores, and the whole frontier on a tiny random 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zlib
 from dataclasses import replace
 
@@ -278,3 +280,39 @@ def test_frontier_refuses_a_folder_without_vectors(tiny, tmp_path):
     cfg = F.FrontierConfig(methods=(F.Method("mean_diff", (1.0,)),), emotions=("joy",))
     with pytest.raises(BadInputError, match="no method has vectors"):
         F.frontier(_runner(tiny, tmp_path), tmp_path / "nothing", cfg)
+
+
+# --- the command -------------------------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emosteer", "experiment", "frontier", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_command_refuses_an_unknown_method_before_loading_anything(tmp_path):
+    out = _cli("--method", "magic", "--model", str(tmp_path / "no-model"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown method 'magic': choose from " + ", ".join(m.name for m in F.METHODS)]
+    assert "Example:" in _cli("--help").stdout
+
+
+def test_the_command_runs_on_a_saved_tiny_model(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    model.emosteer_id = "tiny"  # what load_model calls a folder named tiny
+    try:
+        _vectors(model, tmp_path / "vectors" / "mean_diff")
+    finally:
+        model.emosteer_id = "tiny-llama"
+    args = ["--model", str(tmp_path / "tiny"), "--vectors", str(tmp_path / "vectors"),
+            "--method", "mean_diff", "--method", "prompt", "--emotion", "joy,anger",
+            "--calibration-limit", "1", "--limit", "1", "--max-new-tokens", "4",
+            "--out", str(tmp_path / "run")]
+    out = _cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert "embedded-a" in out.stdout and "report:" in out.stdout
+    rows = [json.loads(line) for line in (tmp_path / "run" / "summary.jsonl").open()]
+    assert {r["method"] for r in rows} == {"unsteered", "mean_diff", "prompt"}
+    assert all("eps:embedded-a" in r and "eps:embedded-b" in r for r in rows)
+    assert (tmp_path / "run" / "figures" / "pareto-anger.png").is_file()

@@ -6,6 +6,7 @@ vectors.py   extract, info, demo
 generate.py  generate (a vector, a mix or a circuit)
 evaluate.py  classify; experiment alpha-sweep, mix, base, prompting
 circuits.py  discover; experiment compare
+frontier.py  experiment frontier (the method search)
 serve.py     serve
 interop.py   export, import
 options.py   the shared option aliases and option dataclasses (defaults: the library's)
@@ -23,7 +24,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from emosteer.cli import circuits, evaluate, generate, interop, serve, vectors
+from emosteer.cli import circuits, evaluate, frontier, generate, interop, serve, vectors
 from emosteer.cli.common import err_console
 from emosteer.errors import EmosteerError
 
@@ -58,6 +59,7 @@ experiment_app.command("mix")(evaluate.mix)
 experiment_app.command("base")(evaluate.base)
 experiment_app.command("prompting")(evaluate.prompting)
 experiment_app.command("compare")(circuits.compare)
+experiment_app.command("frontier")(frontier.frontier)
 app.add_typer(experiment_app, name="experiment")
 
 # typer's usage errors (a bad option value, a missing argument): click's ClickException,

@@ -1,0 +1,104 @@
+"""The method search: experiment frontier (evaluate/frontier.py does the work)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emosteer.cli.common import console, load
+from emosteer.cli.options import (
+    EXTRACT_LIMIT,
+    EmotionsOpt,
+    GenerateOptions,
+    ModelOpt,
+    OutDirOpt,
+    given,
+    split_commas,
+    with_groups,
+)
+from emosteer.errors import BadInputError, EmosteerError
+
+VECTORS_DIR = Path("runs/frontier/vectors")  # <method>/<emotion>.safetensors
+
+
+@with_groups
+def frontier(
+    vectors: Annotated[Path, typer.Option(
+        "--vectors", file_okay=False,
+        help="one folder of vectors per method: <vectors>/<method>/<emotion>.safetensors")
+    ] = VECTORS_DIR,
+    methods: Annotated[list[str] | None, typer.Option(
+        "--method", "--methods", callback=split_commas,
+        help="a method (mean_diff, centered, band, band_auto, norm, filtered, trained, "
+             "prompt); repeat for several (default: frontier.METHODS, all)")] = None,
+    emotions: EmotionsOpt = None,
+    calibration_limit: Annotated[int | None, typer.Option(
+        min=1, help="calibration questions per EQ+ category, the only ones that choose "
+                    "(default: FrontierConfig.calibration_limit)")] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="held-out questions per EQ+ category, the only ones reported "
+                    "(default: FrontierConfig.limit)")] = None,
+    judges: Annotated[list[str] | None, typer.Option(
+        "--judge", callback=split_commas,
+        help="a judge spec; repeat for a second opinion (default: embedded-a and embedded-b, "
+             "trained on disjoint halves of emotion_corpus)")] = None,
+    max_ppl_ratio: Annotated[float | None, typer.Option(
+        min=1.0, max=1e6, help="fluency bound, x the unsteered PPL "
+                               "(default: FrontierConfig.max_ppl_ratio)")] = None,
+    min_topic: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="topic bound (default: FrontierConfig.min_topic)")] = None,
+    extract: Annotated[bool, typer.Option(
+        "--extract/--no-extract",
+        help="first extract the methods whose folder is missing (emotion_query only)")] = False,
+    extract_limit: Annotated[int, typer.Option(
+        min=1, help="--extract: extraction queries per emotion")] = EXTRACT_LIMIT,
+    out: OutDirOpt = Path("runs/frontier"),
+    model: ModelOpt = "default",
+    gen: GenerateOptions = GenerateOptions(),
+) -> None:
+    """Each method x emotion x strength on the calibration split; the best setting within
+    PPL <= 1.3x unsteered and topic >= 0.9 reported on the held-out split, by two judges.
+
+    Example: [bold]emosteer experiment frontier --method mean_diff --method trained --extract[/bold]
+    """
+    from emosteer.evaluate import frontier as F
+
+    known = {m.name: m for m in F.METHODS}
+    unknown = [m for m in methods or () if m not in known]
+    if unknown:
+        raise BadInputError(f"unknown method {unknown[0]!r}: choose from {', '.join(known)}")
+    cfg = F.FrontierConfig(**given(
+        methods=tuple(known[m] for m in methods) if methods else None,
+        emotions=tuple(emotions) if emotions else None, calibration_limit=calibration_limit,
+        limit=limit, judges=tuple(judges) if judges else None, max_ppl_ratio=max_ppl_ratio,
+        min_topic=min_topic))
+    from emosteer.evaluate.judges import load_judge
+
+    for spec in cfg.judges:
+        load_judge(spec)  # a bad spec fails before the model loads
+    m, tok = load(model)
+    if extract:
+        from emosteer.evaluate.frontier_vectors import build_vectors
+        from emosteer.extraction import ExtractConfig
+
+        base = ExtractConfig(emotions=cfg.emotions, limit=extract_limit)
+        built = build_vectors(m, tok, cfg.methods, vectors, replace(
+            base, generation=gen.config(base.generation)))
+        for name, folder in built.items():
+            console.print(f"extracted {name} -> {folder}")
+    generation = gen.config(F.eval_config(cfg).generation)
+    try:
+        result = F.run(m, tok, vectors, out, cfg, generation=generation, seed=generation.seed)
+    except EmosteerError as err:
+        raise type(err)(f"{err} (answers and scores so far are kept in {out}/; rerun the same "
+                        "command to resume)") from err
+    from emosteer.evaluate.frontier_report import summary_table
+
+    console.print(f"held out: EPS by {' / '.join(cfg.judges)} at each method's chosen setting")
+    console.print(summary_table(result, cfg.judges, cfg.emotions), markup=False)
+    console.print(f"report: {result.files['html']} (markdown: {result.files['markdown']}, "
+                  f"rows: {result.files['summary']}, every setting: "
+                  f"{result.files['calibration']})")
