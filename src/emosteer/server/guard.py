@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 __all__ = ["LOOPBACK_NAMES", "Guard", "is_loopback"]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # Host names of this machine
+# An over-cap body is read and dropped up to this much before the 413, so a client that
+# sends it whole (urllib, requests) reads the answer instead of a broken pipe; beyond it the
+# connection is cut.
+DRAIN_BYTES = 64 * 1024 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -138,6 +142,7 @@ class Guard:
                            "(--max-body-bytes): send a shorter prompt", "request_too_large")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cap:
+            await _drain(receive, 0)
             raise too_big
         chunks: list[bytes] = []
         size = 0
@@ -148,6 +153,8 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > cap:
+                if message.get("more_body", False):
+                    await _drain(receive, size)
                 raise too_big
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -156,6 +163,17 @@ class Guard:
 
 class _ClientGone(Exception):
     pass
+
+
+async def _drain(receive: Receive, size: int) -> None:
+    """Read and drop the rest of a body (up to DRAIN_BYTES in all), keeping nothing."""
+    while size <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _replay(body: bytes, receive: Receive) -> Callable[[], Any]:

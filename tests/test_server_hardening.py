@@ -1,0 +1,325 @@
+"""The server against a hostile but honest client (issue 11): size caps, tokenizing off the
+event loop, memory, content type, Host and Origin checks, odd bodies, and the catch-all."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import torch
+from conftest import byte_tokenizer, tiny_model
+from live_server import live_server, random_vectors
+
+from emosteer.generation import GenerateConfig
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+BODY_CAP = 64 * 1024
+CHAR_CAP = 4000
+CONTEXT = 256
+
+
+class CountingTokenizer:
+    """The byte tokenizer, counting its calls; sleeps `delay` s on prompts over 1000 chars
+    (a stand-in for a tokenizer busy with a huge prompt)."""
+
+    def __init__(self, tok) -> None:
+        self._tok, self.calls, self.delay = tok, 0, 0.0
+
+    def __call__(self, text, **kwargs):
+        self.calls += 1
+        if self.delay and len(text) > 1000:
+            time.sleep(self.delay)
+        return self._tok(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+@pytest.fixture(scope="module")
+def served():
+    from emosteer.server import ServeConfig, create_app
+
+    model, tok = tiny_model("llama"), CountingTokenizer(byte_tokenizer())
+    cfg = ServeConfig(max_tokens=32, max_context=CONTEXT, max_body_bytes=BODY_CAP,
+                      max_prompt_chars=CHAR_CAP, allow_origins=("http://localhost:3000",))
+    app = create_app(model, tok, random_vectors(model), cfg, model_name="tiny")
+    with live_server(app) as url:
+        yield {"url": url, "app": app, "tok": tok}
+
+
+def send(url: str, path: str, body: bytes | None = None, headers: dict | None = None,
+         method: str | None = None) -> tuple[int, dict, dict]:
+    """(status, parsed JSON, response headers); the body is sent with a JSON content type
+    unless `headers` says otherwise."""
+    head = {"Content-Type": "application/json"} if body is not None else {}
+    head.update(headers or {})
+    req = urllib.request.Request(url + path, data=body, headers=head,
+                                 method=method or ("POST" if body is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def chat(content, **extra) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 3,
+                       "temperature": 0, **extra}).encode()
+
+
+def openai_error(status: int, body: dict, want_status: int, code: str) -> None:
+    assert status == want_status, body
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+def still_serving(served) -> None:
+    status, body, _ = send(served["url"], "/v1/chat/completions", chat("still there?"))
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- item 1: one request must not stall the server ----------------------------------------
+def test_a_body_over_the_cap_is_413_whole_or_chunked(served):
+    big = chat("word " * (BODY_CAP // 4))
+    assert len(big) > BODY_CAP
+    openai_error(*send(served["url"], "/v1/chat/completions", big)[:2], 413,
+                 "request_too_large")
+    host = urlsplit(served["url"])
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    chunks = (big[i:i + 4096] for i in range(0, len(big), 4096))
+    conn.request("POST", "/v1/chat/completions", body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()  # no Content-Length: the cap is counted as the bytes arrive
+    openai_error(resp.status, json.loads(resp.read()), 413, "request_too_large")
+    conn.close()
+    still_serving(served)
+
+
+def test_a_prompt_over_the_character_cap_is_refused_before_tokenizing(served):
+    tok = served["tok"]
+    before = tok.calls
+    status, body, _ = send(served["url"], "/v1/chat/completions", chat("x" * (CHAR_CAP + 1)))
+    openai_error(status, body, 400, "context_length_exceeded")
+    assert str(CHAR_CAP) in body["error"]["message"]
+    parts = [{"type": "text", "text": "y" * (CHAR_CAP // 2 + 1)}] * 2  # the cap is the sum
+    openai_error(*send(served["url"], "/v1/chat/completions", chat(parts))[:2], 400,
+                 "context_length_exceeded")
+    prompt = json.dumps({"prompt": "z" * (CHAR_CAP + 1)}).encode()
+    openai_error(*send(served["url"], "/v1/completions", prompt)[:2], 400,
+                 "context_length_exceeded")
+    assert tok.calls == before  # refused without tokenizing
+
+
+def test_health_answers_fast_while_a_long_prompt_is_tokenized(served):
+    """Tokenizing runs on its own thread: /health does not wait for it (it used to wait for
+    the whole tokenization, 14-21 s for a 20 MB prompt)."""
+    tok = served["tok"]
+    tok.delay = 1.5
+    answer: list = []
+    slow = threading.Thread(target=lambda: answer.append(
+        send(served["url"], "/v1/chat/completions", chat("word " * 600))))
+    try:
+        slow.start()
+        time.sleep(0.3)  # the long request is now on the tokenizing thread
+        latencies = []
+        for _ in range(5):
+            start = time.perf_counter()
+            status, health, _ = send(served["url"], "/health")
+            latencies.append(time.perf_counter() - start)
+            assert status == 200 and health["status"] == "ok"
+        assert slow.is_alive(), "the long request should still be tokenizing"
+    finally:
+        slow.join(timeout=60)
+        tok.delay = 0.0
+    assert sorted(latencies)[2] < 0.1 and max(latencies) < 0.5, latencies
+    assert answer[0][0] == 400  # 3000 characters are over this model's 256-token context
+
+
+def test_memory_stays_near_its_baseline_after_oversized_bodies(served):
+    big = chat("word " * (8 * 1024 * 1024 // 5))  # 8 MB, 128 times the cap
+    send(served["url"], "/v1/chat/completions", big)  # warm-up: buffers, code paths
+    before = rss_mib()
+    for _ in range(3):
+        openai_error(*send(served["url"], "/v1/chat/completions", big)[:2], 413,
+                     "request_too_large")
+    grown = rss_mib() - before
+    assert grown < 32, f"RSS grew {grown:.0f} MiB over 3 refused 8 MB bodies"
+
+
+# --- item 2: a web page must not drive the local server -----------------------------------
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_post_needs_a_json_content_type(served, content_type):
+    """The kinds of body a browser may send across origins without asking first."""
+    host = urlsplit(served["url"])
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    conn.putrequest("POST", "/v1/chat/completions")
+    if content_type:
+        conn.putheader("Content-Type", content_type)
+    conn.putheader("Content-Length", str(len(chat("hi"))))
+    conn.endheaders(chat("hi"))
+    resp = conn.getresponse()
+    openai_error(resp.status, json.loads(resp.read()), 415, "unsupported_media_type")
+    conn.close()
+
+
+def test_json_with_a_charset_is_fine(served):
+    status, body, _ = send(served["url"], "/v1/chat/completions", chat("hi"),
+                           {"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200, body
+
+
+def test_the_issue_repro_cross_origin_text_plain_post_is_refused(served):
+    status, body, _ = send(served["url"], "/v1/chat/completions", chat("hi"),
+                           {"Content-Type": "text/plain", "Origin": "http://evil.example"})
+    assert status in (403, 415) and body["error"]["code"] in ("origin_not_allowed",
+                                                              "unsupported_media_type")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.2.evil.example"])
+def test_dns_rebinding_host_is_refused_on_loopback(served, host):
+    for path, body in (("/health", None), ("/", None), ("/v1/chat/completions", chat("hi"))):
+        status, err, _ = send(served["url"], path, body, {"Host": host})
+        openai_error(status, err, 400, "invalid_host")
+
+
+def test_loopback_host_names_are_served(served):
+    port = urlsplit(served["url"]).port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        status, _, _ = send(served["url"], "/health", None, {"Host": host})
+        assert status == 200, host
+
+
+def test_origin_is_checked(served):
+    port = urlsplit(served["url"]).port
+    url = served["url"]
+    for origin in ("http://evil.example", "null", f"http://evil.example:{port}"):
+        openai_error(*send(url, "/v1/chat/completions", chat("hi"), {"Origin": origin})[:2],
+                     403, "origin_not_allowed")
+    # the playground's own origin, and a page allowed by allow_origins (--allow-origin)
+    own = send(url, "/v1/chat/completions", chat("hi"), {"Origin": f"http://127.0.0.1:{port}"})
+    assert own[0] == 200
+    status, _, headers = send(url, "/v1/chat/completions", chat("hi"),
+                              {"Origin": "http://localhost:3000"})
+    assert status == 200 and headers.get("access-control-allow-origin") == "http://localhost:3000"
+    req = urllib.request.Request(url + "/v1/chat/completions", method="OPTIONS", headers={
+        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,authorization"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # the browser's preflight
+        assert resp.status == 200
+        assert resp.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_allowed_hosts_and_a_public_bind():
+    """A Host name added by allowed_hosts passes; bound publicly, any Host is answered (the
+    key and the origin check still apply)."""
+    from emosteer.server import ServeConfig, create_app
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    vectors = random_vectors(model)
+    named = create_app(model, tok, vectors, ServeConfig(allowed_hosts=("emo.internal",)))
+    with live_server(named) as url:
+        assert send(url, "/health", None, {"Host": "emo.internal:443"})[0] == 200
+        assert send(url, "/health", None, {"Host": "other.internal"})[0] == 400
+    public = create_app(model, tok, vectors, ServeConfig(host="0.0.0.0", api_key="k"))
+    with live_server(public) as url:
+        assert send(url, "/health", None, {"Host": "any.example"})[0] == 200
+        assert send(url, "/v1/models", None, {"Host": "any.example"})[0] == 401
+        assert send(url, "/v1/models", None, {"Authorization": "Bearer k",
+                                               "Origin": "http://evil.example"})[0] == 403
+
+
+# --- items 6 and 8: odd bodies get 400s, never a plain 500 --------------------------------
+@pytest.mark.parametrize("path, raw, code", [
+    ("/v1/completions", b'{"prompt":"hi \\udc80","max_tokens":4}', "invalid_prompt"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi \\ud800"}]}',
+     "invalid_messages"),
+    ("/v1/completions", b'{"prompt":"hi","max_tokens":4,"stream":true,"stream_options":"yes"}',
+     "invalid_type"),
+    ("/v1/completions", b'{"prompt":"hi","stop":["\\udc80"]}', "invalid_value"),
+    ("/v1/completions", b'{"prompt":"hi","temperature":NaN}', "invalid_value"),
+    ("/v1/completions", b'{"prompt":"hi","emotion":{"joy":Infinity}}', "invalid_alpha"),
+    ("/v1/completions", b'{"prompt":"hi","max_tokens":"4"}', "invalid_value"),
+    ("/v1/completions", b'{"prompt":"I am \xff"}', "invalid_json"),
+    ("/v1/completions", b"", "invalid_json"),
+    ("/v1/completions", b"[" * 50_000, "invalid_json"),  # deeper than json can parse
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":[1,2]}]}',
+     "invalid_messages"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":[{"type":"image_url",'
+     b'"image_url":{"url":"http://x"}}]}]}', "invalid_messages"),
+    ("/v1/chat/completions", b'{"messages":[{"role":"user","content":null}]}',
+     "invalid_messages"),
+])
+def test_odd_bodies_get_openai_400s(served, path, raw, code):
+    status, body, headers = send(served["url"], path, raw)
+    openai_error(status, body, 400, code)
+    assert headers["content-type"].startswith("application/json")
+    still_serving(served)
+
+
+def test_content_parts_of_type_text_are_served(served):
+    parts = [{"type": "text", "text": "How did "}, {"type": "text", "text": "the exam go?"}]
+    status, joined, _ = send(served["url"], "/v1/chat/completions", chat(parts))
+    _, plain, _ = send(served["url"], "/v1/chat/completions", chat("How did the exam go?"))
+    assert status == 200
+    assert joined["choices"] == plain["choices"] and joined["usage"] == plain["usage"]
+
+
+def test_an_unexpected_error_is_a_json_500_and_the_server_keeps_serving(served, monkeypatch):
+    server = served["app"].state.server
+
+    async def broken(render):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server, "tokenize", broken)
+    status, body, headers = send(served["url"], "/v1/chat/completions", chat("hi"))
+    assert status == 500 and headers["content-type"].startswith("application/json")
+    assert body["error"]["type"] == "server_error" and body["error"]["code"] == "internal_error"
+    assert "boom" not in body["error"]["message"]  # no internals in the answer
+    monkeypatch.undo()
+    still_serving(served)
+
+
+# --- the engine's sampling -----------------------------------------------------------------
+def test_sampling_defaults_are_generate_configs():
+    from emosteer.server import Sampling
+
+    d, s = GenerateConfig(), Sampling()
+    assert (s.temperature, s.top_p, s.repetition_penalty) == (
+        d.temperature, d.top_p, d.repetition_penalty)
+
+
+def test_processors_keep_the_top_p_nucleus_and_penalise_seen_tokens():
+    """Known answer: top-p keeps the tokens whose higher-ranked mass is below p; the penalty
+    divides a positive logit and multiplies a negative one."""
+    from emosteer.server import Sampling
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]])  # (1, vocab)
+    seen = torch.tensor([[0, 3]])
+    out = Sampling(temperature=1.0, top_p=0.7, repetition_penalty=2.0).processors()(seen, logits)
+    penalised = torch.tensor([1.0, 1.0, 0.5, -2.0, -3.0])
+    probs = torch.softmax(penalised, -1)
+    order = torch.argsort(probs, descending=True)
+    above = probs[order].cumsum(-1) - probs[order]
+    keep = set(order[above < 0.7].tolist())
+    assert set(torch.isfinite(out[0]).nonzero().flatten().tolist()) == keep
+    assert torch.allclose(out[0][list(keep)], penalised[list(keep)])
+    greedy = Sampling(temperature=0, repetition_penalty=1.0).processors()
+    assert len(greedy) == 0  # greedy without penalty: the raw argmax
