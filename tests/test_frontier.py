@@ -216,12 +216,15 @@ def test_frontier_chooses_on_calibration_and_reports_only_held_out(tiny, tmp_pat
     # the held-out split answered only the chosen settings and the unsteered reference
     chosen = {(r["method"], r["emotion"], r["strength"], r["band"])
               for r in result.calibration if r["chosen"]}
+    references = (F.UNSTEERED, f"prompt {F.UNBOUNDED}")
     assert {(r["method"], r["emotion"], r["strength"], r["band"]) for r in result.held_out
-            if r["method"] != F.UNSTEERED} == chosen
+            if r["method"] not in references} == chosen
     held_conditions = {json.dumps(rec["condition"], sort_keys=True)
                        for rec in runner.generations.records.values() if rec["query"] in held}
-    assert len(held_conditions) <= len(chosen) + 1
-    assert len(result.held_out) == (3 + 1) * 2  # mean_diff, band, prompt, unsteered x 2
+    assert len(held_conditions) <= len(chosen) + 1 + 2  # + unsteered, + the two prompts
+    assert len(result.held_out) == (3 + 2) * 2  # mean_diff, band, prompt + references x 2
+    asked = [r for r in result.held_out if r["method"] == f"prompt {F.UNBOUNDED}"]
+    assert [r["band"] for r in asked] == ["prompt", "prompt"]
     for r in result.held_out:
         assert r["n"] == len(held) and 0 <= r["eps:fake-a"] <= 1 and 0 <= r["eps:fake-b"] <= 1
         assert r["eps"] == pytest.approx((r["eps:fake-a"] + r["eps:fake-b"]) / 2)
@@ -313,6 +316,7 @@ def test_the_command_runs_on_a_saved_tiny_model(tiny, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "embedded-a" in out.stdout and "report:" in out.stdout
     rows = [json.loads(line) for line in (tmp_path / "run" / "summary.jsonl").open()]
-    assert {r["method"] for r in rows} == {"unsteered", "mean_diff", "prompt"}
+    assert {r["method"] for r in rows} == {"unsteered", "mean_diff", "prompt",
+                                           "prompt (unbounded)"}
     assert all("eps:embedded-a" in r and "eps:embedded-b" in r for r in rows)
     assert (tmp_path / "run" / "figures" / "pareto-anger.png").is_file()

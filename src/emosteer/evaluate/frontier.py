@@ -18,7 +18,7 @@ Pareto plot per emotion.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 Band = tuple[float, float] | None  # a window of the vector's layers, as fractions; None: all
 UNSTEERED = "unsteered"  # the held-out reference row of every emotion
+UNBOUNDED = "(unbounded)"  # suffix of the held-out row of prompting as asked, rule or not
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,9 @@ class Frontier:
 
     Args:
         calibration: one row per setting on the calibration split ("feasible", "chosen").
-        held_out: one row per method and emotion: its chosen setting on the held-out split.
+        held_out: one row per method and emotion: its chosen setting on the held-out split;
+            also "unsteered" and, with a prompting method, "prompt (unbounded)": the system
+            prompt as asked, whether or not it kept the bounds on the calibration split.
         skipped: methods left out, with the reason.
         queries: "calibration" and "held_out" -> the question ids used (disjoint).
         files: report files by name (after `frontier_report.write`).
@@ -305,6 +308,11 @@ def frontier(runner: JudgesRunner, vectors_dir: str | Path | None,
     on_stage("held-out")
     reference = {UNSTEERED: [Setting(UNSTEERED, e, 0.0, "-", unsteered_condition((e,)))
                              for e in cfg.emotions]}
+    for method in cfg.methods:  # prompting as a point, whether or not it kept the bounds
+        if method.prompt and method.name in grid:
+            reference[f"{method.name} {UNBOUNDED}"] = [
+                replace(s, method=f"{method.name} {UNBOUNDED}") for s in grid[method.name]
+                if s.band == "prompt"]
     held_out = _run_split(runner, {**reference, **chosen}, held)
     for row in held_out:
         calibrated = [r for r in calibration if r["chosen"] and
