@@ -323,3 +323,29 @@ def test_processors_keep_the_top_p_nucleus_and_penalise_seen_tokens():
     assert torch.allclose(out[0][list(keep)], penalised[list(keep)])
     greedy = Sampling(temperature=0, repetition_penalty=1.0).processors()
     assert len(greedy) == 0  # greedy without penalty: the raw argmax
+
+
+def test_a_client_that_leaves_a_non_streamed_request_cancels_it(served, monkeypatch):
+    """Not only streams: a plain request whose client hung up stops decoding (its row would
+    otherwise decode to max_tokens for nobody)."""
+    engine = served["app"].state.engine
+    advance = engine._advance
+
+    def slow_advance(job, token):
+        time.sleep(0.1)  # 32 tokens would take 3.2 s
+        return advance(job, token)
+
+    monkeypatch.setattr(engine, "_advance", slow_advance)
+    before = engine.stats["cancelled"]
+    host = urlsplit(served["url"])
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=chat("hi", max_tokens=32),
+                 headers={"Content-Type": "application/json"})
+    time.sleep(0.5)
+    conn.close()  # gone before the answer
+    deadline = time.monotonic() + 2.5
+    while engine.stats["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stats["cancelled"] == before + 1
+    monkeypatch.undo()
+    still_serving(served)
