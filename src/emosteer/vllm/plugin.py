@@ -1,0 +1,177 @@
+"""The vLLM plugin: entry point `emosteer = "emosteer.vllm.plugin:register"` in the group
+`vllm.general_plugins`, which vLLM runs in its front-end, engine-core and worker processes.
+
+With `$EMOSTEER_VECTORS` unset, `register` does nothing. With it set (a folder of vectors):
+- the engine is built eager (hooks and torch.compile do not mix: a compiled graph bakes
+  Python branches in and never runs a hook added later) on the V1 model runner, and the
+  vectors are checked against the served model before it loads (error naming both);
+- each request's "emotion" (SamplingParams.extra_args, vLLM's `vllm_xargs`, or the request
+  body's own "emotion" field, as emosteer's server takes it) is parsed and checked: a bad one
+  is an OpenAI-style 400 and the server keeps serving; a steered request gets a prefix-cache
+  salt of its spec, so steered and unsteered KV blocks are never shared;
+- each worker adds the requests' mixes on their own tokens (worker.py).
+
+Each module is patched when vLLM imports it, so every process imports only what it did.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from emosteer.errors import BadInputError, EmosteerError
+from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_model_id
+from emosteer.vllm.spec import KEY, cache_salt, parse_emotion
+
+log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
+RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"  # vLLM's switch; the plugin needs the V1 runner
+
+__all__ = ["register"]
+
+
+def register() -> None:
+    """vLLM's entry point: install the patches when $EMOSTEER_VECTORS names a folder.
+
+    Example:
+        EMOSTEER_VECTORS=vectors/ python -m vllm.entrypoints.openai.api_server --model ...
+    """
+    if not os.environ.get(VECTORS_ENV, "").strip():
+        return
+    os.environ.setdefault(RUNNER_ENV, "0")  # spawned engine and workers inherit it
+    from emosteer.vllm import worker
+
+    when_imported("vllm.engine.arg_utils", _patch_engine_args)
+    when_imported("vllm.v1.engine.input_processor", _patch_input_processor)
+    when_imported("vllm.entrypoints.openai.chat_completion.protocol", _patch_protocol)
+    when_imported("vllm.entrypoints.openai.completion.protocol", _patch_protocol)
+    when_imported("vllm.v1.worker.gpu_worker", lambda _: worker.install())
+
+
+@cache
+def bank() -> VectorBank:
+    """This process's vectors (loaded once)."""
+    loaded = VectorBank.from_env()
+    if loaded is None:
+        raise BadInputError(f"${VECTORS_ENV} is not set: point it at a folder of vectors")
+    return loaded
+
+
+def _patch_engine_args(module: ModuleType) -> None:
+    engine_args = module.EngineArgs
+    original = engine_args.create_engine_config
+
+    def create_engine_config(self, *args, **kwargs):
+        if os.environ.get(RUNNER_ENV, "0").lower() in ("1", "true"):
+            raise BadInputError(f"emosteer steers with vLLM's V1 model runner: unset "
+                                f"{RUNNER_ENV} (the plugin sets it to 0)")
+        if not self.enforce_eager:
+            log.warning("emosteer: steering needs eager mode (a compiled graph never runs the "
+                        "steering hooks); building the engine with enforce_eager=True")
+            self.enforce_eager = True
+        config = original(self, *args, **kwargs)
+        model = config.model_config.model
+        bank().check(config_shape(config.model_config.hf_config, served_model_id(model)))
+        return config
+
+    _mark(engine_args, "create_engine_config", create_engine_config)
+
+
+def _patch_input_processor(module: ModuleType) -> None:
+    processor = module.InputProcessor
+    original = processor.process_inputs
+
+    def process_inputs(self, *args, **kwargs):
+        request = original(self, *args, **kwargs)
+        params = request.sampling_params
+        if params is not None and params.extra_args and KEY in params.extra_args:
+            spec = checked(params.extra_args[KEY])
+            # a new dict: a shallow clone shares extra_args with the caller's params
+            rest = {k: v for k, v in params.extra_args.items() if k != KEY}
+            # weight 0 is unsteered: no key, no salt, it shares the unsteered cache
+            params.extra_args = {**rest, KEY: spec} if spec else rest or None
+            request.cache_salt = cache_salt(spec, bank().fingerprint, request.cache_salt)
+        return request
+
+    _mark(processor, "process_inputs", process_inputs)
+
+
+def _patch_protocol(module: ModuleType) -> None:
+    """The request body's own "emotion" field, checked before a response (or stream) starts."""
+    name = "ChatCompletionRequest" if hasattr(module, "ChatCompletionRequest") else \
+        "CompletionRequest"
+    request_cls = getattr(module, name)
+    original = request_cls.to_sampling_params
+
+    def to_sampling_params(self, *args, **kwargs):
+        params = original(self, *args, **kwargs)
+        body = (self.model_extra or {}).get(KEY)
+        extra = params.extra_args or {}
+        if body is not None and KEY in extra and extra[KEY] != body:
+            raise _http_error("send the emotion once: in the body's \"emotion\" or in "
+                              "vllm_xargs, not both")
+        value = body if body is not None else extra.get(KEY)
+        if value is not None:
+            params.extra_args = {**extra, KEY: checked(value)}
+        return params
+
+    _mark(request_cls, "to_sampling_params", to_sampling_params)
+
+
+def checked(value: object) -> dict[str, float]:
+    """parse_emotion against this process's vectors; a bad value raises vLLM's 400 error."""
+    try:
+        return parse_emotion(value, bank().vectors)
+    except EmosteerError as err:
+        raise _http_error(str(err)) from None
+
+
+def _http_error(message: str) -> Exception:
+    from vllm.exceptions import VLLMValidationError  # the API server answers it with a 400
+
+    return VLLMValidationError(message, parameter=KEY)
+
+
+def _mark(owner: type, name: str, fn: Callable) -> None:
+    """owner.name = fn, once: vLLM may load plugins more than once in a process."""
+    if not getattr(getattr(owner, name), "_emosteer", False):
+        fn._emosteer = True  # type: ignore[attr-defined]
+        setattr(owner, name, fn)
+
+
+def when_imported(name: str, fn: Callable[[ModuleType], Any]) -> None:
+    """Run fn(module) once module `name` is imported: now if it is, else right after its
+    import (a one-shot finder on sys.meta_path wraps the module's exec_module)."""
+    if name in sys.modules:
+        fn(sys.modules[name])
+        return
+    sys.meta_path.insert(0, _AfterImport(name, fn))
+
+
+class _AfterImport:
+    """A sys.meta_path finder that finds nothing itself; it runs fn after `name` executes."""
+
+    def __init__(self, name: str, fn: Callable[[ModuleType], Any]) -> None:
+        self.name, self.fn = name, fn
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, fn = spec.loader, self.fn
+        inner = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            inner(module)
+            fn(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec

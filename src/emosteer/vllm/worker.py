@@ -1,0 +1,203 @@
+"""Worker side: steer each request of a vLLM V1 batch on its own tokens, prompt and generated.
+
+Supported: vLLM's V1 model runner (`vllm.v1.worker.gpu_model_runner.GPUModelRunner`, which
+the CPU runner extends), in eager mode; the plugin selects both (see plugin.py). The V2
+runner lays its batch out differently and is not supported.
+
+Before each forward, the V1 runner holds the batch's request ids in order
+(`input_batch.req_ids`), each request's sampling params (`requests[id].sampling_params`,
+whose `extra_args["emotion"]` is the spec the front-end checked) and the token layout:
+request i owns tokens `query_start_loc[i]:query_start_loc[i + 1]` of the flattened batch
+(its prompt chunk during prefill, its new token while decoding; padding comes after the
+last request). From these, one step's plan: the steered token rows and each row's spec.
+At each layer's attention output projection (vLLM returns `(out, bias)` there, or the
+tensor) the hook adds `weights @ vectors[layer]` to exactly those rows, in float32 (clamped
+in float16, as emosteer.steering does). A batch with nothing steered runs with no hook.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from emosteer.errors import BadInputError, UnknownArchitectureError
+from emosteer.hooks import hooked, untuple
+from emosteer.models import ARCHITECTURES
+from emosteer.vllm.bank import VectorBank, config_shape, served_model_id
+from emosteer.vllm.spec import KEY
+
+log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
+
+__all__ = ["Plan", "Steerer", "install", "runner_steerer"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One forward step's steering: which token rows, and with which mix of emotions."""
+
+    rows: torch.Tensor  # (n,) long: steered token rows of the flattened batch
+    row_spec: torch.Tensor  # (n,) long: each row's index into `weights`
+    weights: torch.Tensor  # (specs, emotions) float32: one row per distinct spec
+
+
+class Steerer:
+    """The per-worker state: the vectors on the model's device and the modules to hook.
+
+    Example:
+        steerer = Steerer.for_runner(runner, VectorBank.from_env())
+        with steerer.steering(steerer.plan(runner)):
+            runner.model(...)
+    """
+
+    def __init__(self, bank: VectorBank, modules: dict[int, torch.nn.Module],
+                 stack: torch.Tensor) -> None:
+        self.bank = bank
+        self.modules = modules  # layer -> attention output projection (this rank's layers)
+        self.stack = stack  # (layers, emotions, hidden) float32 on the model's device
+        self.index = {name: k for k, name in enumerate(bank.names)}
+        self._unknown: set[str] = set()
+
+    @classmethod
+    def for_runner(cls, runner: Any, bank: VectorBank) -> Steerer:
+        """Check the bank against the runner's model and find its output projections."""
+        model_config = runner.model_config
+        shape = config_shape(model_config.hf_config, served_model_id(model_config.model))
+        bank.check(shape)
+        modules = attention_outputs(runner.get_model(), shape["architecture"],
+                                    int(shape["num_layers"]))
+        device = next(runner.get_model().parameters()).device
+        stack = bank.stacked(int(shape["num_layers"])).to(device)
+        log.info("emosteer: steering %d layers with emotions %s from %s", len(modules),
+                 ", ".join(bank.names), bank.folder)
+        return cls(bank, modules, stack)
+
+    def plan(self, runner: Any) -> Plan | None:
+        """This step's plan from the V1 runner's batch layout; None when nothing is steered."""
+        batch = runner.input_batch
+        specs: dict[tuple, int] = {}  # spec items -> row of `weights`
+        starts = runner.query_start_loc.np  # (num_reqs + 1,) token offsets, set this step
+        chunks, owners = [], []
+        for i, req_id in enumerate(batch.req_ids[:batch.num_reqs]):
+            state = runner.requests.get(req_id)
+            params = getattr(state, "sampling_params", None)
+            spec = (getattr(params, "extra_args", None) or {}).get(KEY)
+            if not spec or not isinstance(spec, dict):
+                continue
+            key = tuple(sorted(spec.items()))
+            owner = specs.setdefault(key, len(specs))
+            chunks.append(np.arange(starts[i], starts[i + 1]))
+            owners.append(np.full(starts[i + 1] - starts[i], owner))
+        if not chunks:
+            return None
+        device = self.stack.device
+        weights = torch.tensor([self._weights(dict(key)) for key in specs],
+                               dtype=torch.float32)
+        return Plan(rows=torch.from_numpy(np.concatenate(chunks)).long().to(device),
+                    row_spec=torch.from_numpy(np.concatenate(owners)).long().to(device),
+                    weights=weights.to(device))
+
+    def _weights(self, spec: dict[str, float]) -> list[float]:
+        unknown = set(spec) - set(self.index) - self._unknown
+        if unknown:  # the front-end checked names against the same folder: a changed folder
+            self._unknown |= unknown
+            log.warning("emosteer: emotions %s are not in %s; they are ignored",
+                        sorted(unknown), self.bank.folder)
+        return self.bank.weights(spec)
+
+    def steering(self, plan: Plan | None):
+        """A block in which every forward adds the plan's steering (no hook when plan is None)."""
+        hooks = {} if plan is None else {
+            module: _adder(self.stack[layer], plan) for layer, module in self.modules.items()}
+        return hooked(None, hooks)
+
+
+def _adder(vectors: torch.Tensor, plan: Plan):
+    """A forward hook adding plan.weights @ vectors to the plan's rows of the output."""
+
+    def hook(module, args, output):
+        hidden = untuple(output)  # (tokens, hidden)
+        delta = (plan.weights @ vectors).index_select(0, plan.row_spec)  # (n, hidden)
+        rows = hidden.index_select(0, plan.rows).float() + delta
+        if hidden.dtype == torch.float16:  # as emosteer.steering: the sum cannot overflow
+            limit = torch.finfo(torch.float16).max
+            rows = rows.clamp(-limit, limit)
+        hidden.index_copy_(0, plan.rows, rows.to(hidden.dtype))  # steered rows only
+        return output
+
+    return hook
+
+
+def attention_outputs(model: torch.nn.Module, model_type: str, num_layers: int
+                      ) -> dict[int, torch.nn.Module]:
+    """layer -> attention output projection of a vLLM model, for the layers on this rank.
+
+    vLLM names its modules as transformers does, so emosteer's architecture table applies;
+    layers held by other pipeline ranks (vLLM's PPMissingLayer) are skipped.
+    """
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise UnknownArchitectureError(
+            f"architecture {model_type!r} is not in emosteer's table (known: "
+            f"{', '.join(sorted(ARCHITECTURES))}): register it in emosteer.ARCHITECTURES")
+    found = {}
+    for layer in range(num_layers):
+        try:
+            found[layer] = model.get_submodule(f"{arch.layers}.{layer}.{arch.attn_out}")
+        except AttributeError:
+            continue
+    if not found:
+        raise UnknownArchitectureError(
+            f"no attention output projection at {arch.layers}.<i>.{arch.attn_out} in the "
+            f"vLLM model {type(model).__name__}: fix its entry in emosteer.ARCHITECTURES")
+    return found
+
+
+def install() -> None:
+    """Patch vLLM's V1 model runner to steer, and its worker to set steering up at load time.
+
+    Idempotent (vLLM loads plugins in every process, some more than once).
+    """
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.gpu_worker import Worker
+
+    if getattr(GPUModelRunner._model_forward, "_emosteer", False):
+        return
+    forward, load = GPUModelRunner._model_forward, Worker.load_model
+
+    def _model_forward(self, *args, **kwargs):
+        steerer = runner_steerer(self)
+        if steerer is None:
+            return forward(self, *args, **kwargs)
+        with steerer.steering(steerer.plan(self)):
+            return forward(self, *args, **kwargs)
+
+    def load_model(self, *args, **kwargs):
+        load(self, *args, **kwargs)
+        if not isinstance(self.model_runner, GPUModelRunner):  # the V2 runner
+            if VectorBank.from_env() is not None:
+                raise BadInputError(
+                    f"emosteer steers with vLLM's V1 model runner only, and this worker runs "
+                    f"{type(self.model_runner).__module__}: set VLLM_USE_V2_MODEL_RUNNER=0")
+            return
+        runner_steerer(self.model_runner)  # checks the vectors now, not at the first request
+
+    _model_forward._emosteer = True  # type: ignore[attr-defined]
+    GPUModelRunner._model_forward = _model_forward
+    Worker.load_model = load_model
+
+
+_OFF = object()  # runner attribute value: no vectors configured, never steer
+
+
+def runner_steerer(runner: Any) -> Steerer | None:
+    """The runner's Steerer, built on first use; None when $EMOSTEER_VECTORS is unset."""
+    steerer = runner.__dict__.get("_emosteer_steerer")
+    if steerer is None:
+        bank = VectorBank.from_env()
+        steerer = _OFF if bank is None else Steerer.for_runner(runner, bank)
+        runner.__dict__["_emosteer_steerer"] = steerer
+    return None if steerer is _OFF else steerer

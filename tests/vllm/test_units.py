@@ -1,0 +1,170 @@
+"""The plugin's parts without an engine: request parsing, cache salts, the vector bank, and
+one step's plan and hook on a hand-made V1 batch layout."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import support
+import torch
+
+from emosteer.errors import (
+    BadAlphaError,
+    BadInputError,
+    UnknownEmotionError,
+    VectorFileError,
+    VectorMismatchError,
+)
+from emosteer.hooks import hooked
+from emosteer.models import DEFAULT_MODEL_ID, cache_dir
+from emosteer.vllm.bank import VectorBank, served_model_id
+from emosteer.vllm.spec import cache_salt, parse_emotion
+from emosteer.vllm.worker import Steerer
+
+SHAPE = {"model_id": DEFAULT_MODEL_ID, "architecture": "llama", "hidden_size": "576",
+         "num_layers": "30"}
+
+
+@pytest.fixture(scope="module")
+def bank(vectors) -> VectorBank:
+    return VectorBank.load(vectors)
+
+
+def test_parse_forms(bank):
+    v = bank.vectors
+    assert parse_emotion({"joy": 1.5, "anger": -0.5}, v) == {"anger": -0.5, "joy": 1.5}
+    assert list(parse_emotion({"joy": 1, "anger": 2}, v)) == ["anger", "joy"]  # sorted
+    assert parse_emotion('{"joy": 1.5}', v) == {"joy": 1.5}  # vllm_xargs' JSON string
+    assert parse_emotion("joy", v) == {"joy": 1.0}  # shorthand, as emosteer's server
+    assert parse_emotion(None, v) == {}
+    assert parse_emotion({"joy": 0, "anger": 0.0}, v) == {}  # weight 0 is unsteered
+    assert parse_emotion({"joy": 0, "anger": 1}, v) == {"anger": 1.0}
+
+
+@pytest.mark.parametrize(("value", "error", "words"), [
+    ({"fear": 1.0}, UnknownEmotionError, "available are anger, joy, sadness"),
+    ({"fear": 0.0}, UnknownEmotionError, "unknown emotion 'fear'"),
+    ({"joy": math.nan}, BadAlphaError, "finite"),
+    ('{"joy": NaN}', BadAlphaError, "finite"),
+    ({"joy": 1e3}, BadAlphaError, "outside"),
+    ({"joy": -101}, BadAlphaError, "outside"),
+    ({"joy": True}, BadAlphaError, "must be a number"),
+    ({"joy": "1"}, BadAlphaError, "must be a number"),
+    ("{joy: 1}", BadInputError, "not valid JSON"),
+    ([1, 2], BadInputError, "must be an object"),
+])
+def test_parse_refuses(bank, value, error, words):
+    with pytest.raises(error, match=words):
+        parse_emotion(value, bank.vectors)
+
+
+def test_cache_salt():
+    fp = "0123"
+    assert cache_salt({}, fp) is None
+    assert cache_salt({}, fp, "mine") == "mine"  # unsteered: the request's salt, unchanged
+    salt = cache_salt({"joy": 1.0}, fp)
+    assert salt == cache_salt({"joy": 1.0}, fp)  # same spec: same salt, so they share
+    others = {cache_salt({"joy": 1.5}, fp), cache_salt({"anger": 1.0}, fp),
+              cache_salt({"joy": 1.0}, "4567"), cache_salt({"joy": 1.0}, fp, "mine")}
+    assert salt not in others and len(others) == 4
+    for s in [salt, *others]:  # vLLM's rules for cache_salt
+        assert len(s) <= 128 and not set(s) & set("@/\\\0")
+
+
+def test_bank_layout(bank):
+    assert bank.names == ("anger", "joy", "sadness")  # file order, sorted by name
+    stack = bank.stacked(30)
+    assert stack.shape == (30, 3, 576)
+    assert torch.equal(stack[7, 1], bank.vectors["joy"].directions[7])
+    assert bank.weights({"sadness": 2.0, "joy": -1.0}) == [0.0, -1.0, 2.0]
+    assert len(bank.fingerprint) == 16
+
+
+def test_bank_check_names_both_models(bank):
+    bank.check(SHAPE)
+    with pytest.raises(VectorMismatchError, match="made for model 'HuggingFaceTB/SmolLM2-135M"
+                       "-Instruct', not 'org/other'.*EMOSTEER_ALLOW_OTHER_MODEL"):
+        bank.check({**SHAPE, "model_id": "org/other"})
+    bank.check({**SHAPE, "model_id": "org/other"}, allow_other_model=True)
+    with pytest.raises(VectorMismatchError, match="hidden_size 576 vs 960"):
+        bank.check({**SHAPE, "model_id": "org/other", "hidden_size": "960"},
+                   allow_other_model=True)
+
+
+def test_bank_refuses_residual_vectors(tmp_path):
+    v = support.vector("joy", 0)
+    type(v)(v.directions, {**v.meta, "site": "residual"}).save(tmp_path / "joy.safetensors")
+    with pytest.raises(VectorFileError, match="attention output projection only"):
+        VectorBank.load(tmp_path)
+
+
+def test_served_model_id(tmp_path):
+    assert served_model_id(str(cache_dir() / "smollm2-135m-instruct")) == DEFAULT_MODEL_ID
+    assert served_model_id("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    (tmp_path / "my-model").mkdir()
+    assert served_model_id(str(tmp_path / "my-model")) == "my-model"
+
+
+def _runner(specs: list[dict | None], counts: list[int]):
+    """A stand-in for the V1 runner's batch state: request i has counts[i] tokens."""
+    ids = [f"r{i}" for i in range(len(specs))]
+    requests = {rid: SimpleNamespace(sampling_params=SimpleNamespace(
+        extra_args=None if spec is None else {"emotion": spec, "other": 1}))
+        for rid, spec in zip(ids, specs, strict=True)}
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return SimpleNamespace(input_batch=SimpleNamespace(req_ids=ids, num_reqs=len(ids)),
+                           requests=requests, query_start_loc=SimpleNamespace(np=starts))
+
+
+def test_plan_and_hook_steer_only_their_rows(bank):
+    modules = {layer: torch.nn.Identity() for layer in range(30)}
+    steerer = Steerer(bank, modules, bank.stacked(30))
+    # prefill of 3 tokens (joy), a decode token (unsteered), 2 tokens (mix), and padding
+    runner = _runner([{"joy": 1.0}, None, {"anger": -0.5, "sadness": 2.0}], [3, 1, 2])
+    plan = steerer.plan(runner)
+    assert plan.rows.tolist() == [0, 1, 2, 4, 5]
+    assert plan.row_spec.tolist() == [0, 0, 0, 1, 1]
+    hidden = torch.randn(8, 576)  # 6 tokens + 2 padding
+    before = hidden.clone()
+    with steerer.steering(plan):
+        modules[3](hidden)
+    v = bank.vectors
+    joy, mixed = v["joy"].directions[3], -0.5 * v["anger"].directions[3] + \
+        2.0 * v["sadness"].directions[3]
+    torch.testing.assert_close(hidden[:3], before[:3] + joy, rtol=0, atol=1e-5)
+    torch.testing.assert_close(hidden[4:6], before[4:6] + mixed, rtol=0, atol=1e-5)
+    assert torch.equal(hidden[3], before[3]) and torch.equal(hidden[6:], before[6:])
+    assert not modules[3]._forward_hooks  # the block removed its hooks
+
+
+def test_unsteered_batch_has_no_plan_and_no_hook(bank):
+    modules = {0: torch.nn.Linear(4, 4)}
+    steerer = Steerer(bank, modules, bank.stacked(30))
+    assert steerer.plan(_runner([None, {}], [4, 1])) is None
+    with steerer.steering(None):
+        assert not modules[0]._forward_hooks
+
+
+def test_hook_keeps_the_output_tuple(bank):
+    steerer = Steerer(bank, {}, bank.stacked(30))
+    plan = steerer.plan(_runner([{"joy": 2.0}], [2]))
+    out, bias = torch.zeros(2, 576), None
+
+    class Proj(torch.nn.Module):  # vLLM's RowParallelLinear returns (out, bias)
+        def forward(self, x):
+            return x, bias
+
+    proj = Proj()
+    with hooked(None, {proj: _adder_for(steerer, plan, 5)}):
+        got = proj(out)
+    assert isinstance(got, tuple) and got[1] is None
+    torch.testing.assert_close(got[0][1], 2.0 * bank.vectors["joy"].directions[5])
+
+
+def _adder_for(steerer, plan, layer):
+    from emosteer.vllm.worker import _adder
+
+    return _adder(steerer.stack[layer], plan)
