@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from emosteer.cli.common import console, load, vectors_in
-from emosteer.cli.options import VECTORS, ForceOpt, ModelOpt, given
+from emosteer.cli.options import VECTORS, ForceOpt, ModelOpt, given, split_commas
 from emosteer.errors import EmosteerError
 
 if TYPE_CHECKING:
@@ -47,6 +47,20 @@ def serve(
     batch_window: Annotated[float | None, typer.Option(
         min=0.0, max=60.0, help="seconds a request waits for batch-mates (default: "
                                 "ServeConfig.batch_window)")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(
+        min=1, help="largest request body; bigger ones get a 413 (default: "
+                    "ServeConfig.max_body_bytes)")] = None,
+    max_prompt_chars: Annotated[int | None, typer.Option(
+        min=1, help="longest prompt in characters, checked before tokenizing (default: "
+                    "ServeConfig.max_prompt_chars)")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        "--allow-origin", callback=split_commas,
+        help="a web page origin (e.g. http://localhost:3000) that may call /v1 besides the "
+             "playground; repeat for several (docs/security.md)")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", callback=split_commas,
+        help="a Host name besides localhost to answer on a loopback bind (e.g. a reverse "
+             "proxy's); repeat for several (docs/security.md)")] = None,
     force: ForceOpt = False,
     threads: Annotated[int | None, typer.Option(
         min=1, help="torch CPU threads (default: torch's choice); 1 helps on a busy machine")
@@ -65,8 +79,12 @@ def serve(
         raise EmosteerError(f"the server needs the 'server' extra ({err.name} is missing): "
                             "pip install 'emosteer[server]'") from None
     found = served_vectors(vectors)
-    cfg = ServeConfig(**given(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
-                              max_batch=max_batch, batch_window=batch_window))
+    cfg = ServeConfig(**given(
+        host=host, port=port, api_key=api_key, max_tokens=max_tokens, max_batch=max_batch,
+        batch_window=batch_window, max_body_bytes=max_body_bytes,
+        max_prompt_chars=max_prompt_chars,
+        allow_origins=tuple(allow_origin) if allow_origin else None,
+        allowed_hosts=tuple(allow_host) if allow_host else None))
     if threads:
         import torch
 
