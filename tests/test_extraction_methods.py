@@ -70,7 +70,7 @@ def test_reused_generations_give_the_same_vectors():
 def test_site_norms_are_the_rms_norm_of_the_neutral_answers():
     model, tok = tiny_model("llama"), byte_tokenizer()
     result = extract(model, tok, ExtractConfig(**BASE), progress=False)
-    squares, tokens = torch.zeros(2), 0.0
+    squares, sums, tokens = torch.zeros(2), torch.zeros(2, 64), 0.0
     for gen in result.generations:  # by hand: every neutral response token, every layer
         n, b = len(gen.queries), gen.batch
         seen: dict[int, torch.Tensor] = {}
@@ -87,9 +87,13 @@ def test_site_norms_are_the_rms_norm_of_the_neutral_answers():
         mask = b.response_mask[:n].bool()
         for i in range(2):
             squares[i] += seen[i][:n][mask].pow(2).sum()
+            sums[i] += seen[i][:n][mask].sum(0)
         tokens += float(mask.sum())
     expected = (squares / tokens).sqrt()
     assert result.site_norms == pytest.approx(expected.tolist(), rel=1e-4)
+    spread = (squares / tokens - (sums / tokens).pow(2).sum(-1)).sqrt()  # RMS from the mean
+    assert result.site_spreads == pytest.approx(spread.tolist(), rel=1e-3)
+    assert all(s < n for s, n in zip(result.site_spreads, result.site_norms, strict=True))
     recorded = [float(x) for x in result.vectors["joy"].meta["site_norms"].split(",")]
     assert recorded == pytest.approx(result.site_norms, rel=1e-5)
 
@@ -107,6 +111,10 @@ def test_norm_scale_gives_each_layer_the_same_fraction_of_its_norm():
         cos = torch.nn.functional.cosine_similarity(vec.directions[layer],
                                                     raw.vectors["joy"].directions[layer], 0)
         assert float(cos) == pytest.approx(1.0, abs=1e-5)
+    spread = extract(model, tok, ExtractConfig(**BASE, scale="spread"), progress=False,
+                     generations=raw.generations).vectors["anger"]
+    assert spread.meta["scale"] == "spread" and float(spread.directions[1].norm()) == \
+        pytest.approx(0.1 * scaled.site_spreads[1], rel=1e-5)
     zero = norm_scaled(raw.vectors["joy"] * 0.0, scaled.site_norms, 0.2)
     assert all(float(v.norm()) == 0 for v in zero.directions.values())
 

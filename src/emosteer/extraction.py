@@ -9,14 +9,15 @@ The other methods change one step each (ExtractConfig):
   neutral answers it reads as neutral (the circuits paper keeps only confirmed samples);
 - scale="norm": each layer's vector gets the length norm_fraction x the typical norm of the
   site's output on neutral text (measured during extraction, metadata site_norms), so a
-  strength means the same at every layer and in every model;
+  strength means the same at every layer and in every model; scale="spread" uses the RMS
+  distance of those outputs from their mean instead (site_spreads): a layer whose output is
+  mostly one constant vector has a large norm but a small spread;
 - band: keep a contiguous window of layers, fixed or picked by a teacher-forced scan;
 - method="trained": start from the vector and optimise it on the same answers (train.py).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 Method = Literal["mean_diff", "pca", "trained"]  # mean of offsets, principal direction, optimised
 Filter = Literal["none", "judge"]  # every answer, or only the ones the judge confirms
-Scale = Literal["raw", "norm"]  # lengths as read, or a fraction of the site's typical norm
+Scale = Literal["raw", "norm", "spread"]  # as read, or a fraction of the site's norm / spread
 Band = tuple[int, int] | Literal["auto"] | None  # layers start..stop-1, scanned, or all
 
 _CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
@@ -72,7 +73,8 @@ class ExtractConfig:
     judge: str = "embedded"  # the judge that filters (never part of any loss)
     band: Band = None  # None: every layer; (start, stop); "auto": the best window of the scan
     band_width: int = 10  # layers of an "auto" band (the circuits paper steers 10 of 28)
-    scale: Scale = "raw"  # "norm": layer l's vector is norm_fraction x site_norms[l] long
+    scale: Scale = "raw"  # "norm": layer l's vector is norm_fraction x site_norms[l] long;
+    # "spread": norm_fraction x site_spreads[l]
     norm_fraction: float = 0.1  # what strength 1 adds, as a fraction of the site's norm
     scan_pairs: int = 8  # questions per emotion the band scan reads (teacher-forced)
     train: TrainConfig = field(default_factory=TrainConfig)  # method="trained" only
@@ -116,6 +118,7 @@ class Extraction:
     used: dict[str, int]  # queries that produced a non-empty response in both settings
     generations: list[Generated] = field(default_factory=list)  # pass back to reuse them
     site_norms: list[float] = field(default_factory=list)  # per layer, on neutral answers
+    site_spreads: list[float] = field(default_factory=list)  # RMS distance from their mean
     details: dict[str, dict] = field(default_factory=dict)  # per emotion: filter, scan, training
 
 
@@ -180,10 +183,20 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                           judge)
             samples.extend(texts)
             advance(len(chunk))
-    norms = [math.sqrt(float(s) / max(squares["tokens"], 1.0)) for s in squares["sum"]]
-    vectors, details = _vectors(model, tokenizer, cfg, totals, norms, arch, judge)
+    stats = _site_stats(squares)
+    vectors, details = _vectors(model, tokenizer, cfg, totals, stats, arch, judge)
     return Extraction(vectors, samples, time.perf_counter() - start,
-                      {e: t.used for e, t in totals.items()}, gens, norms, details)
+                      {e: t.used for e, t in totals.items()}, gens, stats["norm"],
+                      stats["spread"], details)
+
+
+def _site_stats(squares: dict) -> dict[str, list[float]]:
+    """Per layer, RMS norm and RMS distance from the mean of the neutral outputs."""
+    tokens = max(squares["tokens"], 1.0)
+    power = squares["sum"] / tokens  # (layers,): E ||h||^2
+    mean = squares["vec"] / tokens  # (layers, d): E h
+    spread = (power - mean.pow(2).sum(-1)).clamp(min=0)
+    return {"norm": power.sqrt().tolist(), "spread": spread.sqrt().tolist()}
 
 
 def _generate(model, tokenizer, emotion: str, chunk: list[data.Query],
@@ -205,7 +218,8 @@ def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Tota
     neutral[n:] = 0  # the site norms are measured on neutral answers only
     with _square_norms(model, cfg.site, neutral, arch) as sq:
         means = masked_means(model, read.input_ids, read.attention_mask, mask, cfg.site, arch)
-    squares["sum"] = squares.get("sum", 0.0) + torch.stack([sq[i] for i in sorted(sq)])
+    squares["sum"] = squares.get("sum", 0.0) + torch.stack([sq[i][0] for i in sorted(sq)])
+    squares["vec"] = squares.get("vec", 0.0) + torch.stack([sq[i][1] for i in sorted(sq)])
     squares["tokens"] = squares.get("tokens", 0.0) + float(neutral.sum())
     ok = ((batch.response_mask[:n].sum(-1) > 0) & (batch.response_mask[n:].sum(-1) > 0)).cpu()
     diffs = (means[n:] - means[:n])[ok]  # (kept, layers, d)
@@ -245,14 +259,16 @@ def _pairs(batch: Batch, n: int, keep: torch.Tensor) -> list[PreferencePair]:
 @contextmanager
 def _square_norms(model, site: Site, weights: torch.Tensor,
                   arch) -> Iterator[dict[int, torch.Tensor]]:
-    """Per layer, sum over positions of weights[b, pos] * ||out_l[b, pos]||^2 (read only)."""
-    sums: dict[int, torch.Tensor] = {}
+    """Per layer, sums over positions of weights[b, pos] * ||out_l[b, pos]||^2 and of
+    weights[b, pos] * out_l[b, pos] (read only)."""
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make(index: int):
         def hook(module, args, output):
             hidden = untuple(output).float()  # (batch, pos, d_model)
             w = weights.to(hidden.device, torch.float32)  # (batch, pos)
-            sums[index] = torch.einsum("bp,bp->", w, hidden.pow(2).sum(-1)).cpu()
+            sums[index] = (torch.einsum("bp,bp->", w, hidden.pow(2).sum(-1)).cpu(),
+                           torch.einsum("bp,bpd->d", w, hidden).cpu())
         return hook
 
     modules = site_modules(model, site, arch)
@@ -261,7 +277,8 @@ def _square_norms(model, site: Site, weights: torch.Tensor,
 
 
 def _vectors(model, tokenizer, cfg: ExtractConfig, totals: dict[str, _Totals],
-             norms: list[float], arch, judge) -> tuple[dict[str, EmotionVector], dict[str, dict]]:
+             stats: dict[str, list[float]], arch,
+             judge) -> tuple[dict[str, EmotionVector], dict[str, dict]]:
     """The means (filtered, principal), EV_base, centring, then each emotion's finish."""
     vectors = {}
     for emotion in cfg.emotions:
@@ -273,15 +290,15 @@ def _vectors(model, tokenizer, cfg: ExtractConfig, totals: dict[str, _Totals],
                 raise BadInputError(
                     f"the judge confirmed {t.n_emotional} {emotion} and {t.n_neutral} neutral "
                     f"answers of {t.used}: raise limit or use filter='none'")
-            mean = t.emotional / t.n_emotional - t.neutral / t.n_neutral  # (layers, d)
+            mean = torch.as_tensor(t.emotional / t.n_emotional - t.neutral / t.n_neutral)
             name = f"{getattr(judge, 'spec', cfg.judge)}:{getattr(judge, 'version', '?')}"
             extra = {"filter": "judge", "n_neutral": str(t.n_neutral), "judge": name}
             n = t.n_emotional
         else:
-            mean, extra, n = t.offsets / t.used, {}, t.used  # (layers, d)
+            mean, extra, n = torch.as_tensor(t.offsets) / t.used, {}, t.used  # (layers, d)
         if cfg.method == "pca":
             mean = _principal(torch.cat(t.pca), mean)
-        vectors[emotion] = _vector(model, mean, emotion, cfg, n, arch, norms, extra)
+        vectors[emotion] = _vector(model, mean, emotion, cfg, n, arch, stats, extra)
     base = sum(vectors.values(), start=vectors[cfg.emotions[0]] * 0.0) / len(cfg.emotions)
     vectors = {e: (v - base) if cfg.center else v for e, v in vectors.items()}
     # base records which emotions it is the mean of, so it is never mistaken for another mean
@@ -290,18 +307,18 @@ def _vectors(model, tokenizer, cfg: ExtractConfig, totals: dict[str, _Totals],
     details = {}
     for emotion in cfg.emotions:
         vectors[emotion], details[emotion] = _finish(
-            model, vectors[emotion].renamed(emotion), totals[emotion], cfg, norms,
+            model, vectors[emotion].renamed(emotion), totals[emotion], cfg, stats,
             tokenizer.pad_token_id or 0, arch)
     return vectors, details
 
 
-def _finish(model, vector: EmotionVector, tot: _Totals, cfg: ExtractConfig, norms: list[float],
-            pad: int, arch) -> tuple[EmotionVector, dict]:
+def _finish(model, vector: EmotionVector, tot: _Totals, cfg: ExtractConfig,
+            stats: dict[str, list[float]], pad: int, arch) -> tuple[EmotionVector, dict]:
     """Scale, band and training, in that order, for one emotion's vector."""
     detail: dict = {"n_emotional": tot.n_emotional, "n_neutral": tot.n_neutral,
                     "pairs": len(tot.pairs)}
-    if cfg.scale == "norm":
-        vector = norm_scaled(vector, norms, cfg.norm_fraction)
+    if cfg.scale != "raw":
+        vector = norm_scaled(vector, stats[cfg.scale], cfg.norm_fraction, cfg.scale)
     if (cfg.band == "auto" or cfg.method == "trained") and not tot.pairs:
         raise BadInputError(f"no usable answer pairs for {vector.emotion}: raise limit")
     band = cfg.band
@@ -317,20 +334,22 @@ def _finish(model, vector: EmotionVector, tot: _Totals, cfg: ExtractConfig, norm
         vector = vector.select(range(*band))
         vector = replace(vector, meta={**vector.meta, "band": f"{band[0]}-{band[1] - 1}"})
     if cfg.method == "trained":
-        result = train_vector(model, tot.pairs, vector, cfg.train, norms, pad, arch)
+        result = train_vector(model, tot.pairs, vector, cfg.train, stats["norm"], pad, arch)
         vector = result.vector
         detail["train"] = {"losses": result.losses, "margins": result.margins,
                            "kls": result.kls, "seconds": result.seconds}
     return vector, detail
 
 
-def norm_scaled(vector: EmotionVector, norms: Sequence[float], fraction: float) -> EmotionVector:
+def norm_scaled(vector: EmotionVector, norms: Sequence[float], fraction: float,
+                label: str = "norm") -> EmotionVector:
     """Each layer's direction with length fraction x norms[layer] (a zero layer stays zero).
 
     Args:
         vector: the directions to rescale.
         norms: per layer, the typical norm of the site's output (metadata site_norms).
         fraction: the share of that norm strength 1 adds.
+        label: what the norms are, recorded as metadata "scale" ("norm" or "spread").
 
     Example:
         norms = [float(x) for x in joy.meta["site_norms"].split(",")]
@@ -340,7 +359,7 @@ def norm_scaled(vector: EmotionVector, norms: Sequence[float], fraction: float) 
     for layer, v in vector.directions.items():
         length = float(v.norm())
         directions[layer] = v * (fraction * norms[layer] / length) if length > 0 else v
-    meta = {**vector.meta, "scale": "norm", "norm_fraction": f"{fraction:g}"}
+    meta = {**vector.meta, "scale": label, "norm_fraction": f"{fraction:g}"}
     return EmotionVector(directions, meta)
 
 
@@ -368,7 +387,7 @@ def _principal(offsets: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int, arch,
-            norms: list[float], extra: dict[str, str]) -> EmotionVector:
+            stats: dict[str, list[float]], extra: dict[str, str]) -> EmotionVector:
     info = data.dataset_info(cfg.dataset)
     g = cfg.generation
     method = "mean_diff" if cfg.method == "trained" else cfg.method  # training comes later
@@ -377,7 +396,8 @@ def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int,
             "centered": str(cfg.center).lower(), "dataset": info.name,
             "dataset_version": info.version, "dataset_sha256": info.sha256, "n_queries": n,
             "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items()),
-            "site_norms": ",".join(f"{x:.6g}" for x in norms), **extra}
+            "site_norms": ",".join(f"{x:.6g}" for x in stats["norm"]),
+            "site_spreads": ",".join(f"{x:.6g}" for x in stats["spread"]), **extra}
     return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
 
 
