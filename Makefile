@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test bench install clean
+.PHONY: demo test check bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# lint and types: ruff and mypy clean on src/ (mypy settings in pyproject.toml)
+check: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 # The peers emosteer is measured against pin numpy<2 and transformers<5: their own venv.
 PEERS := .venv-peers

@@ -53,6 +53,7 @@ def read_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         part = _signed_last_token_sum(model, [ids[i] for i in rows], [signs[i] for i in rows],
                                       tokenizer.pad_token_id or 0, site, arch)
         total = part if total is None else total + part
+    assert total is not None  # pairs is not empty
     mean = total / len(pairs)
     meta = {**model_shape(model, arch), "emotion": emotion, "site": site,
             "method": "mean_diff", "positions": "last", "n_queries": len(pairs)}
@@ -91,7 +92,7 @@ def _prefix_batches(seqs: list[list[int]], size: int) -> list[list[int]]:
 
 
 def _signed_last_token_sum(model, seqs: list[list[int]], signs: list[float], pad: int,
-                           site: str, arch) -> torch.Tensor:
+                           site: Site, arch) -> torch.Tensor:
     """sum_i signs[i] * (layer outputs at the last token of seqs[i]): (layers, d)."""
     shared = 0
     limit = min(map(len, seqs)) - 1  # every row keeps at least its last token

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from emosteer.errors import BadInputError
 from emosteer.generation import forward_kwargs
 from emosteer.hooks import hooked, retuple, untuple
-from emosteer.models import Architecture, cache_arg, cache_of, site_modules
+from emosteer.models import Architecture, Site, cache_arg, cache_of, site_modules
 from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ class _Rows:
 
 
 @contextmanager
-def _adding(model, directions: torch.Tensor, layers: Sequence[int], site: str,
+def _adding(model, directions: torch.Tensor, layers: Sequence[int], site: Site,
             signs: torch.Tensor, arch: Architecture | None) -> Iterator[None]:
     """Row b gets signs[b] * directions[i] added at the site of layers[i] (autograd-friendly)."""
     modules = site_modules(model, site, arch)
@@ -311,7 +311,7 @@ def reference_logprobs(model: PreTrainedModel, pairs: Sequence[PreferencePair],
     return torch.cat(out)
 
 
-def _objective(model, rows: _Rows, directions: torch.Tensor, layers: Sequence[int], site: str,
+def _objective(model, rows: _Rows, directions: torch.Tensor, layers: Sequence[int], site: Site,
                reference: torch.Tensor, cfg: TrainConfig, arch) -> tuple[torch.Tensor, float,
                                                                           float]:
     """(loss, mean m(+1), mean KL) for one batch of rows."""

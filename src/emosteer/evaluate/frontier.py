@@ -308,10 +308,10 @@ def frontier(runner: JudgesRunner, vectors_dir: str | Path | None,
     on_stage("held-out")
     reference = {UNSTEERED: [Setting(UNSTEERED, e, 0.0, "-", unsteered_condition((e,)))
                              for e in cfg.emotions]}
-    for method in cfg.methods:  # prompting as a point, whether or not it kept the bounds
-        if method.prompt and method.name in grid:
-            reference[f"{method.name} {UNBOUNDED}"] = [
-                replace(s, method=f"{method.name} {UNBOUNDED}") for s in grid[method.name]
+    for spec in cfg.methods:  # prompting as a point, whether or not it kept the bounds
+        if spec.prompt and spec.name in grid:
+            reference[f"{spec.name} {UNBOUNDED}"] = [
+                replace(s, method=f"{spec.name} {UNBOUNDED}") for s in grid[spec.name]
                 if s.band == "prompt"]
     held_out = _run_split(runner, {**reference, **chosen}, held)
     for row in held_out:
