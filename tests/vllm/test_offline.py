@@ -133,3 +133,28 @@ def test_bad_emotion_is_refused_and_the_engine_keeps_working(llm, prompts, emoti
                      use_tqdm=False)
     out = llm.generate([prompts[0]], [params({"joy": 1.0}, max_tokens=2)], use_tqdm=False)
     assert len(out) == 1 and len(out[0].outputs[0].token_ids) == 2
+
+
+def test_sampling_params_follow_generate_config():
+    from emosteer.generation import GenerateConfig
+    from emosteer.vllm import sampling_params
+
+    sampled = sampling_params(GenerateConfig(), {"joy": 1.5})
+    assert (sampled.temperature, sampled.top_p, sampled.repetition_penalty, sampled.seed,
+            sampled.max_tokens) == (0.6, 0.9, 1.15, 0, 48)
+    assert sampled.extra_args == {"emotion": {"joy": 1.5}}
+    greedy = sampling_params(GenerateConfig(do_sample=False, max_new_tokens=8))
+    assert greedy.temperature == 0.0 and greedy.extra_args is None and greedy.max_tokens == 8
+
+
+def test_alpha_sweep_is_one_batch_of_steered_requests(llm):
+    from emosteer.generation import GenerateConfig
+    from emosteer.vllm import alpha_sweep, generate_texts
+
+    cfg = GenerateConfig(do_sample=False, max_new_tokens=8)
+    questions = list(QUESTIONS[:2])
+    sweep = alpha_sweep(llm, questions, "joy", [0.0, 1.0, 2.0], cfg=cfg)
+    rows = generate_texts(llm, questions * 3, [None, None, {"joy": 1.0}, {"joy": 1.0},
+                                               {"joy": 2.0}, {"joy": 2.0}], cfg=cfg)
+    assert [*sweep[0.0], *sweep[1.0], *sweep[2.0]] == rows
+    assert sweep[0.0] != sweep[2.0]

@@ -10,6 +10,7 @@ Importing this package does not import vLLM: `serve` and `llm` do, when called.
 Example:
     emosteer.vllm.serve("default", "vectors/", port=8000)       # OpenAI server + playground
     engine = emosteer.vllm.llm("default", "vectors/")           # offline vllm.LLM
+    emosteer.vllm.alpha_sweep(engine, ["How was the exam?"], "joy", [0, 1, 2])  # one batch
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ _EXPORTS = {
     "serve_command": "emosteer.vllm.launcher",
     "llm": "emosteer.vllm.launcher",
     "model_source": "emosteer.vllm.launcher",
+    "generate_texts": "emosteer.vllm.generate",
+    "alpha_sweep": "emosteer.vllm.generate",
+    "sampling_params": "emosteer.vllm.generate",
     "register": "emosteer.vllm.plugin",
     "VectorBank": "emosteer.vllm.bank",
     "parse_emotion": "emosteer.vllm.spec",

