@@ -74,17 +74,19 @@ class Method:
 
 THIRDS: tuple[Band, ...] = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0))
 METHODS: tuple[Method, ...] = (
-    Method("mean_diff", (0.5, 1.0, 1.5, 2.0)),  # the paper's; PPL passes 1.3x near alpha 1
-    Method("centered", (1.0, 2.0, 3.0, 4.0), extract={"center": True}),  # gentler per alpha
-    Method("band", (1.5, 2.5, 4.0), folder="mean_diff", bands=THIRDS, extract=None),
+    # the paper's; on the bundled model alpha 1 already costs ~1.35x PPL (docs/results.md)
+    Method("mean_diff", (0.5, 0.75, 1.0)),
+    Method("centered", (1.0, 2.0, 3.0), extract={"center": True}),  # PPL x1.27 at 2 (results)
+    Method("band", (2.0, 3.0), folder="mean_diff", bands=THIRDS, extract=None),
     Method("band_auto", (1.5, 2.0, 3.0), extract={"band": "auto", "band_width": 10}),
-    Method("norm", (1.0, 1.5, 2.0, 3.0), extract={"scale": "norm", "norm_fraction": 0.1}),
-    Method("filtered", (0.5, 1.0, 1.5, 2.0), extract={"filter": "judge", "judge": "embedded-a"}),
-    Method("trained", (0.5, 1.0, 1.5, 2.0), extract={"method": "trained"}),
+    Method("norm", (1.0, 1.5, 2.0), extract={"scale": "norm", "norm_fraction": 0.1}),
+    Method("filtered", (0.5, 0.75, 1.0), extract={"filter": "judge", "judge": "embedded-a"}),
+    Method("trained", (0.5, 1.0, 1.5), extract={"method": "trained"}),
     Method("prompt", prompt=True, extract=None),
 )
-"""The methods of issue 15. Strength grids follow scripts/pilot_methods.py (calibration
-questions only); `filtered` filters with judge A, so judge B never saw anything it chose."""
+"""The methods of issue 15, three strengths each (two per band): the grids follow
+scripts/pilot_methods.py and docs/results.md, where the PPL bound sits; `filtered` filters with
+judge A, so judge B never saw anything it chose."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class FrontierConfig:
 
     methods: tuple[Method, ...] = METHODS
     emotions: tuple[str, ...] = VECTOR_EMOTIONS  # the paper's five
-    calibration_limit: int | None = 4  # calibration questions per EQ+ category: 24 in all
+    calibration_limit: int | None = 3  # calibration questions per EQ+ category: 18 in all
     limit: int | None = 5  # held-out questions per EQ+ category: 30 in all (SE ~0.09 at 0.5)
     judges: tuple[str, ...] = ("embedded-a", "embedded-b")  # disjoint training halves
     max_ppl_ratio: float = 1.3  # fluency bound: geometric-mean PPL at most 1.3x unsteered

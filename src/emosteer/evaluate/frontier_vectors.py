@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from emosteer.evaluate.frontier import Method
-    from emosteer.extraction import ExtractConfig
+    from emosteer.extraction import ExtractConfig, Generated
 
 
 def load_method_vectors(folder: str | Path, emotions: Sequence[str]
@@ -50,7 +50,8 @@ def load_method_vectors(folder: str | Path, emotions: Sequence[str]
 
 def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                   methods: Sequence[Method], vectors_dir: str | Path,
-                  base: ExtractConfig | None = None, progress: bool = True) -> dict[str, Path]:
+                  base: ExtractConfig | None = None, progress: bool = True,
+                  generations: Sequence[Generated] | None = None) -> dict[str, Path]:
     """Extract every method's vectors into `vectors_dir`/<method>/, skipping complete folders.
 
     Args:
@@ -62,6 +63,8 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         base: the settings every method starts from (default ExtractConfig(limit=40), the
             paper's recipe on 40 questions per emotion, as `make demo` extracts).
         progress: show progress bars.
+        generations: an earlier extraction's generations with the same settings (reused
+            instead of generating again).
 
     Example:
         build_vectors(model, tok, METHODS, "runs/frontier/vectors")
@@ -69,7 +72,6 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     from emosteer.extraction import ExtractConfig, extract
 
     base = base or ExtractConfig(limit=40)
-    generations = None
     written: dict[str, Path] = {}
     for method in methods:
         if method.extract is None:
