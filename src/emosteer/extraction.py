@@ -258,7 +258,7 @@ def _pairs(batch: Batch, n: int, keep: torch.Tensor) -> list[PreferencePair]:
 
 @contextmanager
 def _square_norms(model, site: Site, weights: torch.Tensor,
-                  arch) -> Iterator[dict[int, torch.Tensor]]:
+                  arch) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
     """Per layer, sums over positions of weights[b, pos] * ||out_l[b, pos]||^2 and of
     weights[b, pos] * out_l[b, pos] (read only)."""
     sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
