@@ -97,9 +97,7 @@ def serve(vectors: str, requests: int, concurrency: int, max_tokens: int,
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    # serve_load's requests name the model "default": serve that name too
-    argv, env = serve_command("default", vectors, port=port, extra_vllm_args=[
-        "--served-model-name", "HuggingFaceTB/SmolLM2-135M-Instruct", "default"])
+    argv, env = serve_command("default", vectors, port=port)  # answers to model "default"
     # the log goes to a file, not a pipe: a full pipe would stall the server
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(argv, env=env, stdout=log, stderr=log,

@@ -87,6 +87,10 @@ def test_models_and_playground(server, client):
     assert entry["emotions"] == ["anger", "joy", "sadness"] and entry["site"] == "attn"
     page = urllib.request.urlopen(server + "/").read().decode()
     assert "/v1/chat/completions" in page and "emotion" in page
+    # like emosteer's own server, it answers to model "default"
+    r = client.chat.completions.create(model="default", max_tokens=2,
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert r.choices[0].message.content
 
 
 def test_concurrent_requests_get_their_own_emotion(client):

@@ -168,3 +168,34 @@ def _adder_for(steerer, plan, layer):
     from emosteer.vllm.worker import _adder
 
     return _adder(steerer.stack[layer], plan)
+
+
+def test_serve_command(vectors, monkeypatch):
+    from emosteer.vllm.launcher import serve_command
+
+    monkeypatch.setenv("VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY", "MINE_")
+    argv, env = serve_command("default", vectors, port=8123,
+                              extra_vllm_args=["--tensor-parallel-size", "2"])
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[argv.index("--port") + 1] == "8123" and "--enforce-eager" in argv
+    assert argv[argv.index("--served-model-name") + 1:][:2] == [DEFAULT_MODEL_ID, "default"]
+    assert argv[-2:] == ["--tensor-parallel-size", "2"]  # vLLM's own options, unchanged
+    assert "--kv-cache-memory-bytes" in argv  # the bundled model's small KV cache
+    assert env["EMOSTEER_VECTORS"] == str(vectors.resolve())
+    assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert env["VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"] == "MINE_,EMOSTEER_"
+    argv, _ = serve_command("org/model", vectors, extra_vllm_args=[
+        "--served-model-name", "x", "--gpu-memory-utilization", "0.5"])
+    assert argv.count("--served-model-name") == 1 and "--kv-cache-memory-bytes" not in argv
+
+
+def test_serve_refuses_other_models_vectors_before_vllm_starts(vectors, tmp_path):
+    from transformers import LlamaConfig
+
+    from emosteer.vllm.launcher import check_vectors
+
+    LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=128).save_pretrained(tmp_path / "tiny")
+    with pytest.raises(VectorMismatchError, match="made for model 'HuggingFaceTB/SmolLM2-135M"
+                       "-Instruct', not 'tiny'"):
+        check_vectors(str(tmp_path / "tiny"), vectors)

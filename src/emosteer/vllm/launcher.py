@@ -27,6 +27,7 @@ SERVER = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails in the vllm-
 # vLLM's default reserves 92% of RAM on CPU and refuses to start on a busy machine.
 BUNDLED_KV_BYTES = 1 << 30
 _MEMORY_OPTIONS = ("--kv-cache-memory-bytes", "--gpu-memory-utilization")
+RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"  # env vars Ray hands to workers
 
 
 def model_source(model: str) -> str:
@@ -67,8 +68,11 @@ def check_vectors(model: str, vectors: str | Path, force: bool = False) -> Vecto
 
 
 def plugin_env(vectors: str | Path, force: bool = False) -> dict[str, str]:
-    """The environment variables that switch the plugin on (vLLM's processes inherit them)."""
-    env = {VECTORS_ENV: str(Path(vectors).expanduser().resolve()), RUNNER_ENV: "0"}
+    """The environment variables that switch the plugin on. vLLM's processes inherit them;
+    Ray workers on other nodes get them because EMOSTEER_ joins the prefixes Ray copies."""
+    prefixes = [p for p in os.environ.get(RAY_PREFIXES_ENV, "").split(",") if p]
+    env = {VECTORS_ENV: str(Path(vectors).expanduser().resolve()), RUNNER_ENV: "0",
+           RAY_PREFIXES_ENV: ",".join(dict.fromkeys([*prefixes, "EMOSTEER_"]))}
     if force:
         env[FORCE_ENV] = "1"
     return env
@@ -97,7 +101,9 @@ def serve_command(model: str = "default", vectors: str | Path = "vectors",
     argv = [python, "-m", SERVER, "--model", source, "--host", host, "--port", str(port),
             "--enforce-eager", "--middleware", "emosteer.vllm.web.playground"]
     if not any(arg.startswith("--served-model-name") for arg in extra):
-        argv += ["--served-model-name", served_model_id(source)]
+        # the id vector files record; "default" too, as emosteer's own server answers to it
+        argv += ["--served-model-name", served_model_id(source),
+                 *(["default"] if model == "default" else [])]
     if model == "default" and not any(arg.startswith(_MEMORY_OPTIONS) for arg in extra):
         argv += ["--kv-cache-memory-bytes", str(BUNDLED_KV_BYTES)]
     return argv + extra, {**os.environ, **plugin_env(vectors, force)}
