@@ -22,7 +22,6 @@ from emosteer.train import (
     _answer_logprobs,
     _kl,
     _Rows,
-    reference_logprobs,
 )
 from emosteer.vectors import EmotionVector
 
@@ -30,14 +29,38 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+class _Probe:
+    """Pairs read once unsteered (their log-probabilities and the neutral answers' logits),
+    then once per steering tried."""
+
+    def __init__(self, model, pairs: Sequence[PreferencePair], max_answer_tokens: int,
+                 pad_id: int, arch: Architecture | None):
+        cfg = TrainConfig(max_answer_tokens=max_answer_tokens, bidirectional=False)
+        self.model, self.arch = model, arch
+        with torch.no_grad():
+            self.rows = _Rows.build(model, pairs, cfg, pad_id)  # chosen, rejected per pair
+            plain = self.rows.logits(model)
+        self.reference = _answer_logprobs(plain, self.rows).view(-1, 2)
+        self.base = plain[1::2]  # (pairs, T, vocab): the neutral answers, unsteered
+
+    def gain(self, vector: EmotionVector, layers: Sequence[int]) -> tuple[float, float]:
+        directions = torch.stack([vector.directions[layer] for layer in layers])
+        with torch.no_grad(), _adding(self.model, directions, list(layers), vector.site,
+                                      torch.ones_like(self.rows.signs), self.arch):
+            logits = self.rows.logits(self.model)
+        gain = _answer_logprobs(logits, self.rows).view(-1, 2) - self.reference
+        kl = _kl(self.base, logits[1::2], self.rows.target[1::2])
+        return float((gain[:, 0] - gain[:, 1]).mean()), float(kl)
+
+
 def steered_gain(model: PreTrainedModel, pairs: Sequence[PreferencePair], vector: EmotionVector,
                  layers: Sequence[int], max_answer_tokens: int = 24, pad_id: int = 0,
-                 reference: torch.Tensor | None = None, arch: Architecture | None = None
-                 ) -> tuple[float, float]:
+                 arch: Architecture | None = None) -> tuple[float, float]:
     """(mean margin gain m(+1), mean KL on the neutral answers) when vector steers `layers`.
 
     A teacher-forced measurement, no generation: how much adding the vector at those layers
-    raises the emotional answers over the neutral ones, and what it costs in KL.
+    raises the emotional answers over the neutral ones (per-token log-likelihood, relative
+    to the unsteered model), and what it costs in KL.
 
     Args:
         model: the model (unsteered outside this call).
@@ -46,24 +69,12 @@ def steered_gain(model: PreTrainedModel, pairs: Sequence[PreferencePair], vector
         layers: the layers to steer.
         max_answer_tokens: answers are cut to this many tokens.
         pad_id: the tokenizer's padding id.
-        reference: reference_logprobs(model, pairs, ...) if already computed.
         arch: overrides the architecture table.
 
     Example:
         gain, kl = steered_gain(model, pairs[:8], joy, range(8, 18))
     """
-    cfg = TrainConfig(max_answer_tokens=max_answer_tokens, bidirectional=False)
-    if reference is None:
-        reference = reference_logprobs(model, pairs, max_answer_tokens, pad_id)
-    directions = torch.stack([vector.directions[layer] for layer in layers])
-    with torch.no_grad():
-        rows = _Rows.build(model, pairs, cfg, pad_id)
-        base = rows.logits(model)[1::2]
-        with _adding(model, directions, list(layers), vector.site, rows.signs, arch):
-            logits = rows.logits(model)
-        gain = _answer_logprobs(logits, rows).view(-1, 2) - reference.to(logits.device)
-        kl = _kl(base, logits[1::2], rows.target[1::2])
-    return float((gain[:, 0] - gain[:, 1]).mean()), float(kl)
+    return _Probe(model, pairs, max_answer_tokens, pad_id, arch).gain(vector, layers)
 
 
 def scan_bands(model: PreTrainedModel, pairs: Sequence[PreferencePair], vector: EmotionVector,
@@ -71,8 +82,8 @@ def scan_bands(model: PreTrainedModel, pairs: Sequence[PreferencePair], vector: 
                pad_id: int = 0, arch: Architecture | None = None) -> list[dict]:
     """Score every window of `width` consecutive layers of the vector (width 1: every layer).
 
-    score = margin gain - kl_weight * KL, from steered_gain on the pairs. Cheap: one
-    teacher-forced forward pass of the pairs per window, no generation, no judge.
+    score = margin gain - kl_weight * KL (steered_gain). Cheap: the pairs are read once
+    unsteered, then once per window, teacher-forced; no generation, no judge.
 
     Args:
         model: the model.
@@ -91,12 +102,11 @@ def scan_bands(model: PreTrainedModel, pairs: Sequence[PreferencePair], vector: 
     layers = vector.layers
     if not 1 <= width <= len(layers):
         raise BadInputError(f"band width {width} must be between 1 and {len(layers)} layers")
-    reference = reference_logprobs(model, pairs, max_answer_tokens, pad_id)
+    probe = _Probe(model, pairs, max_answer_tokens, pad_id, arch)
     out = []
     for i in range(len(layers) - width + 1):
         window = layers[i:i + width]
-        gain, kl = steered_gain(model, pairs, vector, window, max_answer_tokens, pad_id,
-                                reference, arch)
+        gain, kl = probe.gain(vector, window)
         out.append({"start": window[0], "stop": window[-1] + 1, "gain": gain, "kl": kl,
                     "score": gain - kl_weight * kl})
     return out

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -190,76 +190,93 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
 
 # --- rows: prompt prefix once, then last prompt token + answer ---------------------------------
 @dataclass
-class _Rows:
-    """A batch of (pair, answer, sign) rows: the cached prompt prefix and the steered part."""
+class _Prefix:
+    """Left-padded prompts and the KV cache of all but their last token (read unsteered)."""
 
+    ids: torch.Tensor  # (prompts, P)
+    mask: torch.Tensor  # (prompts, P)
+    past: Any  # cache of ids[:, :-1], or None (a one-token prompt, or a model without cache)
+
+    @classmethod
+    def read(cls, model, prompts: Sequence[Sequence[int]], pad_id: int) -> _Prefix:
+        device = next(model.parameters()).device
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        past = None
+        if width > 1 and cache_arg(model) is not None:
+            with torch.no_grad():
+                out = model(**forward_kwargs(model, ids[:, :-1], mask[:, :-1]), use_cache=True)
+            past = cache_of(out)
+        return cls(ids, mask, past)
+
+
+@dataclass
+class _Rows:
+    """`per` rows per prompt of a prefix: each the last prompt token and one answer."""
+
+    prefix: _Prefix
+    per: int  # rows per prompt: answer r belongs to prompt r // per
     ids: torch.Tensor  # (rows, 1 + T): last prompt token, answer, right padding
-    mask: torch.Tensor  # (rows, prefix + 1 + T): attention over prefix and this part
-    target: torch.Tensor  # (rows, T): 1 where ids[:, 1:] is a real answer token
-    past: object  # KV cache of the prefix (rows repeated), or None: then ids carry it all
-    prefix: torch.Tensor | None  # (rows, prefix) when there is no cache
-    signs: torch.Tensor  # (rows,) +1 / -1 / 0 steering sign
-    width: int  # answer slots T
+    own: torch.Tensor  # (rows, 1 + T): 1 on real tokens of ids
+    signs: torch.Tensor  # (rows,) the steering sign of each row (+1, -1, 0)
+
+    @property
+    def target(self) -> torch.Tensor:  # (rows, T): 1 where ids[:, 1:] is an answer token
+        return self.own[:, 1:]
 
     @classmethod
     def build(cls, model, pairs: Sequence[PreferencePair], cfg: TrainConfig, pad_id: int,
-              signs: Sequence[float] | None = None) -> _Rows:
+              signs: Sequence[float] | None = None, prefix: _Prefix | None = None) -> _Rows:
         """Rows per pair: chosen+, rejected+ (then chosen-, rejected- with bidirectional)."""
         signs = list(signs) if signs is not None else \
             ([1.0, 1.0, -1.0, -1.0] if cfg.bidirectional else [1.0, 1.0])
-        per = len(signs)
         answers = [[p.chosen, p.rejected][k % 2][:cfg.max_answer_tokens]
-                   for p in pairs for k in range(per)]
-        return cls.of(model, [p.prompt for p in pairs], answers, signs, pad_id)
+                   for p in pairs for k in range(len(signs))]
+        prefix = prefix or _Prefix.read(model, [p.prompt for p in pairs], pad_id)
+        return cls.of(prefix, answers, signs, pad_id)
 
     @classmethod
-    def of(cls, model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-           signs: Sequence[float], pad_id: int) -> _Rows:
-        """len(answers) = len(prompts) * len(signs): answer r belongs to prompt r // len(signs)."""
+    def of(cls, prefix: _Prefix, answers: Sequence[Sequence[int]], signs: Sequence[float],
+           pad_id: int) -> _Rows:
         per = len(signs)
-        device = next(model.parameters()).device
-        p_len = max(map(len, prompts))
-        pre = torch.full((len(prompts), p_len), pad_id, dtype=torch.long)
-        pre_mask = torch.zeros_like(pre)
-        for i, p in enumerate(prompts):
-            pre[i, p_len - len(p):] = torch.tensor(p)
-            pre_mask[i, p_len - len(p):] = 1
-        t = max(1, max(map(len, answers)))
-        ids = torch.full((len(answers), 1 + t), pad_id, dtype=torch.long)
+        width = max(1, max(map(len, answers)))
+        ids = torch.full((len(answers), 1 + width), pad_id, dtype=torch.long)
         own = torch.zeros_like(ids)
         for r, a in enumerate(answers):
-            ids[r, 0] = pre[r // per, -1]
+            ids[r, 0] = prefix.ids[r // per, -1]
             ids[r, 1:1 + len(a)] = torch.tensor(list(a), dtype=torch.long)
             own[r, :1 + len(a)] = 1
-        rep_mask = pre_mask[:, :-1].repeat_interleave(per, 0)
-        mask = torch.cat([rep_mask, own], 1)
-        past, prefix = None, None
-        if p_len > 1 and cache_arg(model) is not None:
-            with torch.no_grad():
-                out = model(**forward_kwargs(model, pre[:, :-1].to(device),
-                                             pre_mask[:, :-1].to(device)), use_cache=True)
-            past = cache_of(out)
-            past.batch_repeat_interleave(per)
-        elif p_len > 1:
-            prefix = pre[:, :-1].repeat_interleave(per, 0)
-        signs_t = torch.tensor(list(signs) * len(prompts), dtype=torch.float32)
-        return cls(ids.to(device), mask.to(device), own[:, 1:].to(device), past,
-                   prefix if prefix is None else prefix.to(device), signs_t, t)
+        device = prefix.ids.device
+        signs_t = torch.tensor(list(signs) * prefix.ids.shape[0], dtype=torch.float32)
+        return cls(prefix, per, ids.to(device), own.to(device), signs_t)
 
     def logits(self, model) -> torch.Tensor:
-        """(rows, T, vocab): the logits that predict answer slot 1..T (a fresh cache copy)."""
-        if self.prefix is not None:  # no KV cache: read prefix and part together
-            ids = torch.cat([self.prefix, self.ids], 1)
-            out = model(**forward_kwargs(model, ids, self.mask), use_cache=False)
+        """(rows, T, vocab): the logits that predict answer slots 1..T (a fresh cache copy)."""
+        pre_ids = self.prefix.ids[:, :-1].repeat_interleave(self.per, 0)
+        mask = torch.cat([self.prefix.mask[:, :-1].repeat_interleave(self.per, 0), self.own], 1)
+        if self.prefix.past is None:  # no cache: read the prefix again, with this part
+            ids = torch.cat([pre_ids, self.ids], 1)
+            out = model(**forward_kwargs(model, ids, mask), use_cache=False)
             return out.logits[:, -self.ids.shape[1]:-1].float()
-        kwargs = forward_kwargs(model, self.ids, self.mask)
-        if "position_ids" in kwargs:
+        past = copy.deepcopy(self.prefix.past)
+        if self.per > 1:
+            past.batch_repeat_interleave(self.per)
+        kwargs = forward_kwargs(model, self.ids, mask)
+        if "position_ids" in kwargs:  # positions count the prefix too
             kwargs["position_ids"] = kwargs["position_ids"][:, -self.ids.shape[1]:]
-        if self.past is not None:
-            kwargs[str(cache_arg(model))] = copy.deepcopy(self.past)
-        kwargs["attention_mask"] = self.mask
-        out = model(**kwargs, use_cache=self.past is not None)
-        return out.logits[:, :-1].float()
+        kwargs[str(cache_arg(model))] = past
+        return model(**kwargs, use_cache=True).logits[:, :-1].float()
+
+    def rejected(self) -> _Rows:
+        """Unsteered rows of the rejected (neutral) answers only (row 1 of each prompt's)."""
+        rows = slice(1, None, self.per)
+        return _Rows(self.prefix, 1, self.ids[rows], self.own[rows],
+                     torch.zeros(self.prefix.ids.shape[0]))
 
 
 @contextmanager
@@ -316,8 +333,8 @@ def _objective(model, rows: _Rows, directions: torch.Tensor, layers: Sequence[in
                                                                           float]:
     """(loss, mean m(+1), mean KL) for one batch of rows."""
     per = 4 if cfg.bidirectional else 2
-    with torch.no_grad():  # the unsteered distribution on the rejected (neutral) rows
-        base = rows.logits(model)[1::per]
+    with torch.no_grad():  # the unsteered distribution on the rejected (neutral) answers
+        base = rows.rejected().logits(model)
     with _adding(model, directions, layers, site, rows.signs, arch):
         logits = rows.logits(model)
     lp = _answer_logprobs(logits, rows).view(-1, per)  # (pairs, per)
