@@ -12,7 +12,13 @@ from emosteer.extraction import ExtractConfig, extract
 from emosteer.generation import GenerateConfig
 from emosteer.hooks import hooked, retuple, untuple
 from emosteer.models import model_shape, site_modules
-from emosteer.train import PreferencePair, TrainConfig, reference_logprobs, train_vector
+from emosteer.train import (
+    PreferencePair,
+    TrainConfig,
+    _Prefix,
+    reference_logprobs,
+    train_vector,
+)
 from emosteer.vectors import EmotionVector
 
 QUESTIONS = ["How was the trip?", "Did you like the film?", "How is work going?",
@@ -112,6 +118,9 @@ def test_reference_logprobs_match_one_unpadded_sequence_at_a_time():
     model, tok = tiny_model("llama"), byte_tokenizer()
     pairs = _pairs(tok)
     ref = reference_logprobs(model, pairs, max_answer_tokens=100, pad_id=PAD, chunk=3)
+    kept = [_Prefix.read(model, [p.prompt], PAD) for p in pairs]  # one prompt at a time
+    torch.testing.assert_close(reference_logprobs(model, pairs, 100, PAD, prefixes=kept), ref,
+                               atol=1e-4, rtol=0)
     for i, p in enumerate(pairs):  # batched, padded, prefix cached: the same numbers
         assert ref[i, 0].item() == pytest.approx(_manual_logprob(model, p.prompt, p.chosen),
                                                  abs=1e-4)

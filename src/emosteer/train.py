@@ -8,7 +8,8 @@ model, and subtracting it should do the reverse. A KL penalty keeps the steered 
 distribution on the neutral answers close to the unsteered model's, for fluency:
 
     m(s) = s * ([lp_sv(chosen) - lp_0(chosen)] - [lp_sv(rejected) - lp_0(rejected)])
-    loss = -log sigmoid(beta * m(+1)) - log sigmoid(beta * m(-1)) + kl_weight * KL(p_0 || p_v)
+    loss = -log sigmoid(beta * m(+1)) + kl_weight * KL(p_0 || p_v)   (even steps)
+    loss = -log sigmoid(beta * m(-1))                                (odd steps)
 
 lp is the mean log-probability per answer token. No judge takes part: the loss sees token ids
 and the model's logits only.
@@ -57,9 +58,11 @@ class TrainConfig:
     lr: float = 0.02  # Adam, in units of the layer's per-coordinate activation RMS
     beta: float = 2.0  # preference temperature on per-token log-likelihood margins
     kl_weight: float = 1.0  # fluency: KL(unsteered || steered) on the neutral answers
-    bidirectional: bool = True  # BiPO: the negated vector must prefer the neutral answer
-    pairs_per_step: int = 2  # questions per step (4 rows each with bidirectional)
-    max_answer_tokens: int = 24  # answers are cut here: the tone shows early, cost is linear
+    bidirectional: bool = True  # BiPO: every other step, the negated vector must prefer the
+    # neutral answer (alternating halves the cost of a step; the KL term is on + steps)
+    pairs_per_step: int = 1  # questions per step (2 rows: emotional, neutral answer); with 1,
+    # each prompt's KV cache is read once and kept, so a step reads only the answers
+    max_answer_tokens: int = 16  # answers are cut here: the tone shows early, cost is linear
     init: Init = "mean_diff"  # start from the extracted vector (faster, stabler than zero)
     seed: int = 0  # the order of the pairs
 
@@ -123,18 +126,26 @@ def train_vector(model: PreTrainedModel, pairs: Sequence[PreferencePair], init: 
     clock = time.perf_counter()
     losses, margins, kls = [], [], []
     with _frozen(model):
-        reference = reference_logprobs(model, pairs, cfg.max_answer_tokens, pad_id)
+        # one pair per step: each prompt's prefix is read once and kept (a few MB per pair)
+        prefixes = ([_Prefix.read(model, [p.prompt], pad_id) for p in pairs]
+                    if cfg.pairs_per_step == 1 else None)
+        reference = reference_logprobs(model, pairs, cfg.max_answer_tokens, pad_id,
+                                       prefixes=prefixes)
         for step in range(cfg.steps):
             chosen = order[step]
-            rows = _Rows.build(model, [pairs[i] for i in chosen], cfg, pad_id)
+            sign = -1.0 if cfg.bidirectional and step % 2 else 1.0
+            prefix = prefixes[int(chosen[0])] if prefixes else None
+            rows = _Rows.build(model, [pairs[i] for i in chosen], cfg, pad_id, [sign, sign],
+                               prefix)
             loss, margin, kl = _objective(model, rows, theta * unit[:, None], layers, init.site,
-                                          reference[chosen], cfg, arch)
+                                          reference[chosen], cfg, sign, arch)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-            margins.append(margin)
-            kls.append(kl)
+            if sign > 0:
+                margins.append(margin)
+                kls.append(kl)
     directions = {layer: (theta[i] * unit[i]).detach() for i, layer in enumerate(layers)}
     meta = {**init.meta, "method": "trained", **_train_meta(cfg, pairs, losses, margins, kls)}
     return TrainResult(EmotionVector(directions, meta), losses, margins, kls,
@@ -231,10 +242,8 @@ class _Rows:
 
     @classmethod
     def build(cls, model, pairs: Sequence[PreferencePair], cfg: TrainConfig, pad_id: int,
-              signs: Sequence[float] | None = None, prefix: _Prefix | None = None) -> _Rows:
-        """Rows per pair: chosen+, rejected+ (then chosen-, rejected- with bidirectional)."""
-        signs = list(signs) if signs is not None else \
-            ([1.0, 1.0, -1.0, -1.0] if cfg.bidirectional else [1.0, 1.0])
+              signs: Sequence[float] = (1.0, 1.0), prefix: _Prefix | None = None) -> _Rows:
+        """Rows per pair: the chosen, then the rejected answer (signs: their steering)."""
         answers = [[p.chosen, p.rejected][k % 2][:cfg.max_answer_tokens]
                    for p in pairs for k in range(len(signs))]
         prefix = prefix or _Prefix.read(model, [p.prompt for p in pairs], pad_id)
@@ -307,7 +316,8 @@ def _answer_logprobs(logits: torch.Tensor, rows: _Rows) -> torch.Tensor:
 
 @torch.no_grad()
 def reference_logprobs(model: PreTrainedModel, pairs: Sequence[PreferencePair],
-                       max_answer_tokens: int, pad_id: int = 0, chunk: int = 8) -> torch.Tensor:
+                       max_answer_tokens: int, pad_id: int = 0, chunk: int = 8,
+                       prefixes: Sequence[_Prefix] | None = None) -> torch.Tensor:
     """Unsteered mean log-probability per token of (chosen, rejected) answers: (pairs, 2).
 
     Args:
@@ -316,12 +326,18 @@ def reference_logprobs(model: PreTrainedModel, pairs: Sequence[PreferencePair],
         max_answer_tokens: answers are cut to this many tokens, as in training.
         pad_id: the tokenizer's padding id.
         chunk: pairs per forward pass.
+        prefixes: each pair's prompt prefix, already read (then one pair per pass).
 
     Example:
         ref = reference_logprobs(model, pairs, 24)  # ref[:, 0] - ref[:, 1]: unsteered margin
     """
     cfg = TrainConfig(max_answer_tokens=max_answer_tokens)
     out = []
+    if prefixes is not None:
+        for pair, prefix in zip(pairs, prefixes, strict=True):
+            rows = _Rows.build(model, [pair], cfg, pad_id, [0.0, 0.0], prefix)
+            out.append(_answer_logprobs(rows.logits(model), rows).view(-1, 2).cpu())
+        return torch.cat(out)
     for i in range(0, len(pairs), chunk):
         rows = _Rows.build(model, pairs[i:i + chunk], cfg, pad_id, signs=[0.0, 0.0])
         out.append(_answer_logprobs(rows.logits(model), rows).view(-1, 2).cpu())
@@ -329,23 +345,21 @@ def reference_logprobs(model: PreTrainedModel, pairs: Sequence[PreferencePair],
 
 
 def _objective(model, rows: _Rows, directions: torch.Tensor, layers: Sequence[int], site: Site,
-               reference: torch.Tensor, cfg: TrainConfig, arch) -> tuple[torch.Tensor, float,
-                                                                          float]:
-    """(loss, mean m(+1), mean KL) for one batch of rows."""
-    per = 4 if cfg.bidirectional else 2
-    with torch.no_grad():  # the unsteered distribution on the rejected (neutral) answers
-        base = rows.rejected().logits(model)
+               reference: torch.Tensor, cfg: TrainConfig, sign: float,
+               arch) -> tuple[torch.Tensor, float, float]:
+    """(loss, mean m(sign), KL) for one batch of rows steered by sign * the vector."""
     with _adding(model, directions, layers, site, rows.signs, arch):
         logits = rows.logits(model)
-    lp = _answer_logprobs(logits, rows).view(-1, per)  # (pairs, per)
-    gain = lp - reference.to(lp.device).repeat(1, per // 2)  # steered minus unsteered
-    plus = gain[:, 0] - gain[:, 1]
-    loss = -F.logsigmoid(cfg.beta * plus)
-    if cfg.bidirectional:
-        loss = loss - F.logsigmoid(cfg.beta * (gain[:, 3] - gain[:, 2]))
-    kl = _kl(base, logits[1::per], rows.target[1::per])
-    total = loss.mean() + cfg.kl_weight * kl
-    return total, float(plus.detach().mean()), float(kl.detach())
+    gain = _answer_logprobs(logits, rows).view(-1, 2) - reference.to(logits.device)
+    margin = sign * (gain[:, 0] - gain[:, 1])  # steered minus unsteered preference
+    loss = -F.logsigmoid(cfg.beta * margin).mean()
+    kl = torch.zeros(())
+    if sign > 0 and cfg.kl_weight > 0:
+        with torch.no_grad():  # the unsteered distribution on the rejected (neutral) answers
+            base = rows.rejected().logits(model)
+        kl = _kl(base, logits[1::2], rows.target[1::2])
+        loss = loss + cfg.kl_weight * kl
+    return loss, float(margin.detach().mean()), float(kl.detach())
 
 
 def _kl(base: torch.Tensor, steered: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
