@@ -38,12 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, action="append")
     parser.add_argument("--kl", type=float, action="append")
     parser.add_argument("--beta", type=float, default=2.0)
-    parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--init", default="mean_diff")
     parser.add_argument("--unidirectional", action="store_true")
     parser.add_argument("--band", default="all", help="all, auto or start-stop")
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--filter", action="store_true", help="train only on pairs whose "
+                        "emotional answer judge A (embedded-a) confirms")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     import emosteer
@@ -60,11 +62,13 @@ def main(argv: list[str] | None = None) -> None:
                                     pairs_per_step=args.pairs, max_answer_tokens=args.tokens,
                                     init=args.init, bidirectional=not args.unidirectional)
                 cfg = replace(ExtractConfig(limit=args.limit), emotions=(emotion,),
-                              method="trained", train=train, band=band)
+                              method="trained", train=train, band=band,
+                              **({"filter": "judge", "judge": "embedded-a"}
+                                 if args.filter else {}))
                 result = extract(model, tok, cfg, progress=False, generations=mine)
                 t = result.details[emotion]["train"]
                 k = max(1, args.steps // 10)
-                name = setting_name(train, args.band)
+                name = setting_name(train, args.band) + ("-filtered" if args.filter else "")
                 vec = result.vectors[emotion]
                 vec.save(OUT / "train" / f"{emotion}-{name}.safetensors")
                 row = {"emotion": emotion, "setting": name, "s_per_step": t["seconds"] / args.steps,

@@ -192,3 +192,34 @@ def test_bad_method_settings_are_refused():
         ExtractConfig(method="bipo")  # type: ignore[arg-type]
     with pytest.raises(BadInputError):
         ExtractConfig(norm_fraction=0)
+
+
+def test_the_cli_sets_every_method_option(monkeypatch, capsys):
+    from emosteer import extraction
+    from emosteer.cli import main, vectors
+    from emosteer.errors import EmosteerError
+
+    class Captured(EmosteerError):
+        pass
+
+    seen = []
+
+    def capture(model, tok, cfg, *a, **k):
+        seen.append(cfg)
+        raise Captured("captured")
+
+    monkeypatch.setattr(vectors, "load", lambda spec: (None, None))
+    monkeypatch.setattr(extraction, "extract", capture)
+    for args in (["--method", "trained", "--train-steps", "7", "--band", "8-17",
+                  "--scale", "spread", "--norm-fraction", "0.2", "--filter", "judge"],
+                 ["--band", "auto", "--band-width", "6"], ["--band", "all"]):
+        with pytest.raises(SystemExit):
+            main(["extract", "--out", "/nonexistent/never-written", *args])
+    capsys.readouterr()
+    first, auto, whole = seen
+    assert (first.method, first.train.steps, first.band, first.scale, first.norm_fraction,
+            first.filter) == ("trained", 7, (8, 18), "spread", 0.2, "judge")
+    assert (auto.band, auto.band_width) == ("auto", 6) and whole.band is None
+    with pytest.raises(SystemExit) as stop:
+        main(["extract", "--out", "/nonexistent/never-written", "--band", "17-8"])
+    assert stop.value.code == 2 and "first-last" in capsys.readouterr().err

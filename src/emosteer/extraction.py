@@ -190,6 +190,24 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                       stats["spread"], details)
 
 
+def parse_band(text: str) -> Band:
+    """A band as written on the command line: "8-17" (layers 8 to 17), "auto" or "all".
+
+    Args:
+        text: first-last (both included), "auto" or "all".
+
+    Example:
+        >>> parse_band("8-17")
+        (8, 18)
+    """
+    if text in ("auto", "all"):
+        return None if text == "all" else "auto"
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise BadInputError(f"band {text!r}: write first-last (e.g. 8-17), auto or all")
+    return int(first), int(last) + 1
+
+
 def _site_stats(squares: dict) -> dict[str, list[float]]:
     """Per layer, RMS norm and RMS distance from the mean of the neutral outputs."""
     tokens = max(squares["tokens"], 1.0)

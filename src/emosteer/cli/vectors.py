@@ -45,7 +45,8 @@ def extract(
     overwrite: Annotated[bool, typer.Option(
         help="replace vector files already in --out (refused otherwise)")] = False,
     method: Annotated[str | None, typer.Option(
-        help="mean_diff (the paper) or pca (default: ExtractConfig.method)")] = None,
+        help="mean_diff (the paper), pca, or trained (the mean optimised on the same answers)"
+             " (default: ExtractConfig.method)")] = None,
     site: Annotated[str | None, typer.Option(
         help="attn (self-attention output, as the authors) or residual (decoder layer "
              "output) (default: ExtractConfig.site)")] = None,
@@ -57,6 +58,22 @@ def extract(
     center: Annotated[bool | None, typer.Option(
         help="subtract EV_base (mean of the emotions) from each"
              " (default: ExtractConfig.center)")] = None,
+    filter_: Annotated[str | None, typer.Option(
+        "--filter", help="none, or judge: average only the answers the judge confirms"
+                         " (default: ExtractConfig.filter)")] = None,
+    band: Annotated[str | None, typer.Option(
+        help="layers to keep: first-last (e.g. 8-17), auto (a scan picks --band-width "
+             "layers) or all (default: all)")] = None,
+    band_width: Annotated[int | None, typer.Option(
+        min=1, max=1000, help="layers of an auto band (default: ExtractConfig.band_width)")] = None,
+    scale: Annotated[str | None, typer.Option(
+        help="raw, norm or spread: strength 1 adds --norm-fraction of each layer's typical "
+             "norm (spread) at the site (default: ExtractConfig.scale)")] = None,
+    norm_fraction: Annotated[float | None, typer.Option(
+        min=0.0, max=10.0, help="see --scale (default: ExtractConfig.norm_fraction)")] = None,
+    train_steps: Annotated[int | None, typer.Option(
+        min=1, max=100000, help="optimiser steps per emotion for --method trained"
+                                " (default: TrainConfig.steps)")] = None,
     gen: GenerateOptions = GenerateOptions(),
 ) -> None:
     """Extract emotion vectors with the paper's method and save them as safetensors.
@@ -66,13 +83,18 @@ def extract(
 
     Example: [bold]emosteer extract --emotion joy --emotion anger --limit 40 --out vectors/[/bold]
     """
-    from emosteer.extraction import ExtractConfig
+    from dataclasses import replace
+
+    from emosteer.extraction import ExtractConfig, parse_band
     from emosteer.extraction import extract as run
 
     base = ExtractConfig()
+    more = ({"band": parse_band(band)} if band is not None else {}) | (
+        {"train": replace(base.train, steps=train_steps)} if train_steps is not None else {})
     cfg = ExtractConfig(**given(
         emotions=tuple(emotions) if emotions else None, limit=limit, site=site,
-        positions=positions, context=context, method=method, center=center),
+        positions=positions, context=context, method=method, center=center, filter=filter_,
+        band_width=band_width, scale=scale, norm_fraction=norm_fraction), **more,
         generation=gen.config(base.generation))
     names = [f"{e}.safetensors" for e in (*cfg.emotions, "base")] + ["samples.jsonl"]
     refuse_overwrite(out, names, overwrite)

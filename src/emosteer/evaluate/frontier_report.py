@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from emosteer.evaluate import report
-from emosteer.evaluate.frontier import UNSTEERED, Frontier, FrontierConfig, Method
+from emosteer.evaluate.frontier import UNBOUNDED, UNSTEERED, Frontier, FrontierConfig, Method
 from emosteer.evaluate.report import Section
 from emosteer.files import write_text
 from emosteer.plots import pyplot, save_figure
@@ -164,6 +164,7 @@ def plot_pareto(result: Frontier, cfg: FrontierConfig, judges: Sequence[str], em
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
     colours = {m.name: PALETTE[i % len(PALETTE)] for i, m in enumerate(cfg.methods)}
     colours[UNSTEERED] = "#444444"
+    colours.update({f"{m.name} {UNBOUNDED}": colours[m.name] for m in cfg.methods if m.prompt})
     for method in dict.fromkeys(r["method"] for r in result.calibration):
         rows = [r for r in result.calibration if r["method"] == method and r["emotion"] == emotion
                 and r.get("ppl_ratio") is not None and r.get("eps") is not None]
