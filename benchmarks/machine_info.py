@@ -26,9 +26,11 @@ def machine() -> dict:
 
 
 def results_path(benchmark: str, m: dict) -> Path:
-    """benchmarks/results/<benchmark>-<host>-<cores>cpu.json: one file per machine."""
+    """benchmarks/results/<benchmark>-<host>-<cores>cpu.json: one file per machine; a machine
+    of the same name with an AMD CPU gets -amd (the Intel runs keep the older names)."""
+    vendor = "-amd" if "AMD" in str(m.get("cpu", "")) else ""
     return Path(__file__).parent / "results" / f"{benchmark}-{m['host'] or 'unknown'}-" \
-        f"{m['cores']}cpu.json"
+        f"{m['cores']}cpu{vendor}.json"
 
 
 def write_results(benchmark: str, report: dict) -> Path:
@@ -36,7 +38,8 @@ def write_results(benchmark: str, report: dict) -> Path:
     import json
 
     path = results_path(benchmark, report["machine"])
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    from emosteer.files import write_text
+
+    write_text(path, json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "detail"}))
     return path

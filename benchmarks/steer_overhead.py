@@ -15,7 +15,7 @@
 
 Writes benchmarks/results/steer_overhead-<machine>.json; the last stdout line is its JSON.
 
-    python benchmarks/steer_overhead.py [--rounds 5] [--new-tokens 48]
+    python benchmarks/steer_overhead.py [--rounds 15] [--new-tokens 32] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import emosteer
 from emosteer import data
 from emosteer.extraction import read_pairs
 from emosteer.generation import chat_prompt, encode
-from emosteer.models import model_id
+from emosteer.models import cache_arg, cache_of, model_id
 from emosteer.steering import _adder, steer_rows
 from emosteer.vectors import EMOTIONS
 
@@ -91,6 +91,37 @@ def interleaved(model, enc: dict, kinds: dict, rounds: int, new_tokens: int) -> 
             "over_" + base: ratios(runs), "cpu_over_" + base: ratios(cpu_runs)}
 
 
+def per_step(model, enc: dict, kinds: dict, steps: int, reset: int = 32) -> dict:
+    """Milliseconds per decode step per kind, the kind switching at EVERY step.
+
+    One greedy decode, prefilled unsteered; before each step the next kind's context is
+    entered (outside the timed region) and left after it, kinds in turn, so every kind sees
+    the same cache lengths and any drift of the machine (another job, clock changes) falls on
+    all kinds alike. The cache is refilled every `reset` steps. The ratio is
+    median(unsteered step) / median(kind step).
+    """
+    names = list(kinds)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    with torch.no_grad():
+        for start in range(0, steps, reset):
+            out = model(**enc, use_cache=True)
+            cache, token = cache_of(out), out.logits[:, -1:].argmax(-1)
+            mask = enc["attention_mask"]
+            for i in range(start, min(start + reset, steps)):
+                name = names[i % len(names)]
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                with kinds[name]():
+                    begin = time.perf_counter()
+                    out = model(input_ids=token, attention_mask=mask, use_cache=True,
+                                **{cache_arg(model): cache})
+                    token = out.logits[:, -1:].argmax(-1)
+                    times[name].append((time.perf_counter() - begin) * 1e3)
+                cache = cache_of(out)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"ms_per_step": median, "steps_per_kind": {k: len(v) for k, v in times.items()},
+            "over_" + names[0]: {k: median[names[0]] / median[k] for k in names[1:]}}
+
+
 def hook_cost_us(batch: int, d: int, device: str, calls: int = 20000) -> dict:
     """Microseconds per module call with the steering hook minus without, at (batch, 1, d)."""
     module = torch.nn.Identity()
@@ -125,6 +156,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15,
                         help="interleaved rounds (short runs, many rounds: noise averages out)")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1500,
+                        help="decode steps of the per-step comparison (kinds alternate)")
     parser.add_argument("--pairs", type=int, default=10, help="contrast pairs per vector")
     args = parser.parse_args()
 
@@ -142,6 +175,12 @@ def main() -> None:
             "hook": lambda: emosteer.steer(model, vector, 1.0),
             "fold": lambda: emosteer.steer(model, vector, 1.0, mode="fold"),
         }, args.rounds, args.new_tokens)
+    enc = encode(tok, [chat_prompt(tok, q, None) for q in questions[:1]], model.device)
+    detail["per_step_batch_1"] = per_step(model, enc, {
+        "unsteered": nullcontext,
+        "hook": lambda: emosteer.steer(model, vector, 1.0),
+        "fold": lambda: emosteer.steer(model, vector, 1.0, mode="fold"),
+    }, args.steps)
     enc = encode(tok, [chat_prompt(tok, q, None) for q in questions[:8]], model.device)
     rows = [vectors[EMOTIONS[i % len(EMOTIONS)]] * 1.0 for i in range(8)]
     detail["rows_batch_8"] = interleaved(model, enc, {
@@ -185,6 +224,10 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "rounds": args.rounds,
         "steered_over_unsteered_tokens_per_s": b1["hook"],
+        "per_step_steered_over_unsteered_batch_1":
+            detail["per_step_batch_1"]["over_unsteered"]["hook"],
+        "per_step_fold_over_unsteered_batch_1":
+            detail["per_step_batch_1"]["over_unsteered"]["fold"],
         "steered_over_unsteered_tokens_per_s_batch_8": b8["hook"],
         "cpu_time_steered_over_unsteered_batch_1":
             detail["batch_1"]["cpu_over_unsteered"]["hook"],
