@@ -1,11 +1,14 @@
 """The playground page in a real browser (Debian's chromium driven by Python playwright).
 
-Moves a slider, asks a question, waits for the streamed answer and saves a screenshot.
-By default it serves a tiny random model (its answer is noise) and writes the screenshot to
-the test's tmp folder. For the screenshot in docs/, run it on the bundled model:
+Compare mode (two columns streamed at once), a preset, the meter chart (fed by a faked
+stream, and whatever the live server sends) and the phone layout. By default it serves a
+tiny random model (its answers are noise) and writes the screenshots to the test's tmp
+folder. For the screenshots in docs/, run it on the bundled model:
 
-    EMOSTEER_PLAYGROUND_MODEL=default EMOSTEER_PLAYGROUND_VECTORS=vectors \\
+    EMOSTEER_PLAYGROUND_MODEL=default EMOSTEER_PLAYGROUND_VECTORS=docs/results/vectors \\
     EMOSTEER_SCREENSHOT=docs/playground.png .venv/bin/python -m pytest tests/test_playground.py
+
+(the phone screenshot goes next to it, as playground-phone.png).
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from conftest import byte_tokenizer, tiny_model
 from live_server import live_server, random_vectors
 
 pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("EMOSTEER_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=(
+    f"chromium is not installed at {CHROMIUM} (`apt-get install chromium`; .ci/run installs it)"))
+QUESTION = "How did the exam go?"
+ANSWERS_DONE = ("() => { const a = [...document.querySelectorAll('#cols .answer .text')];"
+                " return a.length >= {n} && a.every((t) => t.textContent.length > 0)"
+                " && !document.getElementById('send').disabled; }")
 
 
 def _served():
@@ -42,50 +52,129 @@ def _served():
     return create_app(model, tok, vectors, ServeConfig(max_tokens=128, batch_window=0.0))
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"chromium is not installed at "
-                    f"{CHROMIUM} (`apt-get install chromium`; .ci/run installs it)")
-def test_playground_slider_question_streamed_answer(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    shot = Path(os.environ.get("EMOSTEER_SCREENSHOT", tmp_path / "playground.png"))
-    profile = tmp_path / "chromium-profile"
+def _shot(tmp_path: Path, suffix: str = "") -> Path:
+    base = Path(os.environ.get("EMOSTEER_SCREENSHOT", tmp_path / "playground.png"))
+    shot = base.with_name(base.stem + suffix + base.suffix)
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    return shot
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """(base URL of a live server, a chromium context with a fresh profile)."""
+    profile = tmp_path_factory.mktemp("chromium-profile")
     with live_server(_served()) as url, sync_api.sync_playwright() as pw:
-        # a fresh profile each run (playwright passes it as --user-data-dir)
         browser = pw.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1200, "height": 760})
+            viewport={"width": 1280, "height": 800})
         try:
-            page = browser.new_page()
-            requests: list[dict] = []
-            page.on("request", lambda r: requests.append(json.loads(r.post_data))
-                    if r.url.endswith("/v1/chat/completions") else None)
-            page.goto(url + "/")
-            slider = page.locator("#s-joy")
-            slider.wait_for(timeout=30_000)
-            page.locator("#s-anger").wait_for()
-            slider.fill("1.5")  # sets the range input and fires its input event
-            page.locator("#s-anger").fill("-0.5")
-            assert json.loads(page.locator("#mix").inner_text()) == {"joy": 1.5, "anger": -0.5}
-            assert page.locator("#o-joy").inner_text() == "1.5"
-            page.locator("#max_tokens").fill("48")
-            page.locator("#question").fill("How did the exam go?")
-            page.locator("#send").click()
-            answer = page.locator("#log .assistant .text").last
-            page.wait_for_function(
-                "() => { const a = document.querySelectorAll('#log .assistant .text');"
-                " return a.length && a[a.length-1].textContent.length > 0; }", timeout=120_000)
-            page.wait_for_function("() => !document.getElementById('send').disabled",
-                                   timeout=120_000)
-            assert answer.inner_text().strip(), "no streamed text"
-            assert "error" not in (page.locator("#log .assistant").last.get_attribute("class"))
-            assert requests and requests[-1]["stream"] is True
-            assert requests[-1]["emotion"] == {"joy": 1.5, "anger": -0.5}
-            meta = page.locator("#log .assistant .meta").last.inner_text()
-            assert meta.startswith("emotion sent: ")
-            assert json.loads(meta[len("emotion sent: "):]) == {"joy": 1.5, "anger": -0.5}
-            page.locator("#controls").evaluate("e => { e.scrollTop = 0; }")
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
+            yield url, browser
         finally:
             browser.close()
             shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open(site, width: int = 1280, height: int = 800):
+    url, browser = site
+    page = browser.new_page()
+    page.set_viewport_size({"width": width, "height": height})
+    requests: list[dict] = []
+    page.on("request", lambda r: requests.append(json.loads(r.post_data))
+            if r.url.endswith("/v1/chat/completions") else None)
+    page.goto(url + "/")
+    page.locator("#s-joy").wait_for(timeout=30_000)
+    return page, requests
+
+
+def _ask(page, n_columns: int, question: str = QUESTION) -> None:
+    page.locator("#max_tokens").fill("48")
+    page.locator("#question").fill(question)
+    page.locator("#send").click()
+    page.wait_for_function(ANSWERS_DONE.replace("{n}", str(n_columns)), timeout=180_000)
+
+
+def test_compare_two_columns_preset_and_meter(site, tmp_path):
+    page, requests = _open(site)
+    try:
+        assert page.locator("#cols .col").count() == 2  # compare mode by default
+        assert json.loads(page.locator("#mix").inner_text()) == {"joy": 1.5}  # column B
+        page.locator(".preset[data-preset='calm joy']").click()
+        assert page.locator("#s-joy").input_value() == "1"
+        assert page.locator("#s-anger").input_value() == "-0.5"
+        assert page.locator(".preset.on").inner_text() == "calm joy"
+        assert page.locator("#o-anger").inner_text() == "-0.5"
+        assert json.loads(page.locator("#mix").inner_text()) == {"joy": 1, "anger": -0.5}
+        assert "anger -0.5, joy +1" in page.locator(".col[data-col='1'] > button").inner_text()
+        page.locator(".col[data-col='0'] > button").click()  # column A: sliders follow it
+        assert page.locator("#which").inner_text() == "A"
+        assert page.locator("#s-joy").input_value() == "0"
+        _ask(page, 2)
+        for col in page.locator("#cols .col").all():
+            assert col.locator(".answer .text").inner_text().strip(), "a column stayed empty"
+            assert "error" not in col.locator(".answer").get_attribute("class")
+            meter = col.locator(".meter")  # a chart if the server meters, else the note
+            assert (meter.locator("svg polyline").count() > 0
+                    or "meter not available" in meter.inner_text())
+        sent = sorted(requests, key=lambda r: len(r["emotion"]))
+        assert len(sent) == 2 and all(r["stream"] and r["meter"] for r in sent)
+        assert [r["emotion"] for r in sent] == [{}, {"joy": 1, "anger": -0.5}]
+        assert sent[0]["seed"] == sent[1]["seed"] == 1  # only the steering differs
+        assert "attn site" in page.locator("#model").inner_text()
+        shot = _shot(tmp_path)
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+    finally:
+        page.close()
+
+
+def _fake_stream(route) -> None:
+    """A chat stream as a metering server sends it: readings per chunk, a verdict."""
+    readings = [{"joy": 0.2, "anger": 0.1}, {"joy": 0.6, "anger": 0.1},
+                {"joy": 0.9, "anger": 0.05}]
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    chunks += [{"choices": [{"index": 0, "delta": {"content": word}}], "emotion_meter": r}
+               for word, r in zip(["It ", "went ", "great!"], readings, strict=True)]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                   "emotion_judge": {"joy": 0.91, "anger": 0.02}})
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+
+def test_meter_chart_draws_one_line_per_emotion(site):
+    page, _ = _open(site)
+    try:
+        page.route("**/v1/chat/completions", _fake_stream)
+        page.locator("#ncols button[data-n='1']").click()
+        _ask(page, 1)
+        col = page.locator("#cols .col").first
+        assert col.locator(".answer .text").inner_text() == "It went great!"
+        lines = col.locator(".meter svg polyline")
+        assert sorted(line.get_attribute("data-emotion") for line in lines.all()) == [
+            "anger", "joy"]
+        joy = col.locator(".meter polyline[data-emotion='joy']").get_attribute("points")
+        ys = [float(p.split(",")[1]) for p in joy.split()]
+        assert len(ys) == 3 and ys[0] > ys[1] > ys[2]  # rising joy = the line goes up
+        assert col.locator(".legend").inner_text().startswith("joy 0.90")
+        assert col.locator(".judge").inner_text() == "judge: joy 0.91, anger 0.02"
+        assert "great!" in col.locator(".answer .text span[title^='joy 0.90']").inner_text()
+    finally:
+        page.close()
+
+
+def test_phone_width_has_no_horizontal_scroll(site, tmp_path):
+    page, _ = _open(site, width=375, height=800)
+    try:
+        page.locator("#ncols button[data-n='3']").click()
+        assert page.locator("#cols .col").count() == 3
+        page.locator(".preset[data-preset='furious']").click()
+        _ask(page, 3)
+        wide = page.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= 375, f"the page is {wide} px wide at a 375 px viewport"
+        boxes = [page.locator(f".col[data-col='{i}']").bounding_box() for i in range(3)]
+        assert all(b["x"] >= 0 and b["x"] + b["width"] <= 375 for b in boxes)
+        assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"]  # stacked, not side by side
+        shot = _shot(tmp_path, "-phone")
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+    finally:
+        page.close()
