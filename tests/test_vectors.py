@@ -137,3 +137,19 @@ def test_saving_is_atomic_and_refuses_a_directory(tmp_path):
 def test_saved_files_are_readable_by_others_like_any_file(tmp_path):
     path = vec({0: [1.0, 2, 3, 4]}).save(tmp_path / "joy.safetensors")
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_calibrated_folds_the_strength_in_and_records_it(tmp_path):
+    v = vec({0: [1.0, 2.0, 0.0, -1.0]}, emotion="anger")
+    c = v.calibrated(1.5, method="trained")
+    assert torch.equal(c.directions[0], v.directions[0] * 1.5)
+    assert (c.emotion, c.meta["calibrated_strength"], c.meta["method"]) == ("anger", "1.5",
+                                                                            "trained")
+    assert c.calibrated(2.0).meta["calibrated_strength"] == "3"  # strengths multiply
+    back = EmotionVector.load(c.save(tmp_path / "anger.safetensors"))
+    assert torch.equal(back.directions[0], c.directions[0])
+    assert back.meta["calibrated_strength"] == "1.5"
+    from emosteer.errors import BadAlphaError
+    for bad in (0.0, float("nan"), 1e9):
+        with pytest.raises(BadAlphaError):
+            v.calibrated(bad)

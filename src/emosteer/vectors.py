@@ -150,6 +150,27 @@ class EmotionVector:
     def __neg__(self) -> EmotionVector:
         return self * -1.0
 
+    def calibrated(self, strength: float, **provenance: Any) -> EmotionVector:
+        """This vector with its recommended strength folded in: alpha 1 on the result steers
+        as alpha `strength` on this one (in the library, the CLI, both servers and GGUF, which
+        all just scale the file). The metadata keeps the name and records the strength
+        (`calibrated_strength`, multiplied when calibrated twice) and `provenance`.
+
+        Args:
+            strength: the recommended alpha for this vector, e.g. chosen by
+                `emosteer experiment frontier` on calibration questions.
+            provenance: more metadata, e.g. method="trained", chosen_on="calibration split".
+
+        Example:
+            shipped = anger.calibrated(1.5, method="trained")  # alpha 1 = 1.5 x anger
+        """
+        strength = check_alpha(strength, "calibrated strength")
+        if strength == 0:
+            raise BadAlphaError("calibrated strength 0 would ship a vector that does nothing")
+        total = strength * float(self.meta.get("calibrated_strength", 1.0))
+        meta = {**self.meta, **provenance, "calibrated_strength": f"{total:g}"}
+        return EmotionVector({k: v * strength for k, v in self.directions.items()}, meta)
+
     def equal(self, other: EmotionVector) -> bool:
         """Bit-identical directions and metadata."""
         return (self.meta == other.meta and self.directions.keys() == other.directions.keys()
@@ -203,6 +224,16 @@ class EmotionVector:
 
 
 SHIPPED = Path(__file__).parent / "data" / "vectors"  # vectors shipped per bundled model
+
+
+def shipped_vectors() -> dict[str, EmotionVector]:
+    """The calibrated vectors shipped for the bundled model ({} when this install has none).
+
+    Example:
+        shipped_vectors()["anger"].meta["calibrated_strength"]
+    """
+    folder = SHIPPED / "smollm2-135m-instruct"
+    return load_vectors("default") if any(folder.glob("*.safetensors")) else {}
 
 
 def load_vectors(source: str | Path = "default") -> dict[str, EmotionVector]:

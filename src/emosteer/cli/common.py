@@ -38,12 +38,20 @@ def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 def vectors_in(folder: Path, option: str = "--vectors") -> dict[str, EmotionVector]:
     """Every vector file of `folder` by file stem, or an error naming the option to use.
 
+    The default folder (./vectors), when it holds no vectors, falls back to the vectors shipped
+    for the bundled model, so `emosteer generate --emotion anger` works right after install.
+
     Example:
         vectors = vectors_in(Path("vectors"))  # {"joy": ..., "base": ...}
     """
-    from emosteer.vectors import EmotionVector
+    from emosteer.cli.options import VECTORS
+    from emosteer.vectors import EmotionVector, shipped_vectors
 
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files and folder == VECTORS and (shipped := shipped_vectors()):
+        console.print("[dim]no ./vectors folder: using the vectors shipped for the bundled "
+                      "model (emosteer.load_vectors('default'))[/dim]")
+        return shipped
     if not files:
         raise VectorFileError(f"no vector files in {folder}: run `emosteer extract --out "
                               f"{folder}` first, or pass the folder with {option}")
