@@ -98,37 +98,9 @@ def read_gguf(path: str | Path) -> EmotionVector:
     holds their running sum, so `emosteer.steer` adds what llama.cpp adds. A file exported
     by emosteer comes back at the site it was read at.
     """
-    import gguf
-
     path = Path(path)
-    if not path.is_file():
-        raise VectorFileError(f"{path} does not exist: check the path")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as err:  # the reader raises several types for a corrupt file
-        raise VectorFileError(f"{path} is not a readable GGUF file ({err})") from err
-    strings = {name: text for name, f in reader.fields.items()
-               if (text := _field_str(f)) is not None and text}
-    arch = strings.get("general.architecture")
-    if arch != GGUF_ARCH:
-        raise VectorFileError(f"{path} is a GGUF of architecture {arch!r}, not a control "
-                              f"vector ({GGUF_ARCH!r}): pass a file written by `emosteer "
-                              "export`, repeng's export_gguf or llama.cpp's cvector-generator")
-    directions: dict[int, torch.Tensor] = {}
-    for tensor in reader.tensors:
-        prefix, _, index = tensor.name.partition(".")
-        if prefix != "direction":
-            continue
-        if not index.isdigit():
-            raise VectorFileError(f"{path}: tensor {tensor.name!r} is not direction.<layer>")
-        data = np.asarray(tensor.data)
-        if data.dtype not in (np.float32, np.float16) or data.size != int(np.prod(data.shape)) \
-                or data.ndim != 1:
-            raise VectorFileError(f"{path}: {tensor.name} is {data.dtype} {data.shape}, "
-                                  "expected a 1-D float vector")
-        directions[int(index)] = torch.from_numpy(data.astype(np.float32).copy())
-    if not directions:
-        raise VectorFileError(f"{path} holds no direction.<layer> tensors")
+    reader, strings = _open_control_vector(path)
+    directions = _gguf_directions(reader, path)
     sizes = {v.numel() for v in directions.values()}
     if len(sizes) > 1:
         raise VectorFileError(f"{path}: directions have different lengths {sorted(sizes)}")
@@ -152,6 +124,46 @@ def read_gguf(path: str | Path) -> EmotionVector:
     if ours.get("scale", "1") != "1":
         meta["scale"] = ours["scale"]
     return EmotionVector(directions, meta)
+
+
+def _open_control_vector(path: Path) -> tuple[Any, dict[str, str]]:
+    """The GGUF reader of a control-vector file and its non-empty string keys."""
+    import gguf
+
+    if not path.is_file():
+        raise VectorFileError(f"{path} does not exist: check the path")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # the reader raises several types for a corrupt file
+        raise VectorFileError(f"{path} is not a readable GGUF file ({err})") from err
+    strings = {name: text for name, f in reader.fields.items()
+               if (text := _field_str(f)) is not None and text}
+    arch = strings.get("general.architecture")
+    if arch != GGUF_ARCH:
+        raise VectorFileError(f"{path} is a GGUF of architecture {arch!r}, not a control "
+                              f"vector ({GGUF_ARCH!r}): pass a file written by `emosteer "
+                              "export`, repeng's export_gguf or llama.cpp's cvector-generator")
+    return reader, strings
+
+
+def _gguf_directions(reader: Any, path: Path) -> dict[int, torch.Tensor]:
+    """The `direction.<layer>` tensors as float32 vectors, each checked to be 1-D float."""
+    directions: dict[int, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        prefix, _, index = tensor.name.partition(".")
+        if prefix != "direction":
+            continue
+        if not index.isdigit():
+            raise VectorFileError(f"{path}: tensor {tensor.name!r} is not direction.<layer>")
+        data = np.asarray(tensor.data)
+        if data.dtype not in (np.float32, np.float16) or data.size != int(np.prod(data.shape)) \
+                or data.ndim != 1:
+            raise VectorFileError(f"{path}: {tensor.name} is {data.dtype} {data.shape}, "
+                                  "expected a 1-D float vector")
+        directions[int(index)] = torch.from_numpy(data.astype(np.float32).copy())
+    if not directions:
+        raise VectorFileError(f"{path} holds no direction.<layer> tensors")
+    return directions
 
 
 def cumulative(additions: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tensor]:

@@ -110,32 +110,21 @@ def discover(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     # 1. generations under each request; the judge confirms the emotional ones
     gen = _generate_and_judge(model, tokenizer, scenes, emotions, judge, cfg, arch, progress)
     times = {"generate_and_judge_s": time.perf_counter() - start}
-    # 2. last-token reads of the emotional prompts (kept ones, or all for a sparse emotion)
+    # 2. and 3. directions from last-token reads; component shares of each emotion's shift
     t0 = time.perf_counter()
-    kept = {e: sum(c for c, (_, a) in zip(gen.confirmed, gen.rows, strict=True) if a == e)
-            for e in emotions}
-    use = [i for i, (_, e) in enumerate(gen.rows) if e != "neutral"
-           and (gen.confirmed[i] or kept[e] < cfg.min_kept)]
-    reads = _read_prompts(model, tokenizer, [gen.prompts[i] for i in use], p, arch, progress)
-    labels = [gen.rows[i][1] for i in use]
-    dirs = A.directions(reads["residual"], labels, emotions)
-    consistency = _consistency(reads["residual"], labels, [gen.rows[i][0] for i in use],
-                               emotions, dirs, cfg.seed)
-    # 3. component shares of each emotion's shift
-    shifts = {k: _centred_means(reads[k], labels, emotions) for k in KINDS}
-    local = A.component_scores(p, shifts, dirs)
+    att = _attribute(model, tokenizer, gen, emotions, p, cfg, arch, progress)
     times["attribute_s"] = time.perf_counter() - t0
     # 4. causal checks on held-out scenes
     t0 = time.perf_counter()
     readout_layer = cfg.readout_layer % p.n_layers
-    readout = A.Readout.fit(reads["residual"], labels, emotions, dirs, readout_layer)
+    readout = A.Readout.fit(att.residual, att.labels, emotions, att.dirs, readout_layer)
     test = data.load_sev("test", cfg.test_skeletons, cfg.seed)
-    causal, influence = _causal(model, tokenizer, test, emotions, p, readout, shifts, local,
-                                cfg, arch, progress)
+    causal, influence = _causal(model, tokenizer, test, emotions, p, readout, att.shifts,
+                                att.local, cfg, arch, progress)
     times["causal_s"] = time.perf_counter() - t0
     # 5. the global circuit: share of its sublayer's shift x that sublayer's influence
-    circuit = _global_circuit(model, p, local, influence, shifts, emotions, len(scenes) // 3,
-                              readout_layer, cfg, arch)
+    circuit = _global_circuit(model, p, att.local, influence, att.shifts, emotions,
+                              len(scenes) // 3, readout_layer, cfg, arch)
     vectors = _emotion_vectors(model, gen.response_means, gen.rows, gen.confirmed, emotions,
                                cfg, arch)
     times["total_s"] = time.perf_counter() - start
@@ -144,19 +133,15 @@ def discover(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         "model": model_shape(model, arch), "judge": f"{judge.spec}@{judge.version}",
         "layers": p.n_layers, "heads": p.n_heads,
         "neurons": p.n_neurons, "scenes": len(scenes), "test_scenes": len(test),
-        "confirmed": kept,
-        "asked": {e: sum(1 for _, a in gen.rows if a == e) for e in [*emotions, "neutral"]},
-        "neutral_judged_neutral": sum(1 for x in gen.samples if x["asked"] == "neutral"
-                                      and x["judged"] == "neutral"),
-        "unfiltered": [e for e in emotions if kept[e] < cfg.min_kept],
-        "consistency": consistency, "causal": causal,
+        **_counts(gen, emotions, att.kept, cfg.min_kept),
+        "consistency": att.consistency, "causal": causal,
         "influence": {k: influence[k].tolist() for k in KINDS},
         "circuit_size": {e: circuit.size(e) for e in emotions},
         "seconds": times,
     }
-    contexts = [f"{gen.rows[i][0].id}/{gen.rows[i][0].valence}" for i in use]
-    return Discovery(circuit, dirs, local, vectors, summary, gen.samples, reads["residual"],
-                     labels, contexts)
+    contexts = [f"{gen.rows[i][0].id}/{gen.rows[i][0].valence}" for i in att.use]
+    return Discovery(circuit, att.dirs, att.local, vectors, summary, gen.samples, att.residual,
+                     att.labels, contexts)
 
 
 @dataclass
@@ -178,6 +163,49 @@ def _generate_and_judge(model, tokenizer, scenes, emotions, judge, cfg: Discover
                for (s, e), t, r in zip(rows, texts, ratings, strict=True)]
     confirmed = [x["asked"] == x["judged"] for x in samples]
     return _Generations(rows, prompts, samples, confirmed, response_means)
+
+
+@dataclass
+class _Attribution:
+    """Stages 2 and 3: what the last-token reads of the emotional prompts give."""
+
+    kept: dict[str, int]  # confirmed answers per emotion
+    use: list[int]  # the rows read: confirmed emotional ones (all of a sparse emotion's)
+    labels: list[str]  # emotion of each row read
+    residual: torch.Tensor  # (n, layers, d) last-token residual states
+    dirs: torch.Tensor  # (emotions, layers, d) unit directions
+    consistency: dict  # cosines across halves, valences and emotions
+    shifts: dict[str, torch.Tensor]  # kind -> (emotions, layers, components) centred means
+    local: dict[str, torch.Tensor]  # kind -> (emotions, layers, components) local shares
+
+
+def _attribute(model, tokenizer, gen: _Generations, emotions, p: Parts, cfg: DiscoverConfig,
+               arch, progress) -> _Attribution:
+    """Directions from the last-token reads (kept answers, or all for a sparse emotion) and
+    each component's share of each emotion's shift along them."""
+    kept = {e: sum(c for c, (_, a) in zip(gen.confirmed, gen.rows, strict=True) if a == e)
+            for e in emotions}
+    use = [i for i, (_, e) in enumerate(gen.rows) if e != "neutral"
+           and (gen.confirmed[i] or kept[e] < cfg.min_kept)]
+    reads = _read_prompts(model, tokenizer, [gen.prompts[i] for i in use], p, arch, progress)
+    labels = [gen.rows[i][1] for i in use]
+    dirs = A.directions(reads["residual"], labels, emotions)
+    consistency = _consistency(reads["residual"], labels, [gen.rows[i][0] for i in use],
+                               emotions, dirs, cfg.seed)
+    shifts = {k: _centred_means(reads[k], labels, emotions) for k in KINDS}
+    local = A.component_scores(p, shifts, dirs)
+    return _Attribution(kept, use, labels, reads["residual"], dirs, consistency, shifts, local)
+
+
+def _counts(gen: _Generations, emotions, kept: dict[str, int], min_kept: int) -> dict:
+    """The summary's answer counts: confirmed, asked, neutral read as neutral, unfiltered."""
+    return {
+        "confirmed": kept,
+        "asked": {e: sum(1 for _, a in gen.rows if a == e) for e in [*emotions, "neutral"]},
+        "neutral_judged_neutral": sum(1 for x in gen.samples if x["asked"] == "neutral"
+                                      and x["judged"] == "neutral"),
+        "unfiltered": [e for e in emotions if kept[e] < min_kept],
+    }
 
 
 def _global_circuit(model, p: Parts, local, influence, shifts, emotions, skeletons: int,
@@ -269,6 +297,38 @@ def _causal(model, tokenizer, test, emotions, p: Parts, readout, shifts, local, 
     index = torch.tensor([i for i in range(e_count) for _ in test])
     on_emotional = A.LastToken(model, tokenizer, emotional, p, readout, arch=arch)
     on_neutral = A.LastToken(model, tokenizer, neutral, p, readout, arch=arch)
+    conditions, sublayers = _edit_conditions(p, local, shifts, index, e_count, cfg)
+    base = {"emotional": on_emotional.scores(index), "neutral": on_neutral.scores(index)}
+    with progress_bar(progress, "causal checks", len(conditions) + len(sublayers)) as advance:
+        curves = []
+        for labels, make in conditions:
+            runner = on_emotional if labels["mode"] == "ablate" else on_neutral
+            values = runner.scores(index, make())
+            per = [A.mean_ci(values[index == i]) for i in range(e_count)]
+            mean, half = A.mean_ci(values)
+            curves.append({**labels, "mean": mean, "ci95": half,
+                           "per_emotion": {e: per[i][0] for i, e in enumerate(emotions)}})
+            advance(1)
+        influence_rows = []
+        for _labels, make in sublayers:
+            delta = on_neutral.scores(index, make()) - base["neutral"]
+            influence_rows.append([float(delta[index == i].mean()) for i in range(e_count)])
+            advance(1)
+    influence = {kind: torch.tensor([influence_rows[j] for j, (lab, _) in enumerate(sublayers)
+                                     if lab["kind"] == kind]).T  # (emotions, layers)
+                 for kind in KINDS}
+    causal = {"baseline": {name: {**dict(zip(("mean", "ci95"), A.mean_ci(v), strict=True)),
+                                  "per_emotion": {e: float(v[index == i].mean())
+                                                  for i, e in enumerate(emotions)}}
+                           for name, v in base.items()},
+              "curves": curves, "rows": int(index.numel()), "readout_layer": readout.layer}
+    return causal, influence
+
+
+def _edit_conditions(p: Parts, local, shifts, index: torch.Tensor, e_count: int,
+                     cfg: DiscoverConfig) -> tuple[list, list]:
+    """The checks to run: (labels, make edits) for ablating and enhancing the top k (and k
+    random components of the same layers, seeded), and for each sublayer's shift."""
     rng = random.Random(cfg.seed)
     top = {k: [A.top_components(local[k][i], max(cfg.ks)) for i in range(e_count)]
            for k in KINDS}
@@ -296,35 +356,7 @@ def _causal(model, tokenizer, test, emotions, p: Parts, readout, shifts, local, 
                   lambda kind=kind, layer=layer: A.sublayer_edits(p, kind, layer, shifts,
                                                                  index.tolist()))
                  for kind in KINDS for layer in range(p.n_layers)]
-    base = {"emotional": on_emotional.scores(index), "neutral": on_neutral.scores(index)}
-    total = len(conditions) + len(sublayers)
-    with progress_bar(progress, "causal checks", total) as advance:
-        def measure(labels, edits):
-            runner = on_emotional if labels["mode"] == "ablate" else on_neutral
-            return runner.scores(index, edits)
-
-        curves = []
-        for labels, make in conditions:
-            values = measure(labels, make())
-            per = [A.mean_ci(values[index == i]) for i in range(e_count)]
-            mean, half = A.mean_ci(values)
-            curves.append({**labels, "mean": mean, "ci95": half,
-                           "per_emotion": {e: per[i][0] for i, e in enumerate(emotions)}})
-            advance(1)
-        influence_rows = []
-        for _labels, make in sublayers:
-            delta = on_neutral.scores(index, make()) - base["neutral"]
-            influence_rows.append([float(delta[index == i].mean()) for i in range(e_count)])
-            advance(1)
-    influence = {kind: torch.tensor([influence_rows[j] for j, (lab, _) in enumerate(sublayers)
-                                     if lab["kind"] == kind]).T  # (emotions, layers)
-                 for kind in KINDS}
-    causal = {"baseline": {name: {**dict(zip(("mean", "ci95"), A.mean_ci(v), strict=True)),
-                                  "per_emotion": {e: float(v[index == i].mean())
-                                                  for i, e in enumerate(emotions)}}
-                           for name, v in base.items()},
-              "curves": curves, "rows": int(index.numel()), "readout_layer": readout.layer}
-    return causal, influence
+    return conditions, sublayers
 
 
 def _emotion_vectors(model, response_means, rows, confirmed, emotions, cfg, arch):

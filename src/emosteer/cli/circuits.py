@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from emosteer.cli.common import console, load
 from emosteer.cli.options import (
     CIRCUITS,
+    AlphaListOpt,
     EmotionsOpt,
     GenerateOptions,
+    HeldOutSkeletonsOpt,
     ModelOpt,
+    OptionGroup,
     SkeletonsOpt,
     given,
     numbers,
@@ -21,11 +25,47 @@ from emosteer.cli.options import (
 )
 from emosteer.errors import BadInputError
 
+if TYPE_CHECKING:
+    from emosteer.circuits.discover import DiscoverConfig
+    from emosteer.evaluate.compare import CompareConfig
+
 
 def _counts(**values: int | None) -> dict[str, Any]:
     """The skeleton counts given: 0 means all (None in the config); left out keeps the
     config's value."""
     return {name: value or None for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class DiscoverOptions(OptionGroup):
+    """What `discover` reads and checks; None keeps DiscoverConfig's value.
+
+    Example:
+        DiscoverOptions(skeletons=10, budget=64).config(GenerateOptions())
+    """
+
+    emotions: EmotionsOpt = None
+    skeletons: SkeletonsOpt = None
+    test_skeletons: HeldOutSkeletonsOpt = None
+    budget: Annotated[int | None, typer.Option(
+        min=1, help="components per emotion in the circuit"
+                    " (default: DiscoverConfig.budget)")] = None
+    ks: Annotated[list[str] | None, typer.Option(
+        "--k", "--ks", callback=split_commas,
+        help="how many components the checks ablate/enhance; repeat for several "
+             "(default: DiscoverConfig.ks)")] = None
+
+    def config(self, gen: GenerateOptions) -> DiscoverConfig:
+        """DiscoverConfig with the options that were given (the seed is the sampling seed)."""
+        from emosteer.circuits.discover import DiscoverConfig
+
+        k_values = numbers(self.ks, "--ks", int)
+        base = DiscoverConfig()
+        return DiscoverConfig(
+            **_counts(skeletons=self.skeletons, test_skeletons=self.test_skeletons), **given(
+                emotions=tuple(self.emotions) if self.emotions else None, budget=self.budget,
+                seed=gen.seed, ks=tuple(k_values) if k_values else None),
+            generation=gen.config(base.generation))
 
 
 @with_groups
@@ -34,18 +74,7 @@ def discover(
     out: Annotated[Path, typer.Option(
         file_okay=False, help="folder for the circuit, directions, vectors, plots and "
                               "report.md")] = CIRCUITS,
-    emotions: EmotionsOpt = None,
-    skeletons: SkeletonsOpt = None,
-    test_skeletons: Annotated[int | None, typer.Option(
-        min=0, help="held-out SEV skeletons for the causal checks; 0: all (default: "
-                    "DiscoverConfig.test_skeletons)")] = None,
-    budget: Annotated[int | None, typer.Option(
-        min=1, help="components per emotion in the circuit"
-                    " (default: DiscoverConfig.budget)")] = None,
-    ks: Annotated[list[str] | None, typer.Option(
-        "--k", "--ks", callback=split_commas,
-        help="how many components the checks ablate/enhance; repeat for several "
-             "(default: DiscoverConfig.ks)")] = None,
+    search: DiscoverOptions = DiscoverOptions(),
     gen: GenerateOptions = GenerateOptions(),
 ) -> None:
     """Find the heads and neurons that carry each emotion (SEV dataset) and save a circuit.
@@ -54,14 +83,10 @@ def discover(
     """
     from rich.table import Table
 
-    from emosteer.circuits.discover import DiscoverConfig, save
     from emosteer.circuits.discover import discover as run
+    from emosteer.circuits.discover import save
 
-    k_values = numbers(ks, "--ks", int)
-    base = DiscoverConfig()
-    cfg = DiscoverConfig(**_counts(skeletons=skeletons, test_skeletons=test_skeletons), **given(
-        emotions=tuple(emotions) if emotions else None, budget=budget, seed=gen.seed,
-        ks=tuple(k_values) if k_values else None), generation=gen.config(base.generation))
+    cfg = search.config(gen)
     m, tok = load(model)
     result = run(m, tok, cfg)
     paths = save(result, out, list(cfg.emotions))
@@ -75,25 +100,44 @@ def discover(
                   f"{paths['report']}; then `emosteer experiment compare --circuits {out}`")
 
 
+@dataclass(frozen=True)
+class CompareOptions(OptionGroup):
+    """Which scenes `experiment compare` uses and what it tries; None keeps CompareConfig's.
+
+    Example:
+        CompareOptions(alphas=["1", "2"]).config(("joy", "anger"), GenerateOptions())
+    """
+
+    test_skeletons: HeldOutSkeletonsOpt = None
+    calibration_skeletons: Annotated[int | None, typer.Option(
+        min=1, help="discovery skeletons for choosing alpha and strength (default: "
+                    "CompareConfig.calibration_skeletons)")] = None
+    alphas: AlphaListOpt = None
+    strengths: Annotated[list[str] | None, typer.Option(
+        "--strengths", "--strength", callback=split_commas,
+        help="a circuit strength tried (per emotion); repeat for several (default: "
+             "CompareConfig.strengths)")] = None
+
+    def config(self, emotions: tuple[str, ...], gen: GenerateOptions) -> CompareConfig:
+        """CompareConfig for the circuit's emotions with the options that were given."""
+        from emosteer.evaluate.compare import CompareConfig
+
+        tried = {name: numbers(values, f"--{name}") for name, values in
+                 (("alphas", self.alphas), ("strengths", self.strengths))}
+        base = CompareConfig()
+        return CompareConfig(emotions=emotions, **given(
+            calibration_skeletons=self.calibration_skeletons, seed=gen.seed,
+            **{k: tuple(v) for k, v in tried.items() if v is not None}),
+            **_counts(test_skeletons=self.test_skeletons),
+            generation=gen.config(base.generation))
+
+
 @with_groups
 def compare(
     model: ModelOpt = "default",
     circuits: Annotated[Path, typer.Option(
         file_okay=False, help="the folder `emosteer discover` wrote")] = CIRCUITS,
-    test_skeletons: Annotated[int | None, typer.Option(
-        min=0, help="held-out SEV test skeletons (x 3 valences); 0: all (default: "
-                    "CompareConfig.test_skeletons)")] = None,
-    calibration_skeletons: Annotated[int | None, typer.Option(
-        min=1, help="discovery skeletons for choosing alpha and strength (default: "
-                    "CompareConfig.calibration_skeletons)")] = None,
-    alphas: Annotated[list[str] | None, typer.Option(
-        "--alphas", "--alpha", callback=split_commas,
-        help="a steering alpha tried (per emotion); repeat for several (default: "
-             "CompareConfig.alphas)")] = None,
-    strengths: Annotated[list[str] | None, typer.Option(
-        "--strengths", "--strength", callback=split_commas,
-        help="a circuit strength tried (per emotion); repeat for several (default: "
-             "CompareConfig.strengths)")] = None,
+    tried: CompareOptions = CompareOptions(),
     gen: GenerateOptions = GenerateOptions(),
 ) -> None:
     """Prompting vs emotion-vector steering vs circuit modulation on held-out SEV scenes.
@@ -101,8 +145,8 @@ def compare(
     Example: [bold]emosteer discover && emosteer experiment compare[/bold]
     """
     from emosteer.circuits import EmotionCircuit
-    from emosteer.evaluate.compare import CompareConfig, markdown, save
     from emosteer.evaluate.compare import compare as run
+    from emosteer.evaluate.compare import markdown, save
     from emosteer.vectors import EmotionVector
 
     path = circuits / "circuit.safetensors"
@@ -112,14 +156,7 @@ def compare(
     circuit = EmotionCircuit.load(path)
     vectors = {e: EmotionVector.load(circuits / "vectors" / f"{e}.safetensors")
                for e in circuit.emotions}
-    tried = {name: numbers(values, f"--{name}") for name, values in
-             (("alphas", alphas), ("strengths", strengths))}
-    base = CompareConfig()
-    cfg = CompareConfig(emotions=tuple(circuit.emotions), **given(
-        calibration_skeletons=calibration_skeletons, seed=gen.seed,
-        **{k: tuple(v) for k, v in tried.items() if v is not None}),
-        **_counts(test_skeletons=test_skeletons),
-        generation=gen.config(base.generation))
+    cfg = tried.config(tuple(circuit.emotions), gen)
     m, tok = load(model)
     result = run(m, tok, circuit, vectors, cfg)
     files = save(result, circuits)

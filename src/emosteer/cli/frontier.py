@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,6 +14,7 @@ from emosteer.cli.options import (
     EmotionsOpt,
     GenerateOptions,
     ModelOpt,
+    OptionGroup,
     OutDirOpt,
     given,
     split_commas,
@@ -21,7 +22,56 @@ from emosteer.cli.options import (
 )
 from emosteer.errors import BadInputError, EmosteerError
 
+if TYPE_CHECKING:
+    from emosteer.evaluate.frontier import FrontierConfig
+
 VECTORS_DIR = Path("runs/frontier/vectors")  # <method>/<emotion>.safetensors
+
+
+@dataclass(frozen=True)
+class SearchOptions(OptionGroup):
+    """What the search tries and how it chooses; None keeps FrontierConfig's value.
+
+    Example:
+        SearchOptions(methods=["mean_diff"], limit=2).config()  # FrontierConfig(...)
+    """
+
+    methods: Annotated[list[str] | None, typer.Option(
+        "--method", "--methods", callback=split_commas,
+        help="a method (mean_diff, centered, band, band_auto, norm, filtered, trained, "
+             "prompt); repeat for several (default: frontier.METHODS, all)")] = None
+    emotions: EmotionsOpt = None
+    calibration_limit: Annotated[int | None, typer.Option(
+        min=1, help="calibration questions per EQ+ category, the only ones that choose "
+                    "(default: FrontierConfig.calibration_limit)")] = None
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="held-out questions per EQ+ category, the only ones reported "
+                    "(default: FrontierConfig.limit)")] = None
+    judges: Annotated[list[str] | None, typer.Option(
+        "--judge", callback=split_commas,
+        help="a judge spec; repeat for a second opinion (default: embedded-a and embedded-b, "
+             "trained on disjoint halves of emotion_corpus)")] = None
+    max_ppl_ratio: Annotated[float | None, typer.Option(
+        min=1.0, max=1e6, help="fluency bound, x the unsteered PPL "
+                               "(default: FrontierConfig.max_ppl_ratio)")] = None
+    min_topic: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="topic bound (default: FrontierConfig.min_topic)")] = None
+
+    def config(self) -> FrontierConfig:
+        """FrontierConfig with the options that were given; an unknown method is refused."""
+        from emosteer.evaluate import frontier as F
+
+        known = {m.name: m for m in F.METHODS}
+        unknown = [m for m in self.methods or () if m not in known]
+        if unknown:
+            raise BadInputError(f"unknown method {unknown[0]!r}: choose from "
+                                f"{', '.join(known)}")
+        return F.FrontierConfig(**given(
+            methods=tuple(known[m] for m in self.methods) if self.methods else None,
+            emotions=tuple(self.emotions) if self.emotions else None,
+            calibration_limit=self.calibration_limit, limit=self.limit,
+            judges=tuple(self.judges) if self.judges else None,
+            max_ppl_ratio=self.max_ppl_ratio, min_topic=self.min_topic))
 
 
 @with_groups
@@ -30,26 +80,7 @@ def frontier(
         "--vectors", file_okay=False,
         help="one folder of vectors per method: <vectors>/<method>/<emotion>.safetensors")
     ] = VECTORS_DIR,
-    methods: Annotated[list[str] | None, typer.Option(
-        "--method", "--methods", callback=split_commas,
-        help="a method (mean_diff, centered, band, band_auto, norm, filtered, trained, "
-             "prompt); repeat for several (default: frontier.METHODS, all)")] = None,
-    emotions: EmotionsOpt = None,
-    calibration_limit: Annotated[int | None, typer.Option(
-        min=1, help="calibration questions per EQ+ category, the only ones that choose "
-                    "(default: FrontierConfig.calibration_limit)")] = None,
-    limit: Annotated[int | None, typer.Option(
-        min=1, help="held-out questions per EQ+ category, the only ones reported "
-                    "(default: FrontierConfig.limit)")] = None,
-    judges: Annotated[list[str] | None, typer.Option(
-        "--judge", callback=split_commas,
-        help="a judge spec; repeat for a second opinion (default: embedded-a and embedded-b, "
-             "trained on disjoint halves of emotion_corpus)")] = None,
-    max_ppl_ratio: Annotated[float | None, typer.Option(
-        min=1.0, max=1e6, help="fluency bound, x the unsteered PPL "
-                               "(default: FrontierConfig.max_ppl_ratio)")] = None,
-    min_topic: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="topic bound (default: FrontierConfig.min_topic)")] = None,
+    search: SearchOptions = SearchOptions(),
     extract: Annotated[bool, typer.Option(
         "--extract/--no-extract",
         help="first extract the methods whose folder is missing (emotion_query only)")] = False,
@@ -65,36 +96,38 @@ def frontier(
     Example: [bold]emosteer experiment frontier --method mean_diff --method trained --extract[/bold]
     """
     from emosteer.evaluate import frontier as F
-
-    known = {m.name: m for m in F.METHODS}
-    unknown = [m for m in methods or () if m not in known]
-    if unknown:
-        raise BadInputError(f"unknown method {unknown[0]!r}: choose from {', '.join(known)}")
-    cfg = F.FrontierConfig(**given(
-        methods=tuple(known[m] for m in methods) if methods else None,
-        emotions=tuple(emotions) if emotions else None, calibration_limit=calibration_limit,
-        limit=limit, judges=tuple(judges) if judges else None, max_ppl_ratio=max_ppl_ratio,
-        min_topic=min_topic))
     from emosteer.evaluate.judges import load_judge
 
+    cfg = search.config()
     for spec in cfg.judges:
         load_judge(spec)  # a bad spec fails before the model loads
     m, tok = load(model)
     if extract:
-        from emosteer.evaluate.frontier_vectors import build_vectors
-        from emosteer.extraction import ExtractConfig
-
-        base = ExtractConfig(emotions=cfg.emotions, limit=extract_limit)
-        built = build_vectors(m, tok, cfg.methods, vectors, replace(
-            base, generation=gen.config(base.generation)))
-        for name, folder in built.items():
-            console.print(f"extracted {name} -> {folder}")
+        _extract_missing(m, tok, cfg, vectors, extract_limit, gen)
     generation = gen.config(F.eval_config(cfg).generation)
     try:
         result = F.run(m, tok, vectors, out, cfg, generation=generation, seed=generation.seed)
     except EmosteerError as err:
         raise type(err)(f"{err} (answers and scores so far are kept in {out}/; rerun the same "
                         "command to resume)") from err
+    _print_result(result, cfg)
+
+
+def _extract_missing(model: Any, tokenizer: Any, cfg: FrontierConfig, vectors: Path,
+                     limit: int, gen: GenerateOptions) -> None:
+    """--extract: build the folders of the methods that have none, and say where."""
+    from emosteer.evaluate.frontier_vectors import build_vectors
+    from emosteer.extraction import ExtractConfig
+
+    base = ExtractConfig(emotions=cfg.emotions, limit=limit)
+    built = build_vectors(model, tokenizer, cfg.methods, vectors, replace(
+        base, generation=gen.config(base.generation)))
+    for name, folder in built.items():
+        console.print(f"extracted {name} -> {folder}")
+
+
+def _print_result(result: Any, cfg: FrontierConfig) -> None:
+    """The held-out table and where the report and the rows are."""
     from emosteer.evaluate.frontier_report import summary_table
 
     console.print(f"held out: EPS by {' / '.join(cfg.judges)} at each method's chosen setting")

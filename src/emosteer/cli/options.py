@@ -167,6 +167,13 @@ OutFileOpt = Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
 InFileArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the file to read")]
 SkeletonsOpt = Annotated[int | None, typer.Option(
     min=0, help="SEV skeletons (x 3 valences), seeded; 0: all (default: DiscoverConfig.skeletons)")]
+HeldOutSkeletonsOpt = Annotated[int | None, typer.Option(
+    min=0, help="held-out SEV test skeletons (x 3 valences) for the causal checks or the "
+                "comparison; 0: all (default: the command's config's test_skeletons)")]
+AlphaListOpt = Annotated[list[str] | None, typer.Option(
+    "--alphas", "--alpha", callback=split_commas,
+    help="a steering alpha tried; repeat for several (-1,0,1 also works)"
+         " (default: the command's config)")]
 
 
 # --- option groups ----------------------------------------------------------------------------
