@@ -4,6 +4,7 @@ One module per command group; this one holds the command table and `main()`:
 
 vectors.py   extract, info, demo
 generate.py  generate (a vector, a mix or a circuit)
+meter.py     meter (per-token emotion readings of a text)
 evaluate.py  classify; experiment alpha-sweep, mix, base, prompting
 circuits.py  discover; experiment compare
 frontier.py  experiment frontier (the method search)
@@ -24,7 +25,7 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from emosteer.cli import circuits, evaluate, frontier, generate, interop, serve, vectors
+from emosteer.cli import circuits, evaluate, frontier, generate, interop, meter, serve, vectors
 from emosteer.cli.common import err_console
 from emosteer.errors import EmosteerError
 
@@ -42,6 +43,7 @@ app = typer.Typer(
          "see a traceback.")
 app.command()(vectors.extract)
 app.command()(generate.generate)
+app.command()(meter.meter)
 app.command()(vectors.info)
 app.command()(vectors.demo)
 app.command()(serve.serve)

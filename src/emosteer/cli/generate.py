@@ -1,15 +1,21 @@
-"""The generate command: answer questions steered by a vector, a mix, or a circuit."""
+"""The generate command: answer questions steered by a vector, a mix, or a circuit.
+
+With --meter, each answer is printed with its tokens coloured by the emotion meter (read while
+generating: the meter's hooks record every token, no extra pass) and a sparkline per emotion.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from emosteer.cli.common import console, load, vectors_in
+from emosteer.cli.meter import MeterFileOpt
 from emosteer.cli.options import (
     VECTORS,
     ForceOpt,
@@ -87,6 +93,10 @@ def generate(
         help="all, or generated (newest token only) (default: steer's positions)")] = None,
     system: Annotated[str | None, typer.Option(callback=utf8, help="a system prompt")] = None,
     force: ForceOpt = False,
+    meter: Annotated[bool, typer.Option(
+        "--meter", help="show the emotion meter: tokens coloured by their dominant emotion "
+                        "and a sparkline per emotion")] = False,
+    meter_file: MeterFileOpt = None,
     gen: GenerateOptions = GenerateOptions(),
 ) -> None:
     """Answer questions steered by a vector or a mix of emotions.
@@ -95,6 +105,8 @@ def generate(
 
     Through a circuit: [bold]emosteer generate "The bus is late again." --circuit
     circuits/circuit.safetensors --emotion fear --alpha 1[/bold]
+
+    With the meter: [bold]emosteer generate "How was your day?" --mix joy=1 --meter[/bold]
     """
     from emosteer.steering import check_alpha
 
@@ -103,30 +115,58 @@ def generate(
     # check_alpha parses text itself, so its message names the value as typed
     strengths = [check_alpha(a) for a in alpha] if alpha else None
     options = given(positions=positions, allow_other_model=force or None)
+    shown = Shown(meter or meter_file is not None, meter_file)
     if circuit is not None:
         if layers:
             raise BadInputError("--layers applies to vectors: a circuit names its own heads "
                                 "and neurons")
         _by_circuit(questions, model, circuit, emotion, strengths, system, gen.config(),
-                    options)
+                    options, shown)
     else:
         chosen = numbers(layers, "--layers", int)
         _by_vector(questions, model, vector, mix, vectors_dir, strengths, system,
-                   gen.config(), {**options, **given(layers=chosen)})
+                   gen.config(), {**options, **given(layers=chosen)}, shown)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How answers are shown: in a table, or (--meter) each metered while it is generated."""
+
+    metered: bool = False
+    meter_file: Path | None = None  # None: the meter shipped for the model
+
+    def run(self, m: Any, tok: Any, questions: list[str], context: Any, label: str,
+            system: str | None, cfg: GenerateConfig) -> None:
+        """Generate under `context` (an unentered steer or modulate) with the meter's hooks
+        registered first, and print each answer metered."""
+        from emosteer.cli.meter import render
+        from emosteer.meter import generate_metered, load_meter
+
+        chosen = load_meter(m, self.meter_file)
+        answers = generate_metered(m, tok, questions, chosen, context, system, cfg)
+        for q, readings in zip(questions, answers, strict=True):
+            console.print(render(readings, f"{q}  ({label})"))
+            console.print()
 
 
 def _by_vector(questions: list[str], model: str, vector: Path | None, mix: list[str] | None,
                folder: Path, strengths: list[float] | None, system: str | None,
-               cfg: GenerateConfig, options: dict[str, Any]) -> None:
+               cfg: GenerateConfig, options: dict[str, Any], shown: Shown) -> None:
     from rich.table import Table
 
     from emosteer.generation import generate_text
+    from emosteer.steering import steer
     from emosteer.vectors import EmotionVector
     from emosteer.vectors import mix as mix_vectors
 
     steering = (EmotionVector.load(vector) if vector is not None
                 else mix_vectors(vectors_in(folder), parse_mix(mix or [])))
     m, tok = load(model)
+    if shown.metered:
+        for a in strengths or [library_default(generate_text, "alpha")]:
+            shown.run(m, tok, questions, steer(m, steering, a, **options),
+                      f"alpha {a:g}, {steering.emotion}", system, cfg)
+        return
     table = Table("question", "alpha", f"answer steered by {steering.emotion}", show_lines=True)
     for a in strengths or [library_default(generate_text, "alpha")]:
         answers = generate_text(m, tok, questions, steering, a, system=system, cfg=cfg,
@@ -138,7 +178,7 @@ def _by_vector(questions: list[str], model: str, vector: Path | None, mix: list[
 
 def _by_circuit(questions: list[str], model: str, path: Path, emotion: str | None,
                 strengths: list[float] | None, system: str | None, cfg: GenerateConfig,
-                options: dict[str, Any]) -> None:
+                options: dict[str, Any], shown: Shown) -> None:
     from rich.table import Table
 
     from emosteer.circuits import EmotionCircuit, modulate
@@ -149,6 +189,11 @@ def _by_circuit(questions: list[str], model: str, path: Path, emotion: str | Non
         raise BadInputError(f"--circuit needs --emotion: one of {', '.join(circuit.emotions)}")
     circuit.of(emotion)  # an unknown emotion fails before the model loads
     m, tok = load(model)
+    if shown.metered:
+        for strength in strengths or [library_default(modulate, "strength")]:
+            shown.run(m, tok, questions, modulate(m, circuit, emotion, strength, **options),
+                      f"{emotion} circuit, strength {strength:g}", system, cfg)
+        return
     table = Table("question", "strength", f"answer through the {emotion} circuit",
                   show_lines=True)
     for strength in strengths or [library_default(modulate, "strength")]:

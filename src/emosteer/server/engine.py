@@ -6,6 +6,11 @@ left-padded batch and decodes them step by step with a KV cache, every row steer
 vector through `emosteer.steering.steer_rows`. A row that finishes leaves the batch (its KV
 cache rows are dropped); requests that arrive meanwhile form the next batch. Each request
 samples from its own seeded generator, so its tokens do not depend on its batch-mates.
+
+A request that asks for the emotion meter gets ("meter", (token text, {emotion: reading}))
+before the text of each of its tokens. The meter's hooks are registered only for a batch that
+holds such a request, and before the steering hooks, so they read each site before it is
+steered; a batch without one runs exactly as before.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from transformers import (
 
 from emosteer.errors import EmosteerError
 from emosteer.generation import GenerateConfig, eos_ids
+from emosteer.meter import Meter, as_dict, load_meter, metering
 from emosteer.models import cache_arg, cache_of, forward_params
 from emosteer.steering import steer_rows
 from emosteer.vectors import EmotionVector
@@ -70,7 +76,8 @@ class Sampling:
 @dataclass(eq=False)
 class Job:
     """One request inside the engine. `emit` receives ("delta", text) events, then ("done", reason)
-    or ("error", message); it is called from the worker thread."""
+    or ("error", message); it is called from the worker thread. With meter=True, each token's
+    ("meter", (token text, {emotion: reading})) comes before the text it adds."""
 
     prompt_ids: list[int]
     vector: EmotionVector | None  # alpha already applied; None = unsteered
@@ -80,6 +87,7 @@ class Job:
     text: str = ""  # text emitted so far (stop strings and unfinished characters held back)
     finish_reason: str | None = None
     cancelled: bool = False  # set by the API when the client goes away
+    meter: bool = False  # emit each token's emotion readings (the engine's meter must be set)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -118,6 +126,8 @@ class Engine:
         # 8 x 100 x vocab floats (150 MB for SmolLM2)
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self.meter: Meter | None = None  # set by `ready_meter` on the first metered request
+        self._meter_error: str | None = None  # why there is none for this model
         self._thread: threading.Thread | None = None
         self.stats = {"batches": 0, "max_batch_seen": 0, "requests": 0, "tokens": 0,
                       "errors": 0, "cancelled": 0}
@@ -140,6 +150,19 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         self._queue.put(job)
+
+    def ready_meter(self) -> Meter:
+        """The meter metered jobs read with: the one set, else the one shipped for the model
+        (loaded once; an EmosteerError says how to fit one when there is none)."""
+        if self.meter is None:
+            if self._meter_error is not None:
+                raise EmosteerError(self._meter_error)
+            try:
+                self.meter = load_meter(self.model)
+            except EmosteerError as err:
+                self._meter_error = str(err)  # asked again, answered at once
+                raise
+        return self.meter
 
     # --- worker ----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -190,7 +213,7 @@ class Engine:
         cache = None
         step_ids = ids
         steering = ExitStack()  # per-row vectors, re-armed only when the rows change
-        with torch.no_grad(), steering:
+        with torch.no_grad(), self._metering(jobs) as readings, steering:
             steering.enter_context(self._steering([jobs[r] for r in rows]))
             while rows:
                 kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True,
@@ -202,6 +225,7 @@ class Engine:
                     kwargs[self._cache_arg] = cache
                 out = self.model(**kwargs)
                 cache = cache_of(out)
+                now = readings.pop() if readings else None  # (batch, emotions) when metered
                 logits = out.logits[:, -1, :].float()  # (batch, vocab)
                 chosen = [_pick(logits[k:k + 1], history[r], steps[r], gens[r],
                                 greedy=jobs[r].sampling.temperature <= 0)
@@ -210,7 +234,7 @@ class Engine:
                 for k, (r, token) in enumerate(zip(rows, chosen, strict=False)):
                     history[r].append(token)
                     self.stats["tokens"] += 1
-                    if not self._advance(jobs[r], token):
+                    if not self._advance(jobs[r], token, None if now is None else now[k]):
                         keep.append(k)
                 if not keep:
                     break
@@ -224,14 +248,20 @@ class Engine:
                 step_ids = torch.tensor([[chosen[k]] for k in keep], device=device)  # (batch, 1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
 
+    def _metering(self, jobs: list[Job]):
+        """The meter's read-only hooks when a job asks for readings (else nothing)."""
+        if self.meter is None or not any(j.meter for j in jobs):
+            return nullcontext(None)
+        return metering(self.model, self.meter)
+
     def _steering(self, jobs: list[Job]):
         vectors = [j.vector for j in jobs]
         if all(v is None for v in vectors):
             return nullcontext()
         return steer_rows(self.model, vectors, allow_other_model=True)
 
-    def _advance(self, job: Job, token: int) -> bool:
-        """Record a token, emit the new text; True when the job is finished."""
+    def _advance(self, job: Job, token: int, reading: torch.Tensor | None = None) -> bool:
+        """Record a token (and its readings), emit the new text; True when the job is finished."""
         if job.cancelled:
             job.finish_reason = "cancelled"
             self.stats["cancelled"] += 1
@@ -239,6 +269,9 @@ class Engine:
         ended = token in self.eos_ids
         if not ended:
             job.tokens.append(token)
+            if job.meter and reading is not None and self.meter is not None:
+                job.emit("meter", (self.tokenizer.decode([token]),
+                                   as_dict(self.meter.emotions, reading)))
         text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
         reason = "stop" if ended else None
         stop_at = _first_stop(text, job.sampling.stop)

@@ -3,6 +3,11 @@
 The engine's worker thread reports a job's progress as ("delta", text), then ("done",
 reason) or ("error", message) events on an asyncio queue; these functions turn that queue
 into the response.
+
+A metered request (`"meter": true`) also gets ("meter", (token, readings)) events, one per
+token before its text: a streamed chunk carries `emotion_meter`, the mean readings of the
+tokens since the chunk before ({"joy": 0.81, ...}; absent when it has no tokens); a whole
+completion carries `choices[0].emotion_meter`, one {"token", "readings"} per generated token.
 """
 
 from __future__ import annotations
@@ -16,7 +21,18 @@ from typing import Any
 from emosteer.server.engine import Job
 from emosteer.server.errors import APIError
 
-__all__ = ["Reply", "collect", "stream", "usage"]
+__all__ = ["Reply", "collect", "mean_readings", "stream", "usage"]
+
+
+def mean_readings(readings: list[dict[str, float]]) -> dict[str, float] | None:
+    """The mean per emotion of some tokens' readings, rounded; None for no tokens.
+
+    Example:
+        mean_readings([{"joy": 0.2}, {"joy": 0.6}])  # {"joy": 0.4}
+    """
+    if not readings:
+        return None
+    return {e: round(sum(r[e] for r in readings) / len(readings), 4) for e in readings[0]}
 
 
 def usage(n_prompt: int, n_completion: int) -> dict[str, int]:
@@ -44,20 +60,25 @@ class Reply:
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, job: Job) -> dict[str, Any]:
-        """The non-streamed completion."""
+    def whole(self, text: str, job: Job, meter: list[dict] | None = None) -> dict[str, Any]:
+        """The non-streamed completion (with meter: one {"token", "readings"} per token)."""
+        choice: dict[str, Any]
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "logprobs": None, "finish_reason": job.finish_reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None,
                       "finish_reason": job.finish_reason}
+        if meter is not None:
+            choice["emotion_meter"] = meter
         kind = "chat.completion" if self.chat else "text_completion"
         return {**self._head(kind), "choices": [choice],
                 "usage": usage(self.n_prompt, len(job.tokens)), "emotion": self.emotion}
 
-    def chunk(self, delta: str | None, reason: str | None, first: bool = False) -> str:
-        """One `data: {...}` event carrying new text or the finish reason."""
+    def chunk(self, delta: str | None, reason: str | None, first: bool = False,
+              meter: dict[str, float] | None = None) -> str:
+        """One `data: {...}` event carrying new text or the finish reason (and the mean
+        readings of its tokens, when metered)."""
         if self.chat:
             d: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
                 {"content": delta} if delta is not None else {})
@@ -66,6 +87,8 @@ class Reply:
         else:
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
         body = {**self._head(self._chunk_kind), "choices": [choice], "emotion": self.emotion}
+        if meter is not None:
+            body["emotion_meter"] = meter
         if self.include_usage:
             body["usage"] = None
         return _event(body)
@@ -87,15 +110,19 @@ def _event(body: dict[str, Any]) -> str:
 async def stream(events: asyncio.Queue, job: Job, reply: Reply) -> AsyncIterator[str]:
     """Server-sent events as the OpenAI API sends them, ending with `data: [DONE]`; a client
     that leaves early cancels its job (its batch row is freed at the next step)."""
+    pending: list[dict[str, float]] = []  # readings of the tokens not yet sent
     try:
         if reply.chat:
             yield reply.chunk(None, None, first=True)
         while True:
             kind, payload = await events.get()
-            if kind == "delta":
-                yield reply.chunk(str(payload), None)
+            if kind == "meter":
+                pending.append(payload[1])
+            elif kind == "delta":
+                yield reply.chunk(str(payload), None, meter=mean_readings(pending))
+                pending = []
             elif kind == "done":
-                yield reply.chunk(None, str(payload))
+                yield reply.chunk(None, str(payload), meter=mean_readings(pending))
                 break
             else:
                 error = APIError(500, str(payload), "generation_failed", kind="server_error")
@@ -110,8 +137,9 @@ async def stream(events: asyncio.Queue, job: Job, reply: Reply) -> AsyncIterator
 
 
 async def collect(events: asyncio.Queue, job: Job,
-                  gone: Callable[[], Awaitable[bool]]) -> str:
-    """The whole text of a job; cancels it when `gone()` says the client disconnected."""
+                  gone: Callable[[], Awaitable[bool]]) -> tuple[str, list[dict]]:
+    """The whole text of a job and its tokens' readings ([] unless metered); cancels the job
+    when `gone()` says the client disconnected."""
     async def watch() -> None:
         while not await gone():
             await asyncio.sleep(0.5)
@@ -119,13 +147,16 @@ async def collect(events: asyncio.Queue, job: Job,
 
     watcher = asyncio.create_task(watch())
     text: list[str] = []
+    meter: list[dict] = []
     try:
         while True:
             kind, payload = await events.get()
-            if kind == "delta":
+            if kind == "meter":
+                meter.append({"token": payload[0], "readings": payload[1]})
+            elif kind == "delta":
                 text.append(str(payload))
             elif kind == "done":
-                return "".join(text)
+                return "".join(text), meter
             elif kind == "gone":
                 raise APIError(499, "the client closed the connection", "client_closed")
             else:

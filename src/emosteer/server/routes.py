@@ -49,7 +49,8 @@ async def models(server: Served) -> dict[str, Any]:
     return {"object": "list", "data": [{
         "id": server.name, "object": "model", "created": 0, "owned_by": "emosteer",
         "emotions": sorted(server.vectors), "site": server.site, "max_alpha": MAX_ALPHA,
-        "max_tokens": server.cfg.max_tokens, "context_length": server.limit}]}
+        "max_tokens": server.cfg.max_tokens, "context_length": server.limit,
+        "meter": _meter_emotions(server)}]}
 
 
 @router.post("/v1/chat/completions")
@@ -75,6 +76,11 @@ async def _complete(request: Request, server: Server, body: ChatRequest | Comple
                     chat: bool) -> Response:
     sampling = _sampling(body, server.cfg, server.limit, len(prompt_ids))
     engine = server.engine
+    if body.meter:
+        try:
+            engine.ready_meter()
+        except EmosteerError as err:
+            raise APIError(400, str(err), "meter_unavailable", "meter") from None
     if engine.queued() >= server.cfg.max_queue:
         raise APIError(429, f"{engine.queued()} requests are waiting: retry shortly",
                        "server_busy", kind="rate_limit_error")
@@ -84,7 +90,7 @@ async def _complete(request: Request, server: Server, body: ChatRequest | Comple
     def emit(kind: str, payload: object) -> None:
         loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
 
-    job = Job(prompt_ids, vector, sampling, emit)
+    job = Job(prompt_ids, vector, sampling, emit, meter=body.meter)
     engine.submit(job)
     reply = Reply(chat=chat, id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
                   created=int(time.time()), model=server.name, n_prompt=len(prompt_ids),
@@ -93,8 +99,16 @@ async def _complete(request: Request, server: Server, body: ChatRequest | Comple
     if body.stream:
         return StreamingResponse(stream(events, job, reply), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    text = await collect(events, job, request.is_disconnected)
-    return JSONResponse(reply.whole(text, job))
+    text, readings = await collect(events, job, request.is_disconnected)
+    return JSONResponse(reply.whole(text, job, readings if body.meter else None))
+
+
+def _meter_emotions(server: Server) -> list[str] | None:
+    """The emotions the meter reads (`"meter": true` works), or None when there is none."""
+    try:
+        return list(server.engine.ready_meter().emotions)
+    except EmosteerError:
+        return None
 
 
 def _steering(weights: Mapping[str, float] | None,

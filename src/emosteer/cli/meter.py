@@ -1,0 +1,95 @@
+"""The meter command: a text's tokens coloured by their dominant emotion, a sparkline per emotion.
+
+`render` is shared with `emosteer generate --meter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from emosteer.cli.common import console, load
+from emosteer.cli.options import ModelOpt, texts, utf8
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from emosteer.meter import Readings
+
+COLOURS = {"joy": "yellow", "anger": "red", "sadness": "blue", "fear": "magenta",
+           "disgust": "green", "surprise": "cyan"}
+BARS = "▁▂▃▄▅▆▇█"
+FLOOR = 0.5  # a token is coloured when its highest reading reaches this
+WIDTH = 60  # sparkline characters at most: longer texts are averaged into this many bins
+
+MeterFileOpt = Annotated[Path | None, typer.Option(
+    "--meter-file", exists=True, dir_okay=False,
+    help="a meter JSON from scripts/fit_meter.py (default: the one shipped for the model)")]
+
+
+def sparkline(values: Sequence[float], width: int = WIDTH) -> str:
+    """0-1 values as block characters, averaged into at most `width` bins.
+
+    Example:
+        >>> sparkline([0.0, 0.5, 1.0])
+        '▁▅█'
+    """
+    if len(values) > width:
+        step = len(values) / width
+        values = [sum(part) / len(part) for part in
+                  (values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)]
+                   for i in range(width))]
+    top = len(BARS) - 1
+    return "".join(BARS[min(top, max(0, round(v * top)))] for v in values)
+
+
+def render(readings: Readings, title: str | None = None) -> Group:
+    """The text with each token coloured by its dominant emotion, a legend, and per emotion
+    a sparkline over the tokens with the text-level mean."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    text = Text()
+    for token, emotion in zip(readings.tokens, readings.dominant(FLOOR), strict=True):
+        text.append(token, style=f"bold {COLOURS.get(emotion, 'white')}" if emotion else "")
+    legend = Text("colour: the emotion reading highest on the token, when it reaches "
+                  f"{FLOOR:g}; ", style="dim")
+    for emotion in readings.emotions:
+        legend.append(f"{emotion} ", style=COLOURS.get(emotion, "white"))
+    table = Table(box=None, show_header=False, padding=(0, 1))
+    means = readings.mean()
+    for i, emotion in enumerate(readings.emotions):
+        column = [float(v) for v in readings.values[:, i]]
+        table.add_row(Text(emotion, style=COLOURS.get(emotion, "white")),
+                      Text(sparkline(column), style=COLOURS.get(emotion, "white")),
+                      f"mean {means[emotion]:.2f}", f"max {max(column, default=0.0):.2f}")
+    parts = [Text(title, style="bold")] if title else []
+    return Group(*parts, text, legend, table)
+
+
+def meter(
+    text: Annotated[list[str], typer.Argument(help="the text to read", callback=texts)],
+    model: ModelOpt = "default",
+    meter_file: MeterFileOpt = None,
+    question: Annotated[str | None, typer.Option(
+        callback=utf8, help="read the text as the assistant's answer to this question")] = None,
+) -> None:
+    """Read a text with the emotion meter: per token, a 0-1 reading per emotion.
+
+    Example: [bold]emosteer meter "I can't stop smiling, we won the final!"[/bold]
+
+    As an answer: [bold]emosteer meter "It was awful." --question "How was the trip?"[/bold]
+    """
+    from emosteer.meter import load_meter, read_texts
+
+    m, tok = load(model)
+    chosen = load_meter(m, meter_file)
+    items: list = [t if question is None else
+                   [{"role": "user", "content": question}, {"role": "assistant", "content": t}]
+                   for t in text]
+    for readings in read_texts(m, tok, items, chosen):
+        console.print(render(readings))

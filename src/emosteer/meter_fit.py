@@ -1,0 +1,208 @@
+"""Fit the emotion meter: choose its layer band and calibration on emotion_corpus's training part.
+
+The corpus's held-out 20% (`data.held_out_flags`, the embedded judge's test part) is never
+read. The training part is split again by a seeded hash of the ids: the band and the kind of
+calibration are chosen on its validation share, then the chosen one is refitted on the whole
+training part.
+
+Calibration kinds (both a logistic regression per emotion, one-vs-rest, on the band-mean
+projections, standardised):
+- "own": each emotion reads only its own direction (two numbers per emotion);
+- "all": each emotion reads every emotion's direction (a 5 x 5 weight for five emotions), so
+  e.g. anger can discount what it shares with disgust.
+
+Every token of a sentence is labelled with the sentence's label and weighted 1 / its length,
+so each sentence counts once. Sentences labelled with an emotion the meter does not read
+(surprise, neutral) are negatives for every emotion. Chosen by: the mean of the validation
+sentences' argmax accuracy (text-level reading = mean over tokens) and the macro ROC AUC of
+their text-level readings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from emosteer.data import dataset_info, dataset_path, held_out_flags
+from emosteer.emotions import CIRCUIT_EMOTIONS
+from emosteer.errors import BadInputError
+from emosteer.meter import Meter, sequence, token_projections
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from emosteer.vectors import EmotionVector
+
+__all__ = ["corpus_rows", "fit_meter", "roc_auc"]
+
+WIDTHS = (1, 3, 5, 9)  # band widths tried (and the whole vector)
+KINDS = ("own", "all")
+VALIDATION_SHARE = 0.25  # of the training part: where the band and kind are chosen
+VALIDATION_SEED = 7  # not the held-out split's seed (0) nor the judge halves' (1)
+L2 = 1e-3  # light: at most 25 weights against thousands of tokens
+
+
+def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVector],
+              emotions: Sequence[str] | None = None, widths: Sequence[int] = WIDTHS,
+              kinds: Sequence[str] = KINDS, limit: int | None = None, batch_size: int = 16,
+              progress: bool = True) -> Meter:
+    """A calibrated meter for `vectors` on `model`, its band and kind chosen by measurement.
+
+    Args:
+        model, tokenizer: the model the meter will read.
+        vectors: emotion name -> vector (e.g. `load_vectors(folder)`); names outside the six
+            emotions (e.g. "base") are left out unless named in `emotions`.
+        emotions: the emotions to read (default: the vectors' emotion names).
+        widths: band widths to try; the whole vector is always tried too.
+        kinds: calibration kinds to try ("own", "all").
+        limit: read at most this many training sentences per label (tests; None: all).
+        batch_size: sentences per forward pass.
+        progress: show a progress bar.
+
+    Example:
+        m = fit_meter(model, tok, emosteer.load_vectors("vectors"))
+        m.save("meter.json"); m.card["selection"]["chosen"]
+    """
+    names = list(emotions or [e for e in vectors if e in CIRCUIT_EMOTIONS])
+    if not names:
+        raise BadInputError(f"none of the vectors {sorted(vectors)} is an emotion: name them "
+                            "with emotions=[...]")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise BadInputError(f"unknown calibration kind {bad[0]!r}: use {', '.join(KINDS)}")
+    full = Meter.from_vectors(vectors, vectors[names[0]].layers, names)
+    rows = _training_rows(limit)
+    seqs = [sequence(tokenizer, r["text"]) for r in rows]
+    per_layer = token_projections(model, full.site, full.band(), seqs, batch_size, progress)
+    labels = torch.tensor([names.index(r["label"]) if r["label"] in names else -1 for r in rows])
+    val = torch.tensor(held_out_flags([r["id"] for r in rows], VALIDATION_SHARE, VALIDATION_SEED))
+    trials: list[dict[str, Any]] = []
+    for band in _bands(list(full.layers), widths):
+        index = [full.layers.index(layer) for layer in band]
+        raw = [p[:, index].mean(1) for p in per_layer]  # (tokens, emotions) per sentence
+        for kind in kinds:
+            cal = _fit([r for r, v in zip(raw, val, strict=True) if not v], labels[~val], kind)
+            scores = _score(cal, [r for r, v in zip(raw, val, strict=True) if v], labels[val])
+            trials.append({"layers": band, "kind": kind, **scores})
+    best = max(trials, key=lambda t: (t["accuracy"] + t["auc"]) / 2)
+    index = [full.layers.index(layer) for layer in best["layers"]]
+    chosen = Meter.from_vectors(vectors, best["layers"], names)
+    mean, std, weight, bias = _fit([p[:, index].mean(1) for p in per_layer], labels, best["kind"])
+    top = sorted(trials, key=lambda t: -(t["accuracy"] + t["auc"]) / 2)[:8]
+    info = dataset_info("emotion_corpus")
+    card: dict[str, Any] = {
+        **chosen.card, "site": chosen.site, "reading": "the state before each token",
+        "calibration": best["kind"],
+        "corpus": {"name": info.name, "version": info.version, "sha256": info.sha256,
+                   "part": "training (held_out_flags share 0.2, seed 0: not read)",
+                   "training_ids": len(rows), "validation_share": VALIDATION_SHARE,
+                   "validation_seed": VALIDATION_SEED, "validation_ids": int(val.sum()),
+                   "limit_per_label": limit},
+        "selection": {"rule": "max of (validation argmax accuracy + macro AUC) / 2",
+                      "candidates": len(trials), "chosen": _rounded(best),
+                      "top": [_rounded(t) for t in top]}}
+    return replace(chosen, mean=mean, std=std, weight=weight, bias=bias, card=card)
+
+
+def corpus_rows(held_out: bool) -> list[dict]:
+    """emotion_corpus's held-out part (the judge's test 20%) or its training part.
+
+    Example:
+        len(corpus_rows(held_out=True))  # about 440 sentences
+    """
+    with dataset_path("emotion_corpus").open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    flags = held_out_flags([r["id"] for r in rows])
+    return [r for r, held in zip(rows, flags, strict=True) if held == held_out]
+
+
+def _training_rows(limit: int | None) -> list[dict]:
+    """The corpus sentences outside the held-out part (at most `limit` per label)."""
+    kept = corpus_rows(held_out=False)
+    if limit is None:
+        return kept
+    counts: dict[str, int] = {}
+    out = []
+    for r in kept:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+        if counts[r["label"]] <= limit:
+            out.append(r)
+    return out
+
+
+def _bands(layers: list[int], widths: Sequence[int]) -> list[list[int]]:
+    """Windows of consecutive layers of each width (stride about half a width), and all."""
+    out = [layers]
+    for width in widths:
+        if width >= len(layers):
+            continue
+        step = max(1, width // 2)
+        out += [layers[s:s + width] for s in range(0, len(layers) - width + 1, step)]
+    return [list(b) for b in dict.fromkeys(tuple(b) for b in out)]
+
+
+def _fit(raw: list[torch.Tensor], labels: torch.Tensor, kind: str
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, std, weight, bias) of a one-vs-rest logistic per emotion on token readings.
+
+    raw: per sentence (tokens, emotions); labels: per sentence, an emotion index or -1.
+    """
+    x = torch.cat(raw)  # (tokens, emotions)
+    n = x.shape[1]
+    lengths = torch.tensor([len(r) for r in raw])
+    weights = torch.repeat_interleave(1.0 / lengths.clamp(min=1).float(), lengths)  # (tokens,)
+    target = torch.zeros(len(raw), n)
+    target[labels >= 0, labels[labels >= 0]] = 1.0
+    target = torch.repeat_interleave(target, lengths, dim=0)  # (tokens, emotions)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    mask = torch.eye(n) if kind == "own" else torch.ones(n, n)
+    w = torch.zeros(n, n, requires_grad=True)
+    b = torch.zeros(n, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = z @ (w * mask).T + b
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target,
+                                                                   reduction="none")
+        loss = (bce.sum(1) * weights).sum() / weights.sum() + 0.5 * L2 * (w * mask).pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mean, std, (w * mask).detach(), b.detach()
+
+
+def _score(cal: tuple[torch.Tensor, ...], raw: list[torch.Tensor], labels: torch.Tensor
+           ) -> dict[str, float]:
+    """Validation: argmax accuracy on the emotion sentences, macro AUC over all sentences."""
+    mean, std, weight, bias = cal
+    text = torch.stack([torch.sigmoid(((r - mean) / std) @ weight.T + bias).mean(0)
+                        if len(r) else torch.zeros(len(mean)) for r in raw])  # (texts, emotions)
+    emotional = labels >= 0
+    accuracy = float((text[emotional].argmax(-1) == labels[emotional]).float().mean())
+    aucs = [roc_auc(text[:, e], labels == e) for e in range(text.shape[1])]
+    return {"accuracy": accuracy, "auc": sum(aucs) / len(aucs)}
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """The probability that a random positive scores above a random negative (ties: half).
+
+    Example:
+        roc_auc(torch.tensor([0.9, 0.1, 0.5]), torch.tensor([True, False, False]))  # 1.0
+    """
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    return float(above.mean())
+
+
+def _rounded(trial: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in trial.items()}

@@ -1,0 +1,314 @@
+"""The emotion meter on tiny random models: shapes, calibration, read-only hooks, the same
+readings while generating as on the text read again, files, the CLI and the server's fields."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+import torch
+from conftest import byte_tokenizer, tiny_model
+from live_server import EMOTIONS, live_server, random_vectors
+
+from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
+from emosteer.generation import GenerateConfig, chat_prompt, generate
+from emosteer.meter import (
+    Meter,
+    generate_metered,
+    load_meter,
+    meter,
+    metering,
+    read_texts,
+    sequence,
+    token_projections,
+)
+from emosteer.meter_fit import corpus_rows, fit_meter, roc_auc
+from emosteer.steering import steer
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    vectors = random_vectors(model, scale=1.0)
+    return model, tok, vectors, Meter.from_vectors(vectors, [0, 1])
+
+
+@pytest.fixture(scope="module")
+def fitted(setup):
+    model, tok, vectors, _ = setup
+    return fit_meter(model, tok, vectors, limit=4, widths=(1,), progress=False)
+
+
+def test_readings_have_one_row_per_token_in_0_1(setup):
+    model, tok, _, m = setup
+    r = meter(model, tok, "What a day!", m)
+    assert r.values.shape == (len(tok("What a day!")["input_ids"]), len(EMOTIONS))
+    assert r.emotions == EMOTIONS and "".join(r.tokens) == "What a day!"
+    assert ((r.values > 0) & (r.values < 1)).all()
+    assert set(r.mean()) == set(EMOTIONS)
+    assert r.per_token()[0]["token"] == "W" and set(r.per_token()[0]["readings"]) == set(EMOTIONS)
+
+
+def test_known_answer_projection_and_state_before_each_token(setup):
+    """Each token is read at the position before it: the hand-computed projection there."""
+    model, tok, vectors, m = setup
+    prefix, ids = sequence(tok, "abc")
+    assert prefix == [tok.eos_token_id]  # no BOS: the EOS token stands before the text
+    states = {}
+    from emosteer.hooks import hooked
+
+    modules = [layer.self_attn.o_proj for layer in model.model.layers]
+    with hooked(model, {mod: (lambda i: lambda mo, a, out: states.__setitem__(i, out))(i)
+                        for i, mod in enumerate(modules)}), torch.no_grad():
+        model(torch.tensor([prefix + ids]))
+    unit = {i: torch.stack([vectors[e].directions[i] / vectors[e].directions[i].norm()
+                            for e in EMOTIONS]) for i in (0, 1)}
+    raw = torch.stack([states[i][0] @ unit[i].T for i in (0, 1)]).mean(0)  # (pos, emotions)
+    expected = torch.sigmoid(raw[:-1])  # uncalibrated: mean 0, std 1, identity weight
+    torch.testing.assert_close(meter(model, tok, "abc", m).values, expected)
+
+
+def test_metering_is_read_only_and_removes_its_hooks(setup):
+    model, _, _, m = setup
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = model(ids).logits
+        with metering(model, m) as steps:
+            during = model(ids).logits
+        with pytest.raises(RuntimeError, match="boom"), metering(model, m):
+            raise RuntimeError("boom")
+        after = model(ids).logits
+    assert torch.equal(before, during) and torch.equal(before, after)
+    assert len(steps) == 1 and steps[0].shape == (1, len(EMOTIONS))
+    assert not any(mod._forward_hooks for mod in model.modules())
+
+
+def test_readings_while_generating_equal_the_text_read_again(setup):
+    model, tok, _, m = setup
+    cfg = GenerateConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.0)
+    prompts = [chat_prompt(tok, q, None) for q in ("hi", "a longer question")]
+    with metering(model, m) as steps:
+        batch = generate(model, tok, prompts, cfg)
+    live = torch.stack(steps, dim=1)  # (batch, new, emotions)
+    for k, prompt in enumerate(prompts):
+        keep = batch.response_mask[k, batch.prompt_len:].bool()
+        ids = batch.input_ids[k, batch.prompt_len:][keep].tolist()
+        seq = (tok(prompt, add_special_tokens=False)["input_ids"], ids)
+        again = m.calibrate(token_projections(model, m.site, m.band(), [seq])[0].mean(1))
+        torch.testing.assert_close(live[k, :len(ids)], again, atol=1e-4, rtol=1e-4)
+
+
+def test_generate_metered_gives_the_same_text_as_generate_text(setup):
+    from emosteer.generation import generate_text
+
+    model, tok, vectors, m = setup
+    cfg = GenerateConfig(max_new_tokens=5)
+    joy = vectors["joy"] * 0.5
+    texts = generate_text(model, tok, ["hi", "ho"], joy, 1.0, cfg=cfg)
+    metered = generate_metered(model, tok, ["hi", "ho"], m, steer(model, joy, 1.0), cfg=cfg)
+    assert [r.text for r in metered] == texts
+    assert all(r.values.shape == (len(r.tokens), len(EMOTIONS)) for r in metered)
+
+
+def test_meter_reads_before_the_steering_adds(setup):
+    """Entered first, the meter reads the sites unsteered: steering only the last layer
+    (the band's top) changes nothing it reads at that layer's own output."""
+    model, tok, vectors, _ = setup
+    top = Meter.from_vectors(vectors, [1])
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad(), metering(model, top) as plain:
+        model(ids)
+    with torch.no_grad(), metering(model, top) as first, steer(model, vectors["joy"].select([1]), 4.0):
+        model(ids)
+    with torch.no_grad(), steer(model, vectors["joy"].select([1]), 4.0), metering(model, top) as after:
+        model(ids)
+    torch.testing.assert_close(first[0], plain[0])
+    assert after[0][0, 0] > plain[0][0, 0]  # registered after: it sees joy's own addition
+
+
+def test_conversations_read_the_last_answer_after_its_prompt(setup):
+    model, tok, _, m = setup
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo!"}]
+    prefix, ids = sequence(tok, chat)
+    assert tok.decode(prefix) == chat_prompt(tok, "hi", None) and tok.decode(ids) == "yo!"
+    assert read_texts(model, tok, [chat], m)[0].values.shape == (3, len(EMOTIONS))
+    with pytest.raises(BadInputError, match="end it with the assistant message"):
+        meter(model, tok, chat[:1], m)
+    assert meter(model, tok, "", m).values.shape == (0, len(EMOTIONS))
+
+
+def test_fit_calibrates_on_the_training_part_only(setup, fitted):
+    model, tok, _, _ = setup
+    held = {r["id"] for r in corpus_rows(held_out=True)}
+    train = corpus_rows(held_out=False)
+    assert held and train and not held & {r["id"] for r in train}
+    corpus = fitted.card["corpus"]
+    assert corpus["training_ids"] == 4 * 7 and corpus["validation_ids"] > 0
+    chosen = fitted.card["selection"]["chosen"]
+    assert chosen["kind"] in ("own", "all") and list(fitted.layers) == chosen["layers"]
+    assert fitted.card["model_id"] == "tiny-llama" and set(fitted.card["vectors"]) == set(EMOTIONS)
+    assert not torch.equal(fitted.weight, torch.eye(len(EMOTIONS)))  # it was fitted
+    values = meter(model, tok, "I am so happy today!", fitted).values
+    assert ((values > 0) & (values < 1)).all()
+    if chosen["kind"] == "own":
+        assert torch.equal(fitted.weight, torch.diag(torch.diagonal(fitted.weight)))
+
+
+def test_roc_auc_known_answers():
+    assert roc_auc(torch.tensor([0.9, 0.1, 0.5]), torch.tensor([True, False, False])) == 1.0
+    assert roc_auc(torch.tensor([0.1, 0.9]), torch.tensor([True, False])) == 0.0
+    assert roc_auc(torch.tensor([0.5, 0.5]), torch.tensor([True, False])) == 0.5
+
+
+def test_save_load_round_trip_and_bad_files(fitted, setup, tmp_path):
+    model, _, vectors, _ = setup
+    path = fitted.save(tmp_path / "meter.json")
+    back = Meter.load(path)
+    for name in ("directions", "mean", "std", "weight", "bias"):
+        assert torch.equal(getattr(back, name), getattr(fitted, name)), name
+    assert back.layers == fitted.layers and back.card == json.loads(json.dumps(fitted.card))
+    assert load_meter(model, path).matches(vectors)
+    assert not back.matches({**vectors, "joy": vectors["anger"].renamed("joy")})
+    (tmp_path / "bad.json").write_text('{"format_version": "9"}')
+    with pytest.raises(VectorFileError, match="not an emosteer meter file"):
+        Meter.load(tmp_path / "bad.json")
+    with pytest.raises(VectorFileError, match="does not exist"):
+        Meter.load(tmp_path / "missing.json")
+    with pytest.raises(VectorMismatchError, match="fit one for this model"):
+        load_meter(tiny_model("qwen2"), path)
+    with pytest.raises(VectorFileError, match="no emotion meter is fitted"):
+        load_meter(model)  # nothing is shipped for tiny-llama
+
+
+# --- the server -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(setup):
+    from emosteer.server import ServeConfig, create_app
+
+    model, tok, _, m = setup
+    app = create_app(model, tok, random_vectors(model), ServeConfig(max_tokens=32),
+                     model_name="tiny")
+    app.state.server.engine.meter = m
+    with live_server(app) as url:
+        yield url, app
+
+
+def _post(url, body):
+    req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read().decode()
+            return resp.status, raw
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _body(**extra):
+    return {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
+            "temperature": 0, "repetition_penalty": 1.0, **extra}
+
+
+def test_api_whole_answer_has_one_reading_per_token(served):
+    url, _ = served
+    status, raw = _post(url, _body(meter=True, emotion={"joy": 1.0}))
+    assert status == 200, raw
+    body = json.loads(raw)
+    entries = body["choices"][0]["emotion_meter"]
+    assert len(entries) == body["usage"]["completion_tokens"] > 0
+    assert all(set(e["readings"]) == set(EMOTIONS) and 0 <= min(e["readings"].values())
+               and max(e["readings"].values()) <= 1 for e in entries)
+    plain = json.loads(_post(url, _body(emotion={"joy": 1.0}))[1])
+    assert "emotion_meter" not in plain["choices"][0]
+    assert plain["choices"][0]["message"] == body["choices"][0]["message"]  # read-only
+
+
+def test_api_stream_chunks_carry_the_mean_of_their_tokens(served):
+    url, _ = served
+    whole = json.loads(_post(url, _body(meter=True))[1])["choices"][0]["emotion_meter"]
+    status, raw = _post(url, _body(meter=True, stream=True))
+    assert status == 200
+    chunks = [json.loads(line[6:]) for line in raw.splitlines()
+              if line.startswith("data: {")]
+    metered = [c for c in chunks if "emotion_meter" in c]
+    assert metered and all(set(c["emotion_meter"]) == set(EMOTIONS) for c in metered)
+    assert all("emotion_meter" in c for c in chunks if c["choices"][0]["delta"].get("content"))
+    for e in EMOTIONS:  # a chunk's mean lies within its tokens' readings
+        values = [w["readings"][e] for w in whole]
+        assert all(min(values) - 1e-3 <= c["emotion_meter"][e] <= max(values) + 1e-3
+                   for c in metered)
+    if len(metered) == len(whole):  # a chunk per token: the same readings, in order
+        assert [c["emotion_meter"] for c in metered] == [w["readings"] for w in whole]
+    plain = _post(url, _body(stream=True))[1]
+    assert "emotion_meter" not in plain
+
+
+def test_api_meter_errors(served):
+    url, app = served
+    status, raw = _post(url, _body(meter="yes"))
+    assert status == 400
+    err = json.loads(raw)["error"]
+    assert err["param"] == "meter" and err["code"] == "invalid_type"
+    engine = app.state.server.engine
+    saved, engine.meter = engine.meter, None
+    try:
+        status, raw = _post(url, _body(meter=True))
+        assert status == 400 and json.loads(raw)["error"]["code"] == "meter_unavailable"
+        with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
+            assert json.loads(resp.read())["data"][0]["meter"] is None
+        assert _post(url, _body())[0] == 200  # the server keeps serving
+    finally:
+        engine.meter, engine._meter_error = saved, None
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
+        assert json.loads(resp.read())["data"][0]["meter"] == list(EMOTIONS)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_folder(tmp_path_factory, setup):
+    from emosteer.models import load_model, model_shape
+    from emosteer.vectors import EmotionVector
+
+    root = tmp_path_factory.mktemp("meter-cli")
+    tiny_model("llama").save_pretrained(root / "tiny")
+    byte_tokenizer().save_pretrained(root / "tiny")
+    model, _ = load_model(str(root / "tiny"))
+    _, _, vectors, _ = setup
+    mine = {e: EmotionVector(v.directions, {**v.meta, **model_shape(model)})
+            for e, v in vectors.items()}
+    for name, v in mine.items():
+        v.save(root / "vecs" / f"{name}.safetensors")
+    Meter.from_vectors(mine, [0, 1]).save(root / "meter.json")
+    return root
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "emosteer", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_meter_and_generate_meter(cli_folder):
+    model = str(cli_folder / "tiny")
+    out = _run("meter", "What a day!", "--model", model, "--meter-file",
+               str(cli_folder / "meter.json"))
+    assert out.returncode == 0, out.stderr
+    assert "What a day!" in out.stdout and all(e in out.stdout for e in EMOTIONS)
+    assert any(ch in out.stdout for ch in "▁▂▃▄▅▆▇█")
+    out = _run("generate", "hi", "--model", model, "--mix", "joy=1", "--vectors",
+               str(cli_folder / "vecs"), "--max-new-tokens", "4", "--meter", "--meter-file",
+               str(cli_folder / "meter.json"))
+    assert out.returncode == 0, out.stderr
+    assert "alpha 1, 1*joy" in out.stdout and "mean" in out.stdout
+    out = _run("meter", "hi", "--model", model)  # nothing shipped for this model
+    assert out.returncode == 2 and out.stderr.startswith("error:")
+    assert "no emotion meter is fitted" in out.stderr
+
+
+def test_sparkline():
+    from emosteer.cli.meter import sparkline
+
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
+    assert len(sparkline([0.1] * 500)) == 60
