@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from emosteer.cli.common import console, load, refuse_overwrite, save_vectors
+from emosteer.cli.engine import EngineOptions
 from emosteer.cli.options import (
     AutoOptions,
     EmotionsOpt,
@@ -112,8 +113,10 @@ def _alphas(values: list[str] | None) -> tuple[tuple[float, ...] | None, bool]:
 
 def _runner(ev: EvalOptions, gen: GenerateOptions, out: Path, *,
             emotions: list[str] | tuple[str, ...] | None = None,
-            alphas: tuple[float, ...] | None = None, auto: dict[str, Any] | None = None) -> Any:
+            alphas: tuple[float, ...] | None = None, auto: dict[str, Any] | None = None,
+            eng: EngineOptions = EngineOptions()) -> Any:
     """The cached Runner of an experiment; every check runs before the model loads."""
+    eng.check()
     api = _api()
     base = api.EvalConfig()
     api.get_metrics(list(ev.metrics or base.metrics))  # fail on a typo before loading anything
@@ -192,14 +195,17 @@ def alpha_sweep(
     src: VectorSource = VectorSource(),
     auto: AutoOptions = AutoOptions(),
     gen: GenerateOptions = GenerateOptions(),
+    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """Each emotion's vector at alphas -1, 0, 1, 2, 4: PPL, topic, EPS, EAS, TEC per emotion.
 
     Example: [bold]emosteer experiment alpha-sweep --limit 5 --variant raw --variant centered[/bold]
     """
     chosen, calibrate = _alphas(alphas)
-    runner = _runner(ev, gen, out, emotions=emotions, alphas=chosen, auto=auto.given())
+    runner = _runner(ev, gen, out, emotions=emotions, alphas=chosen, auto=auto.given(),
+                     eng=eng)
     vectors = _vectors(runner, src, need_base="centered" in (variants or ()))
+    eng.attach(runner, ev.model, src.vectors)
     result = _resumable(runner, _api().experiments.alpha_sweep, vectors, **given(
         variants=tuple(variants) if variants else None, prompting=prompting), auto=calibrate)
     _finish(result, "alpha-sweep")
@@ -217,6 +223,7 @@ def mix(
     ev: EvalOptions = EvalOptions(),
     src: VectorSource = VectorSource(),
     gen: GenerateOptions = GenerateOptions(),
+    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """Two emotions mixed over a grid of weights: do their effects add up?
 
@@ -229,8 +236,9 @@ def mix(
     grid = numbers(weights, "--weights")
     if grid is not None and 0.0 not in grid:
         grid = [0.0, *grid]  # the additivity gap needs each emotion alone
-    runner = _runner(ev, gen, out, emotions=names)
+    runner = _runner(ev, gen, out, emotions=names, eng=eng)
     vectors = _vectors(runner, src)
+    eng.attach(runner, ev.model, src.vectors)
     result = _resumable(runner, _api().experiments.mix_experiment, vectors, names[0],
                         names[1], **given(weights=grid))
     _finish(result, "mix")
@@ -245,6 +253,7 @@ def base(
     ev: EvalOptions = EvalOptions(),
     src: VectorSource = VectorSource(),
     gen: GenerateOptions = GenerateOptions(),
+    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """EV_base (the mean of the emotion vectors) at each alpha: emotion in general, and which.
 
@@ -253,8 +262,9 @@ def base(
     chosen, calibrate = _alphas(alphas)
     if calibrate:
         raise BadInputError("experiment base takes numbers only: 'auto' is for alpha-sweep")
-    runner = _runner(ev, gen, out, alphas=chosen)  # the five emotions: EvalConfig's
+    runner = _runner(ev, gen, out, alphas=chosen, eng=eng)  # the five emotions: EvalConfig's
     vectors = _vectors(runner, src, need_base=True)
+    eng.attach(runner, ev.model, src.vectors)
     _finish(_resumable(runner, _api().experiments.base, vectors), "base")
 
 
@@ -264,10 +274,12 @@ def prompting(
     out: OutDirOpt = Path("runs/prompting"),
     ev: EvalOptions = EvalOptions(),
     gen: GenerateOptions = GenerateOptions(),
+    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """The baseline: the emotion asked for in the system prompt, no vector.
 
     Example: [bold]emosteer experiment prompting --limit 5[/bold]
     """
-    runner = _runner(ev, gen, out, emotions=emotions)
+    runner = _runner(ev, gen, out, emotions=emotions, eng=eng)
+    eng.attach(runner, ev.model, None)
     _finish(_resumable(runner, _api().experiments.prompting), "prompting")

