@@ -5,7 +5,8 @@ training part, then refitted on the whole training part; the held-out 20% is nev
 (`emosteer.meter_fit`). About a minute for the bundled model on 2 cores.
 
     python scripts/fit_meter.py --vectors runs/meter-vectors
-    python scripts/fit_meter.py --model Qwen/Qwen2.5-0.5B-Instruct --vectors vectors/ --out meter.json
+    python scripts/fit_meter.py --model Qwen/Qwen2.5-0.5B-Instruct --vectors vectors/ \
+        --out meter.json
 
 Default --out: src/emosteer/data/meter-<model name>.json, the file `load_meter` finds for that
 model. The last stdout line is the selection as JSON.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from emosteer.meter import SHIPPED
+from emosteer.emotion_meter import SHIPPED
 from emosteer.meter_fit import fit_meter
 from emosteer.models import load_model, model_id
 from emosteer.vectors import load_vectors

@@ -15,7 +15,7 @@ from live_server import EMOTIONS, live_server, random_vectors
 
 from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
 from emosteer.generation import GenerateConfig, chat_prompt, generate
-from emosteer.meter import (
+from emosteer.emotion_meter import (
     Meter,
     generate_metered,
     load_meter,
@@ -57,12 +57,15 @@ def test_known_answer_projection_and_state_before_each_token(setup):
     model, tok, vectors, m = setup
     prefix, ids = sequence(tok, "abc")
     assert prefix == [tok.eos_token_id]  # no BOS: the EOS token stands before the text
-    states = {}
     from emosteer.hooks import hooked
 
+    states = {}
+
+    def keep(i):
+        return lambda module, args, out: states.__setitem__(i, out)
+
     modules = [layer.self_attn.o_proj for layer in model.model.layers]
-    with hooked(model, {mod: (lambda i: lambda mo, a, out: states.__setitem__(i, out))(i)
-                        for i, mod in enumerate(modules)}), torch.no_grad():
+    with hooked(model, {mod: keep(i) for i, mod in enumerate(modules)}), torch.no_grad():
         model(torch.tensor([prefix + ids]))
     unit = {i: torch.stack([vectors[e].directions[i] / vectors[e].directions[i].norm()
                             for e in EMOTIONS]) for i in (0, 1)}
@@ -116,14 +119,15 @@ def test_generate_metered_gives_the_same_text_as_generate_text(setup):
 def test_meter_reads_before_the_steering_adds(setup):
     """Entered first, the meter reads the sites unsteered: steering only the last layer
     (the band's top) changes nothing it reads at that layer's own output."""
-    model, tok, vectors, _ = setup
+    model, _, vectors, _ = setup
     top = Meter.from_vectors(vectors, [1])
+    joy = vectors["joy"].select([1])
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad(), metering(model, top) as plain:
         model(ids)
-    with torch.no_grad(), metering(model, top) as first, steer(model, vectors["joy"].select([1]), 4.0):
+    with torch.no_grad(), metering(model, top) as first, steer(model, joy, 4.0):
         model(ids)
-    with torch.no_grad(), steer(model, vectors["joy"].select([1]), 4.0), metering(model, top) as after:
+    with torch.no_grad(), steer(model, joy, 4.0), metering(model, top) as after:
         model(ids)
     torch.testing.assert_close(first[0], plain[0])
     assert after[0][0, 0] > plain[0][0, 0]  # registered after: it sees joy's own addition
@@ -219,7 +223,7 @@ def test_api_whole_answer_has_one_reading_per_token(served):
     body = json.loads(raw)
     entries = body["choices"][0]["emotion_meter"]
     assert len(entries) == body["usage"]["completion_tokens"] > 0
-    assert all(set(e["readings"]) == set(EMOTIONS) and 0 <= min(e["readings"].values())
+    assert all(set(e["readings"]) == set(EMOTIONS) and min(e["readings"].values()) >= 0
                and max(e["readings"].values()) <= 1 for e in entries)
     plain = json.loads(_post(url, _body(emotion={"joy": 1.0}))[1])
     assert "emotion_meter" not in plain["choices"][0]
@@ -312,3 +316,12 @@ def test_sparkline():
 
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
     assert len(sparkline([0.1] * 500)) == 60
+
+
+def test_emosteer_meter_is_the_function(setup):
+    import emosteer
+    import emosteer.server.engine  # imports the meter's module: the name stays the function
+
+    model, tok, _, m = setup
+    assert emosteer.meter(model, tok, "hi", m).values.shape == (2, len(EMOTIONS))
+    assert emosteer.load_meter(model, m) is m

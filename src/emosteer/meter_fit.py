@@ -30,7 +30,7 @@ import torch
 from emosteer.data import dataset_info, dataset_path, held_out_flags
 from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
-from emosteer.meter import Meter, sequence, token_projections
+from emosteer.emotion_meter import Meter, sequence, token_projections
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -17,7 +17,7 @@ from emosteer.cli.options import ModelOpt, texts, utf8
 if TYPE_CHECKING:
     from rich.console import Group
 
-    from emosteer.meter import Readings
+    from emosteer.emotion_meter import Readings
 
 COLOURS = {"joy": "yellow", "anger": "red", "sadness": "blue", "fear": "magenta",
            "disgust": "green", "surprise": "cyan"}
@@ -84,7 +84,7 @@ def meter(
 
     As an answer: [bold]emosteer meter "It was awful." --question "How was the trip?"[/bold]
     """
-    from emosteer.meter import load_meter, read_texts
+    from emosteer.emotion_meter import load_meter, read_texts
 
     m, tok = load(model)
     chosen = load_meter(m, meter_file)
