@@ -91,7 +91,7 @@ def error(capsys, *args: str) -> str:
     return err
 
 
-# --- serve ----------------------------------------------------------------------------------------
+# --- serve ---------------------------------------------------------------------------------------
 def test_serve_vllm_passes_everything_after_the_dashes(tiny, monkeypatch):
     got = {}
 
@@ -150,7 +150,7 @@ def test_served_vectors_fall_back_to_the_shipped_ones(tmp_path, monkeypatch):
     assert list(served_vectors(None)[1]) == ["mine"]
 
 
-# --- extract ----------------------------------------------------------------------------------------
+# --- extract -------------------------------------------------------------------------------------
 def test_extract_engine_vllm_generates_there_and_reads_here(tiny, fake, tmp_path):
     out = tmp_path / "v"
     args = ["extract", "--model", str(tiny / "tiny"), "--emotion", "joy", "--limit", "2",
@@ -173,7 +173,7 @@ def test_extract_builtin_never_touches_vllm(tiny, fake, tmp_path, capsys):
     assert "write NAME=VALUE" in error(capsys, *args, "--engine", "vllm", "--vllm-arg", "oops")
 
 
-# --- experiments ----------------------------------------------------------------------------------
+# --- experiments ---------------------------------------------------------------------------------
 def test_alpha_sweep_engine_vllm_is_one_batch_of_served_mixes(tiny, fake, tmp_path):
     args = ["experiment", "alpha-sweep", "--model", str(tiny / "tiny"), "--vectors",
             str(tiny / "vecs"), "--emotions", "joy,anger", "--alphas", "0,2", "--variant", "raw",
@@ -214,7 +214,7 @@ def test_runner_keys_unchanged_for_builtin_and_apart_for_vllm(tiny):
     assert on_vllm.gen_key(cond, q) != builtin.gen_key(cond, q)
 
 
-# --- helpers ----------------------------------------------------------------------------------------
+# --- helpers -------------------------------------------------------------------------------------
 def test_as_mix_rebuilds_conditions_and_refuses_others(tiny):
     served = {n: EmotionVector.load(tiny / "vecs" / f"{n}.safetensors")
               for n in ("anger", "base", "joy")}
