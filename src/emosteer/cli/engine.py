@@ -40,7 +40,7 @@ def engine_name(value: str) -> str:
 EngineOpt = Annotated[str, typer.Option(
     callback=engine_name,
     help="where answers are generated: builtin (transformers generate) or vllm (vLLM "
-         "batches, each request steered by the plugin; pip install 'emosteer[vllm]'); "
+         "batches, each request steered by the plugin; needs the vllm extra); "
          "the activation reading stays in transformers")]
 VllmArgOpt = Annotated[list[str] | None, typer.Option(
     "--vllm-arg", help="NAME=VALUE for vllm.LLM with --engine vllm (e.g. dtype=float32, "

@@ -126,12 +126,12 @@ def serve(
     engine: Annotated[str, typer.Option(
         callback=engine_name,
         help="builtin (emosteer's own server) or vllm (vLLM's OpenAI server with emosteer's "
-             "plugin, for big models and many GPUs; pip install 'emosteer[vllm]'; vLLM's own "
+             "plugin, for big models and many GPUs; needs the vllm extra; vLLM's own "
              "options after --, docs/vllm.md)")] = "builtin",
     force: ForceOpt = False,
     srv: ServerOptions = ServerOptions(),
     vllm_args: Annotated[list[str] | None, typer.Argument(
-        metavar="[-- VLLM_OPTIONS...]", show_default=False,
+        metavar="-- VLLM_OPTIONS", show_default=False,
         help="with --engine vllm, after --: vLLM's own options, passed as given "
              "(e.g. -- --tensor-parallel-size 8)")] = None,
 ) -> None:
