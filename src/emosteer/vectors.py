@@ -236,6 +236,37 @@ def shipped_vectors() -> dict[str, EmotionVector]:
     return load_vectors("default") if any(folder.glob("*.safetensors")) else {}
 
 
+def calibrated_like(vectors: Mapping[str, EmotionVector],
+                    reference: Mapping[str, EmotionVector]) -> dict[str, EmotionVector]:
+    """Each vector calibrated as the reference vector of the same name: the reference's layers
+    and its calibrated_strength (vectors with no calibrated reference stay as they are).
+
+    For vectors extracted again with the same method on the same model as shipped ones (what
+    `emosteer demo` does), so that alpha 1 means the recommended strength for them too.
+
+    Args:
+        vectors: e.g. a fresh extraction's vectors.
+        reference: calibrated vectors, e.g. `shipped_vectors()`.
+
+    Example:
+        vectors = calibrated_like(result.vectors, shipped_vectors())
+    """
+    out = dict(vectors)
+    for name, vector in vectors.items():
+        ref = reference.get(name)
+        if ref is None or "calibrated_strength" not in ref.meta:
+            continue
+        if ref.meta.get("model_id") != vector.meta.get("model_id"):
+            raise VectorMismatchError(f"vector {name!r} {made_for(vector.meta, ref.meta)}: "
+                                      "calibrate with vectors of the same model")
+        layers = [i for i in vector.layers if i in set(ref.layers)]
+        keep = {k: ref.meta[k] for k in ("band", "calibration") if k in ref.meta}
+        out[name] = vector.select(layers).calibrated(
+            float(ref.meta["calibrated_strength"]), calibrated_like=ref.meta.get("method", "?"),
+            **keep)
+    return out
+
+
 def load_vectors(source: str | Path = "default") -> dict[str, EmotionVector]:
     """Every vector of a folder, by file name: {"joy": ..., "anger": ..., "base": ...}.
 

@@ -2,7 +2,8 @@
 
 One module per command group; this one holds the command table and `main()`:
 
-vectors.py   extract, info, demo
+vectors.py   extract, info
+demo.py      demo (extract, then every emotion steering unseen questions, judged)
 generate.py  generate (a vector, a mix or a circuit)
 meter.py     meter (per-token emotion readings of a text)
 evaluate.py  classify; experiment alpha-sweep, mix, base, prompting
@@ -25,7 +26,17 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from emosteer.cli import circuits, evaluate, frontier, generate, interop, meter, serve, vectors
+from emosteer.cli import (
+    circuits,
+    demo,
+    evaluate,
+    frontier,
+    generate,
+    interop,
+    meter,
+    serve,
+    vectors,
+)
 from emosteer.cli.common import err_console
 from emosteer.errors import EmosteerError
 
@@ -45,7 +56,7 @@ app.command()(vectors.extract)
 app.command()(generate.generate)
 app.command()(meter.meter)
 app.command()(vectors.info)
-app.command()(vectors.demo)
+app.command()(demo.demo)
 app.command()(serve.serve)
 app.command()(interop.export)
 app.command("import")(interop.import_)
