@@ -34,8 +34,8 @@ from emosteer.errors import BadInputError
 if TYPE_CHECKING:
     from emosteer.generation import GenerateConfig
 
-ONE_SOURCE = ("pass exactly one of --vector FILE, --mix joy=1 (repeat for more emotions) or "
-              "--circuit FILE --emotion NAME")
+ONE_SOURCE = ("pass exactly one of --emotion NAME, --vector FILE, --mix joy=1 (repeat for more "
+              "emotions) or --circuit FILE --emotion NAME")
 
 
 def parse_mix(items: Sequence[str]) -> dict[str, float]:
@@ -81,7 +81,8 @@ def generate(
     circuit: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="a circuit file from `emosteer discover`")] = None,
     emotion: Annotated[str | None, typer.Option(
-        help="with --circuit: the emotion to express")] = None,
+        help="the emotion to express: its vector from --vectors-dir (the shipped vectors "
+             "when ./vectors holds none), or with --circuit the circuit's")] = None,
     alpha: Annotated[list[str] | None, typer.Option(
         "--alpha", "--alphas", callback=split_commas,
         help="steering (or circuit) strength; repeat to compare"
@@ -101,7 +102,10 @@ def generate(
 ) -> None:
     """Answer questions steered by a vector or a mix of emotions.
 
-    Example: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
+    Example: [bold]emosteer generate "How was your day?" --emotion anger[/bold]  (the vectors
+    shipped for the bundled model, calibrated: alpha 1 is the recommended strength)
+
+    Mixes: [bold]emosteer generate "How was your day?" --mix joy=1.5 --alpha 0 --alpha 1[/bold]
 
     Through a circuit: [bold]emosteer generate "The bus is late again." --circuit
     circuits/circuit.safetensors --emotion fear --alpha 1[/bold]
@@ -110,6 +114,8 @@ def generate(
     """
     from emosteer.steering import check_alpha
 
+    if emotion is not None and circuit is None and vector is None and mix is None:
+        mix = [f"{emotion}=1"]  # --emotion anger: the anger vector of the folder, at alpha
     if sum(x is not None for x in (vector, mix, circuit)) != 1:
         raise BadInputError(ONE_SOURCE)
     # check_alpha parses text itself, so its message names the value as typed
