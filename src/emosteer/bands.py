@@ -9,7 +9,8 @@ neutral answers. The circuits paper steers layers 11-20 of 28; the scan measures
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -27,6 +28,8 @@ from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+Band = tuple[int, int] | Literal["auto"] | None  # layers start..stop-1, scanned, or all
 
 
 class _Probe:
@@ -116,3 +119,53 @@ def best_band(scan: Sequence[dict]) -> tuple[int, int]:
     """(start, stop) of the best-scoring window of a scan_bands result (earliest on ties)."""
     best = max(scan, key=lambda r: r["score"])
     return best["start"], best["stop"]
+
+
+def parse_band(text: str) -> Band:
+    """A band as written on the command line: "8-17" (layers 8 to 17), "auto" or "all".
+
+    Args:
+        text: first-last (both included), "auto" or "all".
+
+    Example:
+        >>> parse_band("8-17")
+        (8, 18)
+    """
+    if text in ("auto", "all"):
+        return None if text == "all" else "auto"
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise BadInputError(f"band {text!r}: write first-last (e.g. 8-17), auto or all")
+    return int(first), int(last) + 1
+
+
+def banded(model: PreTrainedModel, vector: EmotionVector, band: Band,
+           pairs: Sequence[PreferencePair], width: int, train: TrainConfig, pad_id: int = 0,
+           arch: Architecture | None = None) -> tuple[EmotionVector, list[dict] | None]:
+    """The vector cut to `band` (metadata "band"), and the scan that chose it if "auto".
+
+    Args:
+        model: the model (read only by the scan).
+        vector: the vector to cut.
+        band: (start, stop), "auto" (scan windows of `width` layers on `pairs`) or None (all).
+        pairs: the preference pairs the scan reads.
+        width: layers of an auto band (at most the vector's).
+        train: its kl_weight and max_answer_tokens score the scan.
+        pad_id: the tokenizer's padding id.
+        arch: overrides the architecture table.
+
+    Example:
+        joy_band, _ = banded(model, joy, (8, 18), [], 10, TrainConfig())
+    """
+    scan = None
+    if band == "auto":
+        scan = scan_bands(model, pairs, vector, min(width, len(vector.layers)),
+                          train.kl_weight, train.max_answer_tokens, pad_id, arch)
+        band = best_band(scan)
+    if band is not None:
+        if band[1] > len(vector.layers):
+            raise BadInputError(f"band {band} ends past the model's {len(vector.layers)} "
+                                f"layers: use stop <= {len(vector.layers)}")
+        vector = vector.select(range(*band))
+        vector = replace(vector, meta={**vector.meta, "band": f"{band[0]}-{band[1] - 1}"})
+    return vector, scan

@@ -11,30 +11,29 @@ The other methods change one step each (ExtractConfig):
   site's output on neutral text (measured during extraction, metadata site_norms), so a
   strength means the same at every layer and in every model; scale="spread" uses the RMS
   distance of those outputs from their mean instead (site_spreads): a layer whose output is
-  mostly one constant vector has a large norm but a small spread;
-- band: keep a contiguous window of layers, fixed or picked by a teacher-forced scan;
+  mostly one constant vector has a large norm but a small spread (scales.py);
+- band: keep a contiguous window of layers, fixed or picked by a teacher-forced scan (bands.py);
 - method="trained": start from the vector and optimise it on the same answers (train.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from emosteer import data
-from emosteer.bands import best_band, scan_bands
+from emosteer.bands import Band, banded, parse_band  # noqa: F401 (parse_band: cli imports it here)
 from emosteer.capture import masked_means
 from emosteer.contrast import read_pairs  # noqa: F401 (it lived here: old imports work)
 from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
-from emosteer.hooks import hooked, untuple
-from emosteer.models import Architecture, Site, model_shape, site_modules
+from emosteer.models import Architecture, Site, model_shape
 from emosteer.progress import progress_bar
+from emosteer.scales import add_squares, norm_scaled, site_stats, square_norms
 from emosteer.train import PreferencePair, TrainConfig, train_vector
 from emosteer.vectors import EMOTIONS, EmotionVector
 
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 Method = Literal["mean_diff", "pca", "trained"]  # mean of offsets, principal direction, optimised
 Filter = Literal["none", "judge"]  # every answer, or only the ones the judge confirms
 Scale = Literal["raw", "norm", "spread"]  # as read, or a fraction of the site's norm / spread
-Band = tuple[int, int] | Literal["auto"] | None  # layers start..stop-1, scanned, or all
 
 _CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
             "context": ("own", "neutral"), "method": get_args(Method),
@@ -183,38 +181,11 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                           judge)
             samples.extend(texts)
             advance(len(chunk))
-    stats = _site_stats(squares)
+    stats = site_stats(squares)
     vectors, details = _vectors(model, tokenizer, cfg, totals, stats, arch, judge)
     return Extraction(vectors, samples, time.perf_counter() - start,
                       {e: t.used for e, t in totals.items()}, gens, stats["norm"],
                       stats["spread"], details)
-
-
-def parse_band(text: str) -> Band:
-    """A band as written on the command line: "8-17" (layers 8 to 17), "auto" or "all".
-
-    Args:
-        text: first-last (both included), "auto" or "all".
-
-    Example:
-        >>> parse_band("8-17")
-        (8, 18)
-    """
-    if text in ("auto", "all"):
-        return None if text == "all" else "auto"
-    first, _, last = text.partition("-")
-    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
-        raise BadInputError(f"band {text!r}: write first-last (e.g. 8-17), auto or all")
-    return int(first), int(last) + 1
-
-
-def _site_stats(squares: dict) -> dict[str, list[float]]:
-    """Per layer, RMS norm and RMS distance from the mean of the neutral outputs."""
-    tokens = max(squares["tokens"], 1.0)
-    power = squares["sum"] / tokens  # (layers,): E ||h||^2
-    mean = squares["vec"] / tokens  # (layers, d): E h
-    spread = (power - mean.pow(2).sum(-1)).clamp(min=0)
-    return {"norm": power.sqrt().tolist(), "spread": spread.sqrt().tolist()}
 
 
 def _generate(model, tokenizer, emotion: str, chunk: list[data.Query],
@@ -234,11 +205,9 @@ def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Tota
     mask = read.response_mask if cfg.positions == "response" else read.attention_mask
     neutral = mask.clone()
     neutral[n:] = 0  # the site norms are measured on neutral answers only
-    with _square_norms(model, cfg.site, neutral, arch) as sq:
+    with square_norms(model, cfg.site, neutral, arch) as sq:
         means = masked_means(model, read.input_ids, read.attention_mask, mask, cfg.site, arch)
-    squares["sum"] = squares.get("sum", 0.0) + torch.stack([sq[i][0] for i in sorted(sq)])
-    squares["vec"] = squares.get("vec", 0.0) + torch.stack([sq[i][1] for i in sorted(sq)])
-    squares["tokens"] = squares.get("tokens", 0.0) + float(neutral.sum())
+    add_squares(squares, sq, neutral)
     ok = ((batch.response_mask[:n].sum(-1) > 0) & (batch.response_mask[n:].sum(-1) > 0)).cpu()
     diffs = (means[n:] - means[:n])[ok]  # (kept, layers, d)
     tot.offsets = tot.offsets + diffs.sum(0)
@@ -272,26 +241,6 @@ def _pairs(batch: Batch, n: int, keep: torch.Tensor) -> list[PreferencePair]:
                            tuple(ids[n + i][resp[n + i].bool()].tolist()),
                            tuple(ids[i][resp[i].bool()].tolist()))
             for i in range(n) if keep[i]]
-
-
-@contextmanager
-def _square_norms(model, site: Site, weights: torch.Tensor,
-                  arch) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-    """Per layer, sums over positions of weights[b, pos] * ||out_l[b, pos]||^2 and of
-    weights[b, pos] * out_l[b, pos] (read only)."""
-    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make(index: int):
-        def hook(module, args, output):
-            hidden = untuple(output).float()  # (batch, pos, d_model)
-            w = weights.to(hidden.device, torch.float32)  # (batch, pos)
-            sums[index] = (torch.einsum("bp,bp->", w, hidden.pow(2).sum(-1)).cpu(),
-                           torch.einsum("bp,bpd->d", w, hidden).cpu())
-        return hook
-
-    modules = site_modules(model, site, arch)
-    with hooked(model, {module: make(i) for i, module in enumerate(modules)}):
-        yield sums
 
 
 def _vectors(model, tokenizer, cfg: ExtractConfig, totals: dict[str, _Totals],
@@ -339,46 +288,16 @@ def _finish(model, vector: EmotionVector, tot: _Totals, cfg: ExtractConfig,
         vector = norm_scaled(vector, stats[cfg.scale], cfg.norm_fraction, cfg.scale)
     if (cfg.band == "auto" or cfg.method == "trained") and not tot.pairs:
         raise BadInputError(f"no usable answer pairs for {vector.emotion}: raise limit")
-    band = cfg.band
-    if band == "auto":
-        width = min(cfg.band_width, len(vector.layers))
-        detail["scan"] = scan_bands(model, tot.pairs[:cfg.scan_pairs], vector, width,
-                                    cfg.train.kl_weight, cfg.train.max_answer_tokens, pad, arch)
-        band = best_band(detail["scan"])
-    if band is not None:
-        if band[1] > len(vector.layers):
-            raise BadInputError(f"band {band} ends past the model's {len(vector.layers)} "
-                                f"layers: use stop <= {len(vector.layers)}")
-        vector = vector.select(range(*band))
-        vector = replace(vector, meta={**vector.meta, "band": f"{band[0]}-{band[1] - 1}"})
+    vector, scan = banded(model, vector, cfg.band, tot.pairs[:cfg.scan_pairs], cfg.band_width,
+                          cfg.train, pad, arch)
+    if scan is not None:
+        detail["scan"] = scan
     if cfg.method == "trained":
         result = train_vector(model, tot.pairs, vector, cfg.train, stats["norm"], pad, arch)
         vector = result.vector
         detail["train"] = {"losses": result.losses, "margins": result.margins,
                            "kls": result.kls, "seconds": result.seconds}
     return vector, detail
-
-
-def norm_scaled(vector: EmotionVector, norms: Sequence[float], fraction: float,
-                label: str = "norm") -> EmotionVector:
-    """Each layer's direction with length fraction x norms[layer] (a zero layer stays zero).
-
-    Args:
-        vector: the directions to rescale.
-        norms: per layer, the typical norm of the site's output (metadata site_norms).
-        fraction: the share of that norm strength 1 adds.
-        label: what the norms are, recorded as metadata "scale" ("norm" or "spread").
-
-    Example:
-        norms = [float(x) for x in joy.meta["site_norms"].split(",")]
-        joy_scaled = norm_scaled(joy, norms, 0.1)
-    """
-    directions = {}
-    for layer, v in vector.directions.items():
-        length = float(v.norm())
-        directions[layer] = v * (fraction * norms[layer] / length) if length > 0 else v
-    meta = {**vector.meta, "scale": label, "norm_fraction": f"{fraction:g}"}
-    return EmotionVector(directions, meta)
 
 
 def _reread_under_neutral(batch: Batch, n: int) -> Batch:

@@ -44,16 +44,15 @@ class DiscoverOptions(OptionGroup):
         DiscoverOptions(skeletons=10, budget=64).config(GenerateOptions())
     """
 
+    defaults = "DiscoverConfig"
     emotions: EmotionsOpt = None
     skeletons: SkeletonsOpt = None
     test_skeletons: HeldOutSkeletonsOpt = None
     budget: Annotated[int | None, typer.Option(
-        min=1, help="components per emotion in the circuit"
-                    " (default: DiscoverConfig.budget)")] = None
+        min=1, help="components per emotion in the circuit")] = None
     ks: Annotated[list[str] | None, typer.Option(
         "--k", "--ks", callback=split_commas,
-        help="how many components the checks ablate/enhance; repeat for several "
-             "(default: DiscoverConfig.ks)")] = None
+        help="how many components the checks ablate/enhance; repeat for several")] = None
 
     def config(self, gen: GenerateOptions) -> DiscoverConfig:
         """DiscoverConfig with the options that were given (the seed is the sampling seed)."""
@@ -108,15 +107,14 @@ class CompareOptions(OptionGroup):
         CompareOptions(alphas=["1", "2"]).config(("joy", "anger"), GenerateOptions())
     """
 
+    defaults = "CompareConfig"
     test_skeletons: HeldOutSkeletonsOpt = None
     calibration_skeletons: Annotated[int | None, typer.Option(
-        min=1, help="discovery skeletons for choosing alpha and strength (default: "
-                    "CompareConfig.calibration_skeletons)")] = None
+        min=1, help="discovery skeletons for choosing alpha and strength")] = None
     alphas: AlphaListOpt = None
     strengths: Annotated[list[str] | None, typer.Option(
         "--strengths", "--strength", callback=split_commas,
-        help="a circuit strength tried (per emotion); repeat for several (default: "
-             "CompareConfig.strengths)")] = None
+        help="a circuit strength tried (per emotion); repeat for several")] = None
 
     def config(self, emotions: tuple[str, ...], gen: GenerateOptions) -> CompareConfig:
         """CompareConfig for the circuit's emotions with the options that were given."""

@@ -36,26 +36,23 @@ class SearchOptions(OptionGroup):
         SearchOptions(methods=["mean_diff"], limit=2).config()  # FrontierConfig(...)
     """
 
+    defaults = "FrontierConfig"
     methods: Annotated[list[str] | None, typer.Option(
         "--method", "--methods", callback=split_commas,
         help="a method (mean_diff, centered, band, band_auto, norm, filtered, trained, "
              "prompt); repeat for several (default: frontier.METHODS, all)")] = None
     emotions: EmotionsOpt = None
     calibration_limit: Annotated[int | None, typer.Option(
-        min=1, help="calibration questions per EQ+ category, the only ones that choose "
-                    "(default: FrontierConfig.calibration_limit)")] = None
+        min=1, help="calibration questions per EQ+ category, the only ones that choose")] = None
     limit: Annotated[int | None, typer.Option(
-        min=1, help="held-out questions per EQ+ category, the only ones reported "
-                    "(default: FrontierConfig.limit)")] = None
+        min=1, help="held-out questions per EQ+ category, the only ones reported")] = None
     judges: Annotated[list[str] | None, typer.Option(
         "--judge", callback=split_commas,
         help="a judge spec; repeat for a second opinion (default: embedded-a and embedded-b, "
              "trained on disjoint halves of emotion_corpus)")] = None
     max_ppl_ratio: Annotated[float | None, typer.Option(
-        min=1.0, max=1e6, help="fluency bound, x the unsteered PPL "
-                               "(default: FrontierConfig.max_ppl_ratio)")] = None
-    min_topic: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="topic bound (default: FrontierConfig.min_topic)")] = None
+        min=1.0, max=1e6, help="fluency bound, x the unsteered PPL")] = None
+    min_topic: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="topic bound")] = None
 
     def config(self) -> FrontierConfig:
         """FrontierConfig with the options that were given; an unknown method is refused."""

@@ -14,6 +14,7 @@ line before anything loads; tests/test_cli_options.py walks every option to chec
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -21,9 +22,10 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
+from typer.models import OptionInfo
 
 from emosteer.errors import BadInputError
 
@@ -167,9 +169,8 @@ OutFileOpt = Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
 InFileArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the file to read")]
 SkeletonsOpt = Annotated[int | None, typer.Option(
     min=0, help="SEV skeletons (x 3 valences), seeded; 0: all (default: DiscoverConfig.skeletons)")]
-HeldOutSkeletonsOpt = Annotated[int | None, typer.Option(
-    min=0, help="held-out SEV test skeletons (x 3 valences) for the causal checks or the "
-                "comparison; 0: all (default: the command's config's test_skeletons)")]
+HeldOutSkeletonsOpt = Annotated[int | None, typer.Option(  # in groups: they name the default
+    min=0, help="held-out SEV test skeletons (x 3 valences); 0: all")]
 AlphaListOpt = Annotated[list[str] | None, typer.Option(
     "--alphas", "--alpha", callback=split_commas,
     help="a steering alpha tried; repeat for several (-1,0,1 also works)"
@@ -179,7 +180,28 @@ AlphaListOpt = Annotated[list[str] | None, typer.Option(
 # --- option groups ----------------------------------------------------------------------------
 class OptionGroup:
     """Base of the option dataclasses. A command parameter typed with one is expanded by
-    `with_groups` into the dataclass's fields, each an option, and rebuilt on the call."""
+    `with_groups` into the dataclass's fields, each an option, and rebuilt on the call.
+
+    A group that sets `defaults` (the library config its fields override) has each help
+    without a "(default: ...)" note end in "(default: <defaults>.<field>)".
+    """
+
+    defaults: ClassVar[str | None] = None  # e.g. "FrontierConfig"
+
+    @classmethod
+    def option(cls, name: str, hint: Any) -> Any:
+        """The field's `Annotated` hint, its help noting the config default (see `defaults`)."""
+        base, *meta = typing.get_args(hint)
+        if cls.defaults is None or not meta:
+            return hint
+
+        def noted(info: Any) -> Any:
+            if isinstance(info, OptionInfo) and info.help and "(default:" not in info.help:
+                info = copy.copy(info)  # an alias's OptionInfo is shared: never edit it
+                info.help = f"{info.help} (default: {cls.defaults}.{name})"
+            return info
+
+        return Annotated[(base, *map(noted, meta))]  # type: ignore[valid-type]
 
 
 def with_groups(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -198,7 +220,8 @@ def with_groups(func: Callable[..., Any]) -> Callable[..., Any]:
             groups[p.name] = cls
             hints = typing.get_type_hints(cls, include_extras=True)
             params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                         default=f.default, annotation=hints[f.name])
+                                         default=f.default,
+                                         annotation=cls.option(f.name, hints[f.name]))
                        for f in fields(cls)]  # type: ignore[arg-type]
         else:
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
