@@ -120,7 +120,8 @@ def test_generate_through_a_circuit(tiny_folder, tiny_circuit):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--emotion", "fear"], "exactly one of --vector FILE, --mix"),
+    # --emotion alone is a source now (the folder's vector); with --mix it is one too many
+    (["--emotion", "fear", "--mix", "joy=1"], "exactly one of --emotion NAME, --vector FILE"),
     (["--circuit", "circuit.safetensors"], "--circuit needs --emotion: one of joy, fear"),
     (["--circuit", "circuit.safetensors", "--emotion", "envy"], "unknown emotion 'envy'"),
     (["--circuit", "joy.safetensors", "--emotion", "joy"], "not an emosteer circuit file"),
