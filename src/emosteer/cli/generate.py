@@ -114,10 +114,11 @@ def generate(
     """
     from emosteer.steering import check_alpha
 
-    if emotion is not None and circuit is None and vector is None and mix is None:
-        mix = [f"{emotion}=1"]  # --emotion anger: the anger vector of the folder, at alpha
-    if sum(x is not None for x in (vector, mix, circuit)) != 1:
+    by_name = emotion is not None and circuit is None  # --emotion anger: the folder's vector
+    if sum(x is not None for x in (vector, mix, circuit)) + by_name != 1:
         raise BadInputError(ONE_SOURCE)
+    if by_name:
+        mix = [f"{emotion}=1"]
     # check_alpha parses text itself, so its message names the value as typed
     strengths = [check_alpha(a) for a in alpha] if alpha else None
     options = given(positions=positions, allow_other_model=force or None)
