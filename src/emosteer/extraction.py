@@ -6,7 +6,8 @@ queries (the paper's method, `mean_diff`). EV_base is the mean of the emotions' 
 
 The other methods change one step each (ExtractConfig):
 - filter="judge": average only emotional answers the judge reads as the target emotion and
-  neutral answers it reads as neutral (the circuits paper keeps only confirmed samples);
+  neutral answers it does not read as the target emotion (the circuits paper keeps only
+  confirmed samples);
 - scale="norm": each layer's vector gets the length norm_fraction x the typical norm of the
   site's output on neutral text (measured during extraction, metadata site_norms), so a
   strength means the same at every layer and in every model; scale="spread" uses the RMS
@@ -221,7 +222,9 @@ def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Tota
         ratings = judge.rate([q.question for q in gen.queries] * 2, texts)
         labels = [r.label for r in ratings]
         keep = ok & torch.tensor([label == gen.emotion for label in labels[n:]])
-        calm = ok & torch.tensor([label == "neutral" for label in labels[:n]])
+        # neutral answers to emotional questions rarely read as "neutral" (judge A confirmed 0
+        # of 40 for fear): keep those that do not read as the target emotion
+        calm = ok & torch.tensor([label != gen.emotion for label in labels[:n]])
         tot.emotional = tot.emotional + means[n:][keep].sum(0)
         tot.neutral = tot.neutral + means[:n][calm].sum(0)
         tot.n_emotional += int(keep.sum())
