@@ -13,8 +13,6 @@ import torch
 from conftest import byte_tokenizer, tiny_model
 from live_server import EMOTIONS, live_server, random_vectors
 
-from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
-from emosteer.generation import GenerateConfig, chat_prompt, generate
 from emosteer.emotion_meter import (
     Meter,
     generate_metered,
@@ -25,6 +23,8 @@ from emosteer.emotion_meter import (
     sequence,
     token_projections,
 )
+from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
+from emosteer.generation import GenerateConfig, chat_prompt, generate
 from emosteer.meter_fit import corpus_rows, fit_meter, roc_auc
 from emosteer.steering import steer
 
