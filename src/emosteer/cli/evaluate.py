@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -12,12 +13,12 @@ import typer
 from emosteer.cli.common import console, load, refuse_overwrite, save_vectors
 from emosteer.cli.engine import EngineOptions
 from emosteer.cli.options import (
+    AlphaListOpt,
     AutoOptions,
     EmotionsOpt,
     EvalOptions,
     GenerateOptions,
     JudgeOpt,
-    OutDirOpt,
     VectorSource,
     given,
     numbers,
@@ -28,6 +29,22 @@ from emosteer.cli.options import (
 from emosteer.errors import BadInputError, EmosteerError
 
 MIX_PAIR = ("joy", "sadness")  # the pair `experiment mix` tries when none is named
+
+@dataclass(frozen=True)
+class ExperimentOptions(EngineOptions, EvalOptions):
+    """What every experiment shares: EvalOptions, the engine, and where the results go.
+
+    Example:
+        ExperimentOptions(limit=2).folder("prompting")  # Path("runs/prompting")
+    """
+
+    out: Annotated[Path | None, typer.Option(
+        file_okay=False, help="folder for the results (default: runs/<experiment>)")] = None
+
+    def folder(self, experiment: str) -> Path:
+        """--out, or runs/<experiment> (e.g. runs/alpha-sweep)."""
+        return self.out or Path("runs") / experiment
+
 
 AlphasOpt = Annotated[list[str] | None, typer.Option(
     "--alphas", "--alpha", callback=split_commas,
@@ -111,12 +128,11 @@ def _alphas(values: list[str] | None) -> tuple[tuple[float, ...] | None, bool]:
     return chosen, "auto" in values
 
 
-def _runner(ev: EvalOptions, gen: GenerateOptions, out: Path, *,
+def _runner(ev: ExperimentOptions, gen: GenerateOptions, experiment: str, *,
             emotions: list[str] | tuple[str, ...] | None = None,
-            alphas: tuple[float, ...] | None = None, auto: dict[str, Any] | None = None,
-            eng: EngineOptions = EngineOptions()) -> Any:
+            alphas: tuple[float, ...] | None = None, auto: dict[str, Any] | None = None) -> Any:
     """The cached Runner of an experiment; every check runs before the model loads."""
-    eng.check()
+    ev.check()
     api = _api()
     base = api.EvalConfig()
     api.get_metrics(list(ev.metrics or base.metrics))  # fail on a typo before loading anything
@@ -127,7 +143,7 @@ def _runner(ev: EvalOptions, gen: GenerateOptions, out: Path, *,
         api.load_judge(cfg.judge)  # a bad spec fails before the model loads
     m, tok = load(ev.model)
     ppl = api.Perplexity(*load(ev.ppl_model)) if ev.ppl_model else None
-    return api.Runner(m, tok, cfg, out, ppl=ppl)
+    return api.Runner(m, tok, cfg, ev.folder(experiment), ppl=ppl)
 
 
 def _vectors(runner: Any, src: VectorSource, need_base: bool = False) -> dict:
@@ -190,22 +206,20 @@ def alpha_sweep(
              "(default: alpha_sweep's, raw)")] = None,
     prompting: Annotated[bool | None, typer.Option(
         help="add the system-prompt baseline rows (default: alpha_sweep's prompting)")] = None,
-    out: OutDirOpt = Path("runs/alpha-sweep"),
-    ev: EvalOptions = EvalOptions(),
+    ev: ExperimentOptions = ExperimentOptions(),
     src: VectorSource = VectorSource(),
     auto: AutoOptions = AutoOptions(),
     gen: GenerateOptions = GenerateOptions(),
-    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """Each emotion's vector at alphas -1, 0, 1, 2, 4: PPL, topic, EPS, EAS, TEC per emotion.
 
     Example: [bold]emosteer experiment alpha-sweep --limit 5 --variant raw --variant centered[/bold]
     """
     chosen, calibrate = _alphas(alphas)
-    runner = _runner(ev, gen, out, emotions=emotions, alphas=chosen, auto=auto.given(),
-                     eng=eng)
+    runner = _runner(ev, gen, "alpha-sweep", emotions=emotions, alphas=chosen,
+                     auto=auto.given())
     vectors = _vectors(runner, src, need_base="centered" in (variants or ()))
-    eng.attach(runner, ev.model, src.vectors)
+    ev.attach(runner, ev.model, src.vectors)
     result = _resumable(runner, _api().experiments.alpha_sweep, vectors, **given(
         variants=tuple(variants) if variants else None, prompting=prompting), auto=calibrate)
     _finish(result, "alpha-sweep")
@@ -219,11 +233,9 @@ def mix(
     weights: Annotated[list[str] | None, typer.Option(
         "--weight", "--weights", callback=split_commas,
         help="a weight tried for each; repeat for several (default: mix_experiment's)")] = None,
-    out: OutDirOpt = Path("runs/mix"),
-    ev: EvalOptions = EvalOptions(),
+    ev: ExperimentOptions = ExperimentOptions(),
     src: VectorSource = VectorSource(),
     gen: GenerateOptions = GenerateOptions(),
-    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """Two emotions mixed over a grid of weights: do their effects add up?
 
@@ -236,9 +248,9 @@ def mix(
     grid = numbers(weights, "--weights")
     if grid is not None and 0.0 not in grid:
         grid = [0.0, *grid]  # the additivity gap needs each emotion alone
-    runner = _runner(ev, gen, out, emotions=names, eng=eng)
+    runner = _runner(ev, gen, "mix", emotions=names)
     vectors = _vectors(runner, src)
-    eng.attach(runner, ev.model, src.vectors)
+    ev.attach(runner, ev.model, src.vectors)
     result = _resumable(runner, _api().experiments.mix_experiment, vectors, names[0],
                         names[1], **given(weights=grid))
     _finish(result, "mix")
@@ -246,14 +258,10 @@ def mix(
 
 @with_groups
 def base(
-    alphas: Annotated[list[str] | None, typer.Option(
-        "--alphas", "--alpha", callback=split_commas,
-        help="an alpha; repeat for several (default: EvalConfig.alphas)")] = None,
-    out: OutDirOpt = Path("runs/base"),
-    ev: EvalOptions = EvalOptions(),
+    alphas: AlphaListOpt = None,
+    ev: ExperimentOptions = ExperimentOptions(),
     src: VectorSource = VectorSource(),
     gen: GenerateOptions = GenerateOptions(),
-    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """EV_base (the mean of the emotion vectors) at each alpha: emotion in general, and which.
 
@@ -262,24 +270,22 @@ def base(
     chosen, calibrate = _alphas(alphas)
     if calibrate:
         raise BadInputError("experiment base takes numbers only: 'auto' is for alpha-sweep")
-    runner = _runner(ev, gen, out, alphas=chosen, eng=eng)  # the five emotions: EvalConfig's
+    runner = _runner(ev, gen, "base", alphas=chosen)  # the five emotions: EvalConfig's
     vectors = _vectors(runner, src, need_base=True)
-    eng.attach(runner, ev.model, src.vectors)
+    ev.attach(runner, ev.model, src.vectors)
     _finish(_resumable(runner, _api().experiments.base, vectors), "base")
 
 
 @with_groups
 def prompting(
     emotions: EmotionsOpt = None,
-    out: OutDirOpt = Path("runs/prompting"),
-    ev: EvalOptions = EvalOptions(),
+    ev: ExperimentOptions = ExperimentOptions(),
     gen: GenerateOptions = GenerateOptions(),
-    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """The baseline: the emotion asked for in the system prompt, no vector.
 
     Example: [bold]emosteer experiment prompting --limit 5[/bold]
     """
-    runner = _runner(ev, gen, out, emotions=emotions, eng=eng)
-    eng.attach(runner, ev.model, None)
+    runner = _runner(ev, gen, "prompting", emotions=emotions)
+    ev.attach(runner, ev.model, None)
     _finish(_resumable(runner, _api().experiments.prompting), "prompting")
