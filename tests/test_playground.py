@@ -8,7 +8,8 @@ folder. For the screenshots in docs/, run it on the bundled model:
     EMOSTEER_PLAYGROUND_MODEL=default EMOSTEER_PLAYGROUND_VECTORS=docs/results/vectors \\
     EMOSTEER_SCREENSHOT=docs/playground.png .venv/bin/python -m pytest tests/test_playground.py
 
-(the phone screenshot goes next to it, as playground-phone.png).
+(the phone screenshot goes next to it, as playground-phone.png). EMOSTEER_PLAYGROUND_METER
+names a meter JSON to serve when the model has none shipped.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ def _served():
     else:
         model, tok = tiny_model("llama"), byte_tokenizer()
         vectors = random_vectors(model)
-    return create_app(model, tok, vectors, ServeConfig(max_tokens=128, batch_window=0.0))
+    app = create_app(model, tok, vectors, ServeConfig(max_tokens=128, batch_window=0.0))
+    meter = os.environ.get("EMOSTEER_PLAYGROUND_METER")  # a meter JSON (scripts/fit_meter.py)
+    if meter:
+        from emosteer.emotion_meter import load_meter
+
+        app.state.engine.meter = load_meter(model, meter)
+    return app
 
 
 def _shot(tmp_path: Path, suffix: str = "") -> Path:
