@@ -201,7 +201,8 @@ class OptionGroup:
                 info.help = f"{info.help} (default: {cls.defaults}.{name})"
             return info
 
-        return Annotated[(base, *map(noted, meta))]  # type: ignore[valid-type]
+        params = (base, *map(noted, meta))
+        return Annotated[params]
 
 
 def with_groups(func: Callable[..., Any]) -> Callable[..., Any]:
