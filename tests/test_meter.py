@@ -13,19 +13,18 @@ import torch
 from conftest import byte_tokenizer, tiny_model
 from live_server import EMOTIONS, live_server, random_vectors
 
-from emosteer.emotion_meter import (
-    Meter,
+from emosteer.emotion_meter import Meter, load_meter
+from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
+from emosteer.generation import GenerateConfig, chat_prompt, generate
+from emosteer.meter_fit import corpus_rows, fit_meter, roc_auc
+from emosteer.meter_read import (
     generate_metered,
-    load_meter,
     meter,
     metering,
     read_texts,
     sequence,
     token_projections,
 )
-from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
-from emosteer.generation import GenerateConfig, chat_prompt, generate
-from emosteer.meter_fit import corpus_rows, fit_meter, roc_auc
 from emosteer.steering import steer
 
 

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from emosteer.data import dataset_info, dataset_path, held_out_flags
-from emosteer.emotion_meter import Meter, sequence, token_projections
+from emosteer.emotion_meter import Meter
 from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
+from emosteer.meter_read import sequence, token_projections
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -84,7 +84,8 @@ def meter(
 
     As an answer: [bold]emosteer meter "It was awful." --question "How was the trip?"[/bold]
     """
-    from emosteer.emotion_meter import load_meter, read_texts
+    from emosteer.emotion_meter import load_meter
+    from emosteer.meter_read import read_texts
 
     m, tok = load(model)
     chosen = load_meter(m, meter_file)

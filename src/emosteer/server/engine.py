@@ -32,9 +32,10 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from emosteer.emotion_meter import Meter, as_dict, load_meter, metering
+from emosteer.emotion_meter import Meter, as_dict, load_meter
 from emosteer.errors import EmosteerError
 from emosteer.generation import GenerateConfig, eos_ids
+from emosteer.meter_read import metering
 from emosteer.models import cache_arg, cache_of, forward_params
 from emosteer.steering import steer_rows
 from emosteer.vectors import EmotionVector
