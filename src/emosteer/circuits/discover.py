@@ -14,11 +14,9 @@ comparison of prompting, steering and circuits runs on one dataset.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,9 +26,9 @@ from emosteer.capture import masked_means
 from emosteer.circuits import analysis as A
 from emosteer.circuits.circuit import EmotionCircuit, build
 from emosteer.circuits.components import KINDS, Parts, parts, reading_last
+from emosteer.circuits.report import save  # noqa: F401 (what discover writes: report.py)
 from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
-from emosteer.files import write_text
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
 from emosteer.progress import progress_bar
@@ -378,27 +376,3 @@ def _emotion_vectors(model, response_means, rows, confirmed, emotions, cfg, arch
         out[emotion] = EmotionVector({layer: diff[layer] for layer in range(diff.shape[0])},
                                      meta)
     return out
-
-
-def save(result: Discovery, out: Path, emotions: list[str]) -> dict[str, Path]:
-    """Write the circuit, directions, vectors, rankings, samples, summary and plots."""
-    from emosteer.circuits import report
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"circuit": result.circuit.save(out / "circuit.safetensors")}
-    for i, emotion in enumerate(emotions):
-        meta = {**result.vectors[emotion].meta, "site": "residual", "method": "sev_direction",
-                "positions": "last_prompt_token"}
-        EmotionVector({layer: result.directions[i, layer]
-                       for layer in range(result.directions.shape[1])}, meta
-                      ).save(out / "directions" / f"{emotion}.safetensors")
-        result.vectors[emotion].save(out / "vectors" / f"{emotion}.safetensors")
-    rankings = {e: {k: [{"layer": layer, "index": j, "share": float(result.scores[k][i, layer, j])}
-                        for layer, j in A.top_components(result.scores[k][i], 20)]
-                    for k in KINDS} for i, e in enumerate(emotions)}
-    write_text(out / "rankings.json", json.dumps(rankings, indent=1))
-    write_text(out / "samples.jsonl", "".join(json.dumps(x) + "\n" for x in result.samples))
-    write_text(out / "summary.json", json.dumps(result.summary, indent=1))
-    paths.update(report.all_plots(result, emotions, out))
-    paths["report"] = write_text(out / "report.md", report.markdown(result.summary, emotions))
-    return paths

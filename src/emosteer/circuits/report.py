@@ -1,14 +1,19 @@
-"""Reports of a discovery: clusters per layer, consistency, causal curves, sublayer influence."""
+"""Reports of a discovery: its files, clusters per layer, consistency, causal curves, influence."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from emosteer.circuits import analysis as A
+from emosteer.circuits.components import KINDS
+from emosteer.files import write_text
 from emosteer.plots import COLOURS, pyplot, save_figure
 from emosteer.tables import markdown_table
+from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
     from emosteer.circuits.discover import Discovery
@@ -26,6 +31,32 @@ def all_plots(result: Discovery, emotions: list[str], out: Path) -> dict[str, Pa
             "consistency": plot_consistency(result.summary, out / "consistency.png"),
             "causal": plot_causal(result.summary, out / "causal.png"),
             "sublayers": plot_sublayers(result.summary, emotions, out / "sublayers.png")}
+
+
+def save(result: Discovery, out: Path, emotions: list[str]) -> dict[str, Path]:
+    """Write the circuit, directions, vectors, rankings, samples, summary, plots and report.md.
+
+    Example:
+        save(emosteer.discover(model, tok), Path("circuits"), ["joy", "anger"])
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"circuit": result.circuit.save(out / "circuit.safetensors")}
+    for i, emotion in enumerate(emotions):
+        meta = {**result.vectors[emotion].meta, "site": "residual", "method": "sev_direction",
+                "positions": "last_prompt_token"}
+        EmotionVector({layer: result.directions[i, layer]
+                       for layer in range(result.directions.shape[1])}, meta
+                      ).save(out / "directions" / f"{emotion}.safetensors")
+        result.vectors[emotion].save(out / "vectors" / f"{emotion}.safetensors")
+    rankings = {e: {k: [{"layer": layer, "index": j, "share": float(result.scores[k][i, layer, j])}
+                        for layer, j in A.top_components(result.scores[k][i], 20)]
+                    for k in KINDS} for i, e in enumerate(emotions)}
+    write_text(out / "rankings.json", json.dumps(rankings, indent=1))
+    write_text(out / "samples.jsonl", "".join(json.dumps(x) + "\n" for x in result.samples))
+    write_text(out / "summary.json", json.dumps(result.summary, indent=1))
+    paths.update(all_plots(result, emotions, out))
+    paths["report"] = write_text(out / "report.md", markdown(result.summary, emotions))
+    return paths
 
 
 def _pca2(x: torch.Tensor) -> torch.Tensor:
