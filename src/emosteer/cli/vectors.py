@@ -1,4 +1,4 @@
-"""Commands that make and show vectors: extract, info, demo."""
+"""Commands that make and show vectors: extract, info (demo: cli/demo.py)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,19 @@ import typer
 from emosteer.cli.common import console, load, refuse_overwrite, save_vectors
 from emosteer.cli.engine import EngineOptions, on_device
 from emosteer.cli.options import (
-    EXTRACT_LIMIT,
     VECTORS,
     EmotionsOpt,
     GenerateOptions,
     ModelOpt,
     OutDirOpt,
     given,
-    numbers,
-    split_commas,
     with_groups,
 )
-from emosteer.errors import UnknownEmotionError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from emosteer.vectors import EmotionVector
+    pass
 
-DEMO_QUESTIONS = (  # from emotion_query_plus, which extraction never reads
-    "eqp-neutral-003", "eqp-joy-007", "eqp-anger-011")
-DEMO_EMOTIONS = ("joy", "sadness")  # the two emotions the demo table shows
-DEMO_ALPHAS = ("-1", "1", "2")  # away from the emotion, the paper's 1x, stronger
-DEMO_TOKENS = 40  # two sentences per answer keep the demo's table readable
 
 
 @with_groups
@@ -131,68 +121,3 @@ def info(file: Annotated[Path, typer.Argument(
     table.add_row("layers", f"{len(norms)} ({vec.layers[0]}..{vec.layers[-1]})")
     table.add_row("norm by layer", " ".join(f"{n:.2f}" for n in norms.values()))
     console.print(table)
-
-
-def demo(
-    model: ModelOpt = "default",
-    limit: Annotated[int, typer.Option(min=1, help="extraction queries per emotion")
-                     ] = EXTRACT_LIMIT,
-    out: Annotated[Path, typer.Option(
-        file_okay=False, help="folder for the vectors (files there are replaced)")] = VECTORS,
-    emotions: Annotated[list[str] | None, typer.Option(
-        "--emotion", "--emotions", callback=split_commas,
-        help=f"an emotion shown in the table; repeat for several"
-             f" (default: {','.join(DEMO_EMOTIONS)})")
-    ] = None,
-    alphas: Annotated[list[str] | None, typer.Option(
-        "--alpha", "--alphas", callback=split_commas,
-        help=f"an alpha shown in the table; repeat for several"
-             f" (default: {','.join(DEMO_ALPHAS)})")] = None,
-) -> None:
-    """Extract all five emotion vectors, then answer unseen questions steered and unsteered.
-
-    Example: [bold]emosteer demo --limit 40[/bold]
-    """
-    from emosteer.extraction import ExtractConfig
-    from emosteer.extraction import extract as run
-    from emosteer.steering import check_alpha
-
-    shown = list(emotions or DEMO_EMOTIONS)
-    strengths = [check_alpha(a) for a in numbers(alphas or list(DEMO_ALPHAS), "--alpha") or []]
-    cfg = ExtractConfig(limit=limit)
-    known = (*cfg.emotions, "base")
-    unknown = [e for e in shown if e not in known]
-    if unknown:
-        raise UnknownEmotionError(f"unknown emotion {unknown[0]!r}: choose from "
-                                  f"{', '.join(known)}")
-    m, tok = load(model)
-    result = run(m, tok, cfg)
-    save_vectors(out, result.vectors)
-    n = sum(result.used.values())
-    console.print(f"extracted {len(cfg.emotions)} emotion vectors + base from {n} queries in "
-                  f"{result.seconds:.0f} s -> {out}/")
-    _demo_table(m, tok, result.vectors, shown, strengths)
-
-
-def _demo_table(m: PreTrainedModel, tok: PreTrainedTokenizerBase,
-                vectors: dict[str, EmotionVector], emotions: list[str],
-                alphas: list[float]) -> None:
-    from rich.table import Table
-
-    from emosteer import data
-    from emosteer.generation import GenerateConfig, generate_text
-
-    by_id = {q.id: q.question for q in data.load_queries("emotion_query_plus")}
-    questions = [by_id[i] for i in DEMO_QUESTIONS]
-    cfg = GenerateConfig(max_new_tokens=DEMO_TOKENS)
-    rows = [("unsteered", generate_text(m, tok, questions, cfg=cfg))]
-    for emotion in emotions:
-        for a in alphas:
-            rows.append((f"{emotion} {a:+g}",
-                         generate_text(m, tok, questions, vectors[emotion], a, cfg=cfg)))
-    for i, question in enumerate(questions):
-        table = Table("steering", "answer", title=f"[bold]{question}[/bold]", show_lines=True)
-        for label, answers in rows:
-            table.add_row(label, answers[i])
-        console.print(table)
-
