@@ -161,7 +161,7 @@ def test_serve_names_its_real_option_and_the_key_variable(tmp_path, capsys):
 def test_extract_refuses_to_overwrite(tiny, tmp_path, capsys):
     out = tmp_path / "vectors"
     base = ["extract", "--model", str(tiny / "tiny"), "--emotion", "joy", "--limit", "1",
-            "--max-new-tokens", "2", "--out", str(out)]
+            "--max-new-tokens", "2", "--out", str(out), "--filter", "none"]
     with pytest.raises(SystemExit) as stop:
         main(base)
     assert stop.value.code == 0
@@ -184,7 +184,7 @@ class Captured(EmosteerError):
 def test_defaults_come_from_the_library_and_both_list_forms_agree(monkeypatch, capsys):
     from emosteer import extraction
     from emosteer.cli import vectors
-    from emosteer.extraction import ExtractConfig
+    from emosteer.extraction import recommended
 
     seen = []
 
@@ -199,8 +199,8 @@ def test_defaults_come_from_the_library_and_both_list_forms_agree(monkeypatch, c
         with pytest.raises(SystemExit):
             main(["extract", "--out", "/nonexistent/never-written", *args])
     capsys.readouterr()
-    assert seen[0] == ExtractConfig()  # nothing given: every value is the library's
-    assert seen[1] == seen[2] == ExtractConfig(emotions=("joy", "anger"))
+    assert seen[0] == recommended()  # nothing given: every value is the library's
+    assert seen[1] == seen[2] == recommended(emotions=("joy", "anger"))
     assert seen[3].generation.batch_size == 3 and not seen[3].generation.do_sample
 
 

@@ -154,7 +154,7 @@ def test_served_vectors_fall_back_to_the_shipped_ones(tmp_path, monkeypatch):
 def test_extract_engine_vllm_generates_there_and_reads_here(tiny, fake, tmp_path):
     out = tmp_path / "v"
     args = ["extract", "--model", str(tiny / "tiny"), "--emotion", "joy", "--limit", "2",
-            "--max-new-tokens", "3", "--out", str(out)]
+            "--max-new-tokens", "3", "--out", str(out), "--filter", "none"]
     assert run(*args, "--engine", "vllm", "--vllm-arg", "dtype=float32") == 0
     (made,) = fake
     assert made["vectors"] is None and made["kwargs"] == {"dtype": "float32"}
@@ -167,7 +167,7 @@ def test_extract_engine_vllm_generates_there_and_reads_here(tiny, fake, tmp_path
 
 def test_extract_builtin_never_touches_vllm(tiny, fake, tmp_path, capsys):
     args = ["extract", "--model", str(tiny / "tiny"), "--emotion", "joy", "--limit", "1",
-            "--max-new-tokens", "2", "--out", str(tmp_path / "b")]
+            "--max-new-tokens", "2", "--out", str(tmp_path / "b"), "--filter", "none"]
     assert run(*args) == 0 and fake == []
     assert "--vllm-arg is for --engine vllm" in error(capsys, *args, "--vllm-arg", "dtype=x")
     assert "write NAME=VALUE" in error(capsys, *args, "--engine", "vllm", "--vllm-arg", "oops")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
@@ -98,6 +98,21 @@ class ExtractConfig:
                                 "'auto' or None")
         if self.band_width < 1 or not self.norm_fraction > 0 or self.scan_pairs < 1:
             raise BadInputError("band_width and scan_pairs must be >= 1, norm_fraction > 0")
+
+
+RECOMMENDED: dict[str, Any] = {"filter": "judge", "judge": "embedded-a"}
+"""What the method search (`emosteer experiment frontier`, docs/frontier.md) chose on the
+bundled model: the paper's mean difference over the answers judge A confirms. It is the default
+of `emosteer extract` and `emosteer demo`; ExtractConfig() itself stays the paper's recipe."""
+
+
+def recommended(**changes: Any) -> ExtractConfig:
+    """The recommended settings (RECOMMENDED) with `changes` on top.
+
+    Example:
+        cfg = recommended(limit=40)  # filter="judge", judge="embedded-a"
+    """
+    return ExtractConfig(**{**RECOMMENDED, **changes})
 
 
 @dataclass

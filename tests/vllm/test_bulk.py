@@ -95,7 +95,7 @@ def test_cli_extract_on_vllm(tmp_path, capsys):
 
     out = tmp_path / "vectors"
     with pytest.raises(SystemExit) as stop:
-        main(["extract", "--engine", "vllm", "--emotion", "joy", "--limit", "2",
+        main(["extract", "--engine", "vllm", "--emotion", "joy", "--limit", "2", "--filter", "none",
               "--max-new-tokens", "16", "--out", str(out), "--vllm-arg", "dtype=float32",
               "--vllm-arg", "max_model_len=1024", "--vllm-arg", "kv_cache_memory_bytes=268435456"])
     assert stop.value.code == 0, capsys.readouterr().err

@@ -46,11 +46,11 @@ def demo(
 
     Example: [bold]emosteer demo --limit 40[/bold]
     """
-    from emosteer.extraction import ExtractConfig, extract
+    from emosteer.extraction import extract, recommended
     from emosteer.steering import check_alpha
     from emosteer.vectors import calibrated_like, shipped_vectors
 
-    cfg = ExtractConfig(limit=limit)
+    cfg = recommended(limit=limit)
     shown = list(emotions or cfg.emotions)
     strengths = [check_alpha(a) for a in numbers(alphas or list(DEMO_ALPHAS), "--alpha") or []]
     unknown = [e for e in shown if e not in (*cfg.emotions, "base")]
@@ -67,7 +67,8 @@ def demo(
     n = sum(result.used.values())
     how = ("calibrated like the shipped vectors: alpha 1 = each emotion's recommended strength"
            if same_model else "not calibrated for this model: alpha 1 = the raw method output")
-    console.print(f"extracted {len(cfg.emotions)} emotion vectors + base ({cfg.method}) from "
+    console.print(f"extracted {len(cfg.emotions)} emotion vectors + base ({cfg.method}, judge-"
+                  f"filtered by {cfg.judge}) from "
                   f"{n} queries in {result.seconds:.0f} s -> {out}/ ({how})")
     demo_table(m, tok, vectors, shown, strengths)
 
