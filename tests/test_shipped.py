@@ -62,3 +62,12 @@ def test_shipped_vectors_fit_the_bundled_model_and_raise_their_emotion(tmp_path,
     with pytest.raises(SystemExit) as stop:
         main(["generate", "How was your day?", "--emotion", "anger", "--max-new-tokens", "8"])
     assert stop.value.code == 0
+
+
+def test_the_demo_questions_exist_and_were_never_extracted_from():
+    from emosteer import data
+    from emosteer.cli.demo import DEMO_QUESTIONS
+
+    held = {q.id for q in data.load_queries("emotion_query_plus")}
+    assert set(DEMO_QUESTIONS) <= held
+    assert not set(DEMO_QUESTIONS) & {q.id for q in data.load_queries("emotion_query")}

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from emosteer.vectors import EmotionVector
 
 DEMO_QUESTIONS = (  # from emotion_query_plus, which extraction never reads
-    "EQ+-neutral-0002", "EQ+-joy-0003", "EQ+-neutral-0013")
+    "eqp-neutral-003", "eqp-joy-007", "eqp-anger-011")
 DEMO_ALPHAS = ("1",)  # calibrated vectors: alpha 1 is the recommended strength of each emotion
 DEMO_TOKENS = 40  # two sentences per answer keep the demo's table readable
 
