@@ -331,9 +331,9 @@ def test_a_client_that_leaves_a_non_streamed_request_cancels_it(served, monkeypa
     engine = served["app"].state.engine
     advance = engine._advance
 
-    def slow_advance(job, token):
+    def slow_advance(job, token, *reading):  # the engine also passes the meter's reading
         time.sleep(0.1)  # 32 tokens would take 3.2 s
-        return advance(job, token)
+        return advance(job, token, *reading)
 
     monkeypatch.setattr(engine, "_advance", slow_advance)
     before = engine.stats["cancelled"]
