@@ -5,7 +5,9 @@ stream, and whatever the live server sends) and the phone layout. By default it 
 tiny random model (its answers are noise) and writes the screenshots to the test's tmp
 folder. For the screenshots in docs/, run it on the bundled model:
 
-    EMOSTEER_PLAYGROUND_MODEL=default EMOSTEER_PLAYGROUND_VECTORS=docs/results/vectors \\
+    EMOSTEER_PLAYGROUND_MODEL=default \\
+    EMOSTEER_PLAYGROUND_VECTORS=src/emosteer/data/vectors/smollm2-135m-instruct \\
+    EMOSTEER_PLAYGROUND_METER=runs/meter-fit1.json \\
     EMOSTEER_SCREENSHOT=docs/playground.png .venv/bin/python -m pytest tests/test_playground.py
 
 (the phone screenshot goes next to it, as playground-phone.png). EMOSTEER_PLAYGROUND_METER
@@ -31,9 +33,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=(
     f"chromium is not installed at {CHROMIUM} (`apt-get install chromium`; .ci/run installs it)"))
 QUESTION = "How did the exam go?"
-ANSWERS_DONE = ("() => { const a = [...document.querySelectorAll('#cols .answer .text')];"
-                " return a.length >= {n} && a.every((t) => t.textContent.length > 0)"
-                " && !document.getElementById('send').disabled; }")
+ANSWERS_DONE = ("() => document.querySelectorAll('#cols .answer').length >= {n}"
+                " && !document.getElementById('send').disabled")  # every stream has ended
 
 
 def _served():
@@ -99,7 +100,8 @@ def _ask(page, n_columns: int, question: str = QUESTION) -> None:
     page.locator("#max_tokens").fill("48")
     page.locator("#question").fill(question)
     page.locator("#send").click()
-    page.wait_for_function(ANSWERS_DONE.replace("{n}", str(n_columns)), timeout=180_000)
+    done = ANSWERS_DONE.replace("{n}", str(n_columns))
+    page.wait_for_function(done, timeout=600_000)  # the bundled model on a busy 2-core box
 
 
 def test_compare_two_columns_preset_and_meter(site, tmp_path):
@@ -123,7 +125,8 @@ def test_compare_two_columns_preset_and_meter(site, tmp_path):
         metered = page.evaluate("async () => (await (await fetch('/v1/models')).json())"
                                 ".data[0].meter") is not None
         for col in page.locator("#cols .col").all():
-            assert col.locator(".answer .text").inner_text().strip(), "a column stayed empty"
+            assert col.locator(".answer .text").inner_text().strip(), (
+                f"a column stayed empty: {col.inner_text()!r}")
             assert "error" not in col.locator(".answer").get_attribute("class")
             meter = col.locator(".meter")  # a chart if the server meters, else the note
             if metered:
@@ -170,7 +173,7 @@ def test_meter_chart_draws_one_line_per_emotion(site):
         joy = col.locator(".meter polyline[data-emotion='joy']").get_attribute("points")
         ys = [float(p.split(",")[1]) for p in joy.split()]
         assert len(ys) == 3 and ys[0] > ys[1] > ys[2]  # rising joy = the line goes up
-        assert col.locator(".legend").inner_text().startswith("joy 0.90")
+        assert col.locator(".legend").inner_text().startswith("joy 0.57")  # the mean
         assert col.locator(".judge").inner_text() == "judge: joy 0.91, anger 0.02"
         assert "great!" in col.locator(".answer .text span[title^='joy 0.90']").inner_text()
     finally:
