@@ -38,7 +38,7 @@ def setup():
 @pytest.fixture(scope="module")
 def fitted(setup):
     model, tok, vectors, _ = setup
-    return fit_meter(model, tok, vectors, limit=4, widths=(1,), progress=False)
+    return fit_meter(model, tok, vectors, limit=4, progress=False)
 
 
 def test_readings_have_one_row_per_token_in_0_1(setup):
@@ -99,7 +99,7 @@ def test_readings_while_generating_equal_the_text_read_again(setup):
         keep = batch.response_mask[k, batch.prompt_len:].bool()
         ids = batch.input_ids[k, batch.prompt_len:][keep].tolist()
         seq = (tok(prompt, add_special_tokens=False)["input_ids"], ids)
-        again = m.calibrate(token_projections(model, m.site, m.band(), [seq])[0].mean(1))
+        again = m.calibrate(token_projections(model, m.site, m.band(), [seq])[0].flatten(1))
         torch.testing.assert_close(live[k, :len(ids)], again, atol=1e-4, rtol=1e-4)
 
 
@@ -151,13 +151,31 @@ def test_fit_calibrates_on_the_training_part_only(setup, fitted):
     corpus = fitted.card["corpus"]
     assert corpus["training_ids"] == 4 * 7 and corpus["validation_ids"] > 0
     chosen = fitted.card["selection"]["chosen"]
-    assert chosen["kind"] in ("own", "all") and list(fitted.layers) == chosen["layers"]
+    assert chosen["kind"] in ("own", "all", "layers") and list(fitted.layers) == chosen["layers"]
+    assert set(fitted.card["selection"]["best_per_kind"]) == {"own", "all", "layers"}
     assert fitted.card["model_id"] == "tiny-llama" and set(fitted.card["vectors"]) == set(EMOTIONS)
-    assert not torch.equal(fitted.weight, torch.eye(len(EMOTIONS)))  # it was fitted
+    n = len(EMOTIONS)
+    assert fitted.weight.shape == (n, n * len(fitted.layers))
+    assert fitted.bias.abs().sum() > 0  # it was fitted
     values = meter(model, tok, "I am so happy today!", fitted).values
     assert ((values > 0) & (values < 1)).all()
-    if chosen["kind"] == "own":
-        assert torch.equal(fitted.weight, torch.diag(torch.diagonal(fitted.weight)))
+
+
+def test_band_mean_kinds_become_the_same_function_of_the_layers():
+    """'own' and 'all' are fitted on band means and stored over per-layer features."""
+    from emosteer.meter_fit import _calibrate, _fit
+
+    g = torch.Generator().manual_seed(0)
+    per_layer = [torch.randn(4, 2, 3, generator=g) for _ in range(15)]
+    labels = torch.tensor([i % 4 - 1 for i in range(15)])
+    for kind, mask in (("all", torch.ones(3, 3)), ("own", torch.eye(3))):
+        mean, std, w, b = _fit([p.mean(1) for p in per_layer], labels, mask)
+        m2, s2, w2, b2 = _calibrate(per_layer, labels, [0, 1], kind)
+        x = per_layer[0]
+        torch.testing.assert_close(((x.flatten(1) - m2) / s2) @ w2.T + b2,
+                                   ((x.mean(1) - mean) / std) @ w.T + b)
+        if kind == "own":  # emotion k reads only its own direction, at every layer
+            assert torch.equal(w2 != 0, torch.eye(3).repeat(1, 2).bool())
 
 
 def test_roc_auc_known_answers():
@@ -169,12 +187,18 @@ def test_roc_auc_known_answers():
 def test_save_load_round_trip_and_bad_files(fitted, setup, tmp_path):
     model, _, vectors, _ = setup
     path = fitted.save(tmp_path / "meter.json")
+    assert sorted(p.name for p in (tmp_path / "meter-vectors").iterdir()) == sorted(
+        f"{e}.safetensors" for e in EMOTIONS)
+    assert path.stat().st_size < 50_000  # the calibration is small; the vectors sit beside
     back = Meter.load(path)
     for name in ("directions", "mean", "std", "weight", "bias"):
         assert torch.equal(getattr(back, name), getattr(fitted, name)), name
     assert back.layers == fitted.layers and back.card == json.loads(json.dumps(fitted.card))
     assert load_meter(model, path).matches(vectors)
-    assert not back.matches({**vectors, "joy": vectors["anger"].renamed("joy")})
+    other = {**vectors, "joy": vectors["anger"].renamed("joy")}
+    assert not back.matches(other)
+    with pytest.raises(VectorFileError, match="not the ones it was fitted with"):
+        Meter.load(path, other)
     (tmp_path / "bad.json").write_text('{"format_version": "9"}')
     with pytest.raises(VectorFileError, match="not an emosteer meter file"):
         Meter.load(tmp_path / "bad.json")

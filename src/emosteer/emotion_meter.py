@@ -1,10 +1,15 @@
 """The emotion meter: per token, a 0-1 reading per emotion, read back from the model itself.
 
 At each layer l of a band, the output of the vectors' site (the attention output by default)
-is projected on the unit emotion directions u_le = EV_le / |EV_le|; the mean over the band is
-the raw reading f_e, and a logistic fitted on labelled text (`meter_fit.fit_meter`, on the
-training part of emotion_corpus) maps it to 0-1: reading_e = sigmoid(w_e . z + b_e), z the
-standardised raw readings.
+is projected on the unit emotion directions u_le = EV_le / |EV_le|: p_le = <h_l, u_le>. A
+logistic regression per emotion, fitted on labelled text (`meter_fit.fit_meter`, on the
+training part of emotion_corpus), maps these projections to 0-1: reading_e = sigmoid(w_e . z +
+b_e), z the standardised projections. Kinds of calibration: each emotion reads its own
+direction averaged over the band ("own"), every emotion's averaged ("all"), or every
+emotion's at every layer of the band ("layers"); all three are stored in the last form.
+
+A meter file is a small JSON (the calibration, the band, the provenance of the vectors and
+of the corpus part it was fitted on) next to a folder holding the band of each vector.
 
 Reading (a text again, or each token while generating, through read-only hooks) is in
 `meter_read.py`; fitting the band and the calibration in `meter_fit.py`.
@@ -12,13 +17,14 @@ Reading (a text again, or each token while generating, through read-only hooks) 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
@@ -80,28 +86,56 @@ def as_dict(emotions: Sequence[str], values: torch.Tensor, digits: int = 4) -> d
 
 @dataclass(frozen=True, eq=False)
 class Meter:
-    """Unit emotion directions over a layer band and the calibration that maps them to 0-1.
+    """Emotion directions over a layer band and the calibration that maps them to 0-1.
+
+    The raw features of a position are its projections on every emotion's unit direction at
+    every layer of the band, (layers * emotions) numbers, layer-major; reading_e =
+    sigmoid(weight[e] . (features - mean) / std + bias[e]).
 
     Example:
         m = load_meter(model)  # the one shipped for the bundled model
         with metering(model, m) as steps: model.generate(...)
     """
 
-    emotions: tuple[str, ...]
-    site: Site
-    layers: tuple[int, ...]  # the band, sorted
-    directions: torch.Tensor  # (layers, emotions, d_model), unit rows
-    mean: torch.Tensor  # (emotions,) raw readings' mean on the fitting tokens
-    std: torch.Tensor  # (emotions,)
-    weight: torch.Tensor  # (emotions, emotions): row e reads the standardised raw readings
+    vectors: Mapping[str, EmotionVector]  # emotion -> its vector over the band, reading order
+    mean: torch.Tensor  # (layers * emotions,) the features' mean on the fitting tokens
+    std: torch.Tensor  # (layers * emotions,)
+    weight: torch.Tensor  # (emotions, layers * emotions)
     bias: torch.Tensor  # (emotions,)
     card: dict = field(default_factory=dict)  # provenance: model, vectors, corpus, selection
+    emotions: tuple[str, ...] = field(init=False)
+    site: Site = field(init=False)
+    layers: tuple[int, ...] = field(init=False)  # the band, sorted
+    directions: torch.Tensor = field(init=False)  # (layers, emotions, d_model), unit rows
+
+    def __post_init__(self) -> None:
+        names = tuple(self.vectors)
+        if not names:
+            raise BadInputError("a meter needs at least one emotion vector")
+        sites = {v.site for v in self.vectors.values()}
+        bands = {tuple(v.layers) for v in self.vectors.values()}
+        if len(sites) != 1 or len(bands) != 1:
+            raise BadInputError(f"the meter's vectors must share one site and one band (got "
+                                f"sites {sorted(sites)}, {len(bands)} bands)")
+        band = bands.pop()
+        unit = [torch.stack([self.vectors[e].directions[layer] for e in names]) for layer in band]
+        directions = torch.stack(unit)  # (layers, emotions, d_model)
+        directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        n, f = len(names), len(band) * len(names)
+        if self.weight.shape != (n, f) or self.bias.shape != (n,) or \
+                self.mean.shape != (f,) or self.std.shape != (f,):
+            raise BadInputError(f"calibration shapes {tuple(self.weight.shape)} do not fit "
+                                f"{n} emotions x {len(band)} layers")
+        for key, value in (("emotions", names), ("site", sites.pop()), ("layers", band),
+                           ("directions", directions), ("vectors", MappingProxyType(
+                               dict(self.vectors)))):
+            object.__setattr__(self, key, value)
 
     @classmethod
     def from_vectors(cls, vectors: Mapping[str, EmotionVector], layers: Sequence[int],
                      emotions: Sequence[str] | None = None) -> Meter:
-        """An uncalibrated meter over `layers` of the vectors (reading_e = sigmoid of the raw
-        reading); `meter_fit.fit_meter` calibrates it.
+        """An uncalibrated meter over `layers` of the vectors: reading_e = sigmoid of the mean
+        over the band of the projection on e's direction; `meter_fit.fit_meter` calibrates.
 
         Example:
             Meter.from_vectors(vectors, layers=[10, 11, 12], emotions=["joy", "anger"])
@@ -110,40 +144,27 @@ class Meter:
         missing = [e for e in names if e not in vectors]
         if missing:
             raise BadInputError(f"no vector for {missing}: the vectors are {sorted(vectors)}")
-        sites = {vectors[e].site for e in names}
-        if len(sites) != 1:
-            raise BadInputError(f"the vectors mix sites {sorted(sites)}: meter one site")
-        band = tuple(sorted(set(layers)))
-        if not band:
-            raise BadInputError("a meter needs at least one layer")
-        rows = []
-        for layer in band:
-            stack = []
-            for e in names:
-                if layer not in vectors[e].directions:
-                    raise BadInputError(f"vector {e!r} has no layer {layer}")
-                v = vectors[e].directions[layer]
-                stack.append(v / v.norm().clamp(min=1e-12))
-            rows.append(torch.stack(stack))
-        n = len(names)
+        band = sorted(set(layers))
+        n, width = len(names), len(band)
+        weight = torch.eye(n).repeat(1, width) / max(width, 1)  # (emotions, layers * emotions)
         first = vectors[names[0]].meta
         card = {k: first[k] for k in ("model_id", "architecture", "hidden_size", "num_layers")
                 if k in first}
         card["vectors"] = {e: provenance(vectors[e], band) for e in names}
-        return cls(names, sites.pop(), band, torch.stack(rows), torch.zeros(n), torch.ones(n),
-                   torch.eye(n), torch.zeros(n), card)
+        return cls({e: vectors[e].select(band) for e in names}, torch.zeros(n * width),
+                   torch.ones(n * width), weight, torch.zeros(n), card)
 
     def band(self) -> dict[int, torch.Tensor]:
         """{layer: (emotions, d_model) unit directions}."""
         return {layer: self.directions[i] for i, layer in enumerate(self.layers)}
 
     def raw(self, projections: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Band mean of per-layer projections {layer: (..., emotions)}: (..., emotions)."""
-        return torch.stack([projections[layer] for layer in self.layers]).mean(0)
+        """Features (..., layers * emotions) from projections {layer: (..., emotions)}."""
+        return torch.stack([projections[layer] for layer in self.layers], dim=-2).flatten(-2)
 
-    def calibrate(self, raw: torch.Tensor) -> torch.Tensor:
-        """0-1 readings from raw band readings (..., emotions)."""
-        z = (raw.float().cpu() - self.mean) / self.std
+    def calibrate(self, features: torch.Tensor) -> torch.Tensor:
+        """0-1 readings (..., emotions) from features (..., layers * emotions)."""
+        z = (features.float().cpu() - self.mean) / self.std
         return torch.sigmoid(z @ self.weight.T + self.bias)
 
     def check_model(self, model: PreTrainedModel) -> None:
@@ -161,56 +182,67 @@ class Meter:
     def matches(self, vectors: Mapping[str, EmotionVector]) -> bool:
         """True when `vectors` hold exactly the directions this meter was fitted with."""
         fitted = self.card.get("vectors", {})
-        return all(e in vectors and e in fitted and fitted[e].get("band_sha256") ==
+        return all(e in vectors and e in fitted and set(self.layers) <= set(vectors[e].layers)
+                   and fitted[e].get("band_sha256") ==
                    provenance(vectors[e], self.layers)["band_sha256"] for e in self.emotions)
 
     # --- files -------------------------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        directions = self.directions.float().contiguous().numpy().tobytes()
-        return {"format_version": FORMAT_VERSION, "kind": "emosteer emotion meter",
+    def save(self, path: str | Path, vectors_dir: str | Path | None = None,
+             write_vectors: bool = True) -> Path:
+        """Write the calibration as JSON (small, never pickle) and the band's vectors.
+
+        Args:
+            path: the JSON file.
+            vectors_dir: the folder of the vectors, one <emotion>.safetensors each (default:
+                <path without .json>-vectors/); the JSON names it relative to itself.
+            write_vectors: write the band's vectors there; False when the folder already
+                holds the vectors the meter was fitted with (e.g. the shipped ones).
+        """
+        path = Path(path)
+        folder = Path(vectors_dir) if vectors_dir is not None else path.with_name(
+            f"{path.stem}-vectors")
+        for emotion, vector in self.vectors.items():
+            if write_vectors:
+                vector.save(folder / f"{emotion}.safetensors")
+        where = os.path.relpath(folder.resolve(), path.resolve().parent)
+        body = {"format_version": FORMAT_VERSION, "kind": "emosteer emotion meter",
                 "emotions": list(self.emotions), "site": self.site, "layers": list(self.layers),
+                "vectors": Path(where).as_posix(),
                 "calibration": {"mean": self.mean.tolist(), "std": self.std.tolist(),
                                 "weight": self.weight.tolist(), "bias": self.bias.tolist()},
-                "directions": {"dtype": "float32 little-endian, base64",
-                               "shape": list(self.directions.shape),
-                               "data": base64.b64encode(directions).decode("ascii")},
                 "card": self.card}
-
-    def save(self, path: str | Path) -> Path:
-        """Write the meter as one JSON file, atomically (never pickle)."""
-        return write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+        return write_text(path, json.dumps(body, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> Meter:
-        """Read a file written by `save`; a clear error for anything else."""
+    def load(cls, path: str | Path, vectors: Mapping[str, EmotionVector] | None = None) -> Meter:
+        """Read a meter written by `save` (its vectors from the folder it names, unless given);
+        a clear error for anything else, or for vectors that are not the ones it was fitted on."""
+        from emosteer.vectors import load_vectors
+
         path = Path(path)
         hint = "fit one with `python scripts/fit_meter.py`"
         if not path.is_file():
             raise VectorFileError(f"meter file {path} does not exist: {hint}")
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
-            return cls.from_json(body)
-        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            if body.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format_version {body.get('format_version')!r}, expected "
+                                 f"{FORMAT_VERSION!r}")
+            emotions, layers = list(body["emotions"]), [int(i) for i in body["layers"]]
+            cal = {k: torch.tensor(v, dtype=torch.float32) for k, v in body["calibration"].items()}
+            card = dict(body["card"])
+            fitted = {e: card["vectors"][e]["band_sha256"] for e in emotions}
+            folder = path.parent / body["vectors"]
+        except (ValueError, KeyError, TypeError) as err:
             raise VectorFileError(f"{path} is not an emosteer meter file ({err}): {hint}") from None
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> Meter:
-        if body.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format_version {body.get('format_version')!r}, expected "
-                             f"{FORMAT_VERSION!r}")
-        emotions, layers = tuple(body["emotions"]), tuple(int(i) for i in body["layers"])
-        d = body["directions"]
-        raw = bytearray(base64.b64decode(d["data"], validate=True))
-        directions = torch.frombuffer(raw, dtype=torch.float32).reshape(d["shape"]).clone()
-        cal = {k: torch.tensor(v, dtype=torch.float32) for k, v in body["calibration"].items()}
-        n = len(emotions)
-        if directions.shape[:2] != (len(layers), n) or cal["weight"].shape != (n, n) or any(
-                cal[k].shape != (n,) for k in ("mean", "std", "bias")):
-            raise ValueError("shapes do not agree with the emotions and layers")
-        if not all(torch.isfinite(t).all() for t in (directions, *cal.values())):
-            raise ValueError("NaN or infinite values")
-        return cls(emotions, cast("Site", body["site"]), layers, directions, cal["mean"],
-                   cal["std"], cal["weight"], cal["bias"], dict(body.get("card", {})))
+        if not all(torch.isfinite(t).all() for t in cal.values()):
+            raise VectorFileError(f"{path} holds NaN or infinite values: {hint}")
+        found = dict(vectors) if vectors is not None else load_vectors(folder)
+        draft = cls.from_vectors(found, layers, emotions)
+        if any(draft.card["vectors"][e]["band_sha256"] != fitted[e] for e in emotions):
+            raise VectorFileError(f"the vectors for meter {path} are not the ones it was fitted "
+                                  f"with: {hint}")
+        return cls(draft.vectors, cal["mean"], cal["std"], cal["weight"], cal["bias"], card)
 
 
 def provenance(vector: EmotionVector, layers: Sequence[int]) -> dict[str, str]:
@@ -219,7 +251,7 @@ def provenance(vector: EmotionVector, layers: Sequence[int]) -> dict[str, str]:
     for layer in layers:
         digest.update(vector.directions[layer].float().contiguous().numpy().tobytes())
     keep = ("emotion", "method", "dataset", "dataset_sha256", "dataset_version", "created",
-            "emosteer_version", "site", "scale", "limit")
+            "emosteer_version", "site", "scale", "limit", "n_queries")
     return {**{k: vector.meta[k] for k in keep if k in vector.meta},
             "band_sha256": digest.hexdigest()[:16]}
 
@@ -247,13 +279,16 @@ def load_meter(model: PreTrainedModel, source: Directions = None) -> Meter:
 
 def _shipped(model: PreTrainedModel, vectors: Mapping[str, EmotionVector] | None) -> Meter:
     wanted = model_shape(model)["model_id"]
-    meters = [Meter.load(p) for p in sorted(SHIPPED.glob("meter-*.json"))]
-    mine = [m for m in meters if m.card.get("model_id") == wanted]
-    if vectors is not None:
-        mine = [m for m in mine if m.matches(vectors)]
-    if not mine:
-        which = "these vectors" if vectors is not None else f"model {wanted!r}"
-        raise VectorFileError(f"no emotion meter is fitted for {which}: fit one (about a "
-                              "minute) with `python scripts/fit_meter.py --vectors <folder> "
-                              "--out meter.json` and pass that file")
-    return mine[0]
+    for path in sorted(SHIPPED.glob("meter-*.json")):
+        if json.loads(path.read_text(encoding="utf-8")).get("card", {}).get(
+                "model_id") != wanted:
+            continue
+        try:
+            return Meter.load(path, vectors)
+        except (VectorFileError, BadInputError):
+            if vectors is None:
+                raise  # the shipped meter for this model is broken: say so
+    which = "these vectors" if vectors is not None else f"model {wanted!r}"
+    raise VectorFileError(f"no emotion meter is fitted for {which}: fit one (10 minutes on 2 "
+                          "cores) with `python scripts/fit_meter.py --vectors <folder> --out "
+                          "meter.json` and pass that file")

@@ -5,18 +5,21 @@ read. The training part is split again by a seeded hash of the ids: the band and
 calibration are chosen on its validation share, then the chosen one is refitted on the whole
 training part.
 
-Calibration kinds (both a logistic regression per emotion, one-vs-rest, on the band-mean
-projections, standardised):
-- "own": each emotion reads only its own direction (two numbers per emotion);
-- "all": each emotion reads every emotion's direction (a 5 x 5 weight for five emotions), so
-  e.g. anger can discount what it shares with disgust.
+Calibration kinds, each a logistic regression per emotion (one-vs-rest) on the standardised
+projections of the band:
+- "own": each emotion reads only its own direction, averaged over the band (2 numbers each);
+- "all": each emotion reads every emotion's direction, averaged over the band;
+- "layers": each emotion reads every emotion's direction at every layer of the band (for 5
+  emotions over 30 layers, 150 weights each): what one emotion's direction means can change
+  from layer to layer.
 
 Every token of a sentence is labelled with the sentence's label and weighted 1 / its length,
 so each sentence counts once. Sentences labelled with an emotion the meter does not read
 (surprise, neutral) are negatives for every emotion. Chosen by: the mean of the validation
 sentences' argmax accuracy (text-level reading = mean over tokens) and the macro ROC AUC of
-their text-level readings. Every band is tried with "own"; the other kinds on the best
-`REFINE` bands only (a fit is cheap, but a shared 2-core machine makes 100 of them slow).
+their text-level readings. "own" is tried on every band of `WIDTHS`, "all" on the best
+`REFINE` of those, "layers" on the wide bands of `LAYER_WIDTHS` (a fit is cheap, but a shared
+2-core machine makes a hundred of them slow).
 """
 
 from __future__ import annotations
@@ -39,29 +42,30 @@ if TYPE_CHECKING:
 
     from emosteer.vectors import EmotionVector
 
-__all__ = ["corpus_rows", "fit_meter", "roc_auc"]
+__all__ = ["corpus_projections", "corpus_rows", "fit_meter", "fit_projections", "roc_auc"]
 
-WIDTHS = (1, 3, 5, 9)  # band widths tried (and the whole vector)
-KINDS = ("own", "all")
+WIDTHS = (1, 3, 5, 9)  # band widths tried with "own" (and the whole vector)
+LAYER_WIDTHS = (10, 20)  # band widths tried with "layers" (and the whole vector)
+KINDS = ("own", "all", "layers")
 VALIDATION_SHARE = 0.25  # of the training part: where the band and kind are chosen
 VALIDATION_SEED = 7  # not the held-out split's seed (0) nor the judge halves' (1)
-L2 = 1e-3  # light: at most 25 weights against thousands of tokens
-REFINE = 6  # bands that the kinds after the first are tried on
+L2 = 1e-3  # light: 1e-2 and 1e-1 scored lower on the validation share ("layers", all layers)
+REFINE = 6  # the best "own" bands that "all" is tried on
+
+Calibration = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # mean, std, W, b
 
 
 def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVector],
-              emotions: Sequence[str] | None = None, widths: Sequence[int] = WIDTHS,
-              kinds: Sequence[str] = KINDS, limit: int | None = None, batch_size: int = 16,
-              progress: bool = True) -> Meter:
+              emotions: Sequence[str] | None = None, kinds: Sequence[str] = KINDS,
+              limit: int | None = None, batch_size: int = 16, progress: bool = True) -> Meter:
     """A calibrated meter for `vectors` on `model`, its band and kind chosen by measurement.
 
     Args:
         model, tokenizer: the model the meter will read.
         vectors: emotion name -> vector (e.g. `load_vectors(folder)`); names outside the six
             emotions (e.g. "base") are left out unless named in `emotions`.
-        emotions: the emotions to read (default: the vectors' emotion names).
-        widths: band widths to try; the whole vector is always tried too.
-        kinds: calibration kinds to try ("own", "all").
+        emotions: the emotions to read (default: the vectors' emotions, in the usual order).
+        kinds: calibration kinds to try (of "own", "all", "layers").
         limit: read at most this many training sentences per label (tests; None: all).
         batch_size: sentences per forward pass.
         progress: show a progress bar.
@@ -70,37 +74,65 @@ def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVe
         m = fit_meter(model, tok, emosteer.load_vectors("vectors"))
         m.save("meter.json"); m.card["selection"]["chosen"]
     """
-    names = list(emotions or [e for e in vectors if e in CIRCUIT_EMOTIONS])
+    names = _names(vectors, emotions)
+    rows, per_layer = corpus_projections(model, tokenizer, vectors, names, limit, batch_size,
+                                         progress)
+    return fit_projections(vectors, names, rows, per_layer, kinds, limit)
+
+
+def _names(vectors: Mapping[str, EmotionVector], emotions: Sequence[str] | None) -> list[str]:
+    names = list(emotions or [e for e in CIRCUIT_EMOTIONS if e in vectors])
     if not names:
         raise BadInputError(f"none of the vectors {sorted(vectors)} is an emotion: name them "
                             "with emotions=[...]")
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise BadInputError(f"unknown calibration kind {bad[0]!r}: use {', '.join(KINDS)}")
-    full = Meter.from_vectors(vectors, vectors[names[0]].layers, names)
+    return names
+
+
+def corpus_projections(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVector],
+                       emotions: Sequence[str], limit: int | None = None, batch_size: int = 16,
+                       progress: bool = True) -> tuple[list[dict], list[torch.Tensor]]:
+    """The training sentences and, per sentence, each token's projections on the vectors at
+    every layer they have: (tokens, layers, emotions). The slow part of a fit (one forward
+    pass over the training part); `fit_projections` reuses it."""
+    full = Meter.from_vectors(vectors, vectors[emotions[0]].layers, emotions)
     rows = _training_rows(limit)
     seqs = [sequence(tokenizer, r["text"]) for r in rows]
-    per_layer = token_projections(model, full.site, full.band(), seqs, batch_size, progress)
+    return rows, token_projections(model, full.site, full.band(), seqs, batch_size, progress)
+
+
+def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str],
+                    rows: list[dict], per_layer: list[torch.Tensor],
+                    kinds: Sequence[str] = KINDS, limit: int | None = None) -> Meter:
+    """Choose the band and kind on the validation share, refit on all `rows` (see the module)."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise BadInputError(f"unknown calibration kind {bad[:1]}: use {', '.join(KINDS)}")
+    names = list(emotions)
+    layers = list(vectors[names[0]].layers)
     labels = torch.tensor([names.index(r["label"]) if r["label"] in names else -1 for r in rows])
     val = torch.tensor(held_out_flags([r["id"] for r in rows], VALIDATION_SHARE, VALIDATION_SEED))
-    def trial(band: list[int], kind: str) -> dict[str, Any]:
-        index = [full.layers.index(layer) for layer in band]
-        raw = [p[:, index].mean(1) for p in per_layer]  # (tokens, emotions) per sentence
-        cal = _fit([r for r, v in zip(raw, val, strict=True) if not v], labels[~val], kind)
-        scores = _score(cal, [r for r, v in zip(raw, val, strict=True) if v], labels[val])
-        return {"layers": band, "kind": kind, **scores}
 
-    def merit(t: dict[str, Any]) -> float:
+    def trial(band: list[int], kind: str) -> dict[str, Any]:
+        fit, test = _part(per_layer, ~val), _part(per_layer, val)
+        cal = _calibrate(fit, labels[~val], [layers.index(i) for i in band], kind)
+        return {"layers": band, "kind": kind,
+                **_score(cal, test, labels[val], [layers.index(i) for i in band])}
+
+    def merit(t: Mapping[str, Any]) -> float:
         return (t["accuracy"] + t["auc"]) / 2
 
-    trials = [trial(band, kinds[0]) for band in _bands(list(full.layers), widths)]
-    refine = sorted(trials, key=merit, reverse=True)[:REFINE]
-    trials += [trial(t["layers"], kind) for kind in kinds[1:] for t in refine]
+    trials: list[dict[str, Any]] = []
+    if "own" in kinds:
+        trials += [trial(band, "own") for band in _bands(layers, WIDTHS)]
+    if "all" in kinds:
+        own = sorted(trials, key=merit, reverse=True)[:REFINE] or [{"layers": layers}]
+        trials += [trial(t["layers"], "all") for t in own]
+    if "layers" in kinds:
+        trials += [trial(band, "layers") for band in _bands(layers, LAYER_WIDTHS)]
     best = max(trials, key=merit)
-    index = [full.layers.index(layer) for layer in best["layers"]]
     chosen = Meter.from_vectors(vectors, best["layers"], names)
-    mean, std, weight, bias = _fit([p[:, index].mean(1) for p in per_layer], labels, best["kind"])
-    top = sorted(trials, key=merit, reverse=True)[:8]
+    mean, std, weight, bias = _calibrate(per_layer, labels,
+                                         [layers.index(i) for i in best["layers"]], best["kind"])
     info = dataset_info("emotion_corpus")
     card: dict[str, Any] = {
         **chosen.card, "site": chosen.site, "reading": "the state before each token",
@@ -110,11 +142,16 @@ def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVe
                    "training_ids": len(rows), "validation_share": VALIDATION_SHARE,
                    "validation_seed": VALIDATION_SEED, "validation_ids": int(val.sum()),
                    "limit_per_label": limit},
-        "selection": {"rule": "max of (validation argmax accuracy + macro AUC) / 2; every band "
-                              f"with {kinds[0]!r}, the other kinds on the best {REFINE}",
+        "selection": {"rule": "max of (validation argmax accuracy + macro AUC) / 2",
                       "candidates": len(trials), "chosen": _rounded(best),
-                      "top": [_rounded(t) for t in top]}}
+                      "top": [_rounded(t) for t in sorted(trials, key=merit, reverse=True)[:8]],
+                      "best_per_kind": {k: _rounded(max((t for t in trials if t["kind"] == k),
+                                                        key=merit)) for k in kinds}}}
     return replace(chosen, mean=mean, std=std, weight=weight, bias=bias, card=card)
+
+
+def _part(items: list[torch.Tensor], flags: torch.Tensor) -> list[torch.Tensor]:
+    return [x for x, f in zip(items, flags, strict=True) if f]
 
 
 def corpus_rows(held_out: bool) -> list[dict]:
@@ -154,14 +191,31 @@ def _bands(layers: list[int], widths: Sequence[int]) -> list[list[int]]:
     return [list(b) for b in dict.fromkeys(tuple(b) for b in out)]
 
 
-def _fit(raw: list[torch.Tensor], labels: torch.Tensor, kind: str
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean, std, weight, bias) of a one-vs-rest logistic per emotion on token readings.
+def _calibrate(per_layer: list[torch.Tensor], labels: torch.Tensor, index: list[int],
+               kind: str) -> Calibration:
+    """A kind's calibration over the band `index` (positions in the vectors' layers), in the
+    meter's form: over the per-layer features (layers * emotions), layer-major."""
+    if kind == "layers":
+        x = [p[:, index].flatten(1) for p in per_layer]
+        n = per_layer[0].shape[-1] if per_layer else 0
+        return _fit(x, labels, torch.ones(n, len(index) * n))
+    x = [p[:, index].mean(1) for p in per_layer]  # (tokens, emotions): the band means
+    n = x[0].shape[-1]
+    mean, std, w, b = _fit(x, labels, torch.eye(n) if kind == "own" else torch.ones(n, n))
+    # the same function of the per-layer features: mean_l p_le = sum_l p_le / L
+    weight = (w / std).repeat(1, len(index)) / len(index)  # (emotions, layers * emotions)
+    bias = b - (w * mean / std).sum(1)
+    return torch.zeros(weight.shape[1]), torch.ones(weight.shape[1]), weight, bias
 
-    raw: per sentence (tokens, emotions); labels: per sentence, an emotion index or -1.
+
+def _fit(raw: list[torch.Tensor], labels: torch.Tensor, mask: torch.Tensor) -> Calibration:
+    """(mean, std, weight, bias) of a one-vs-rest logistic per emotion on token features.
+
+    raw: per sentence (tokens, features); labels: per sentence, an emotion index or -1;
+    mask: (emotions, features), which weights may be non-zero.
     """
-    x = torch.cat(raw)  # (tokens, emotions)
-    n = x.shape[1]
+    x = torch.cat(raw)  # (tokens, features)
+    n = mask.shape[0]
     lengths = torch.tensor([len(r) for r in raw])
     weights = torch.repeat_interleave(1.0 / lengths.clamp(min=1).float(), lengths)  # (tokens,)
     target = torch.zeros(len(raw), n)
@@ -169,8 +223,7 @@ def _fit(raw: list[torch.Tensor], labels: torch.Tensor, kind: str
     target = torch.repeat_interleave(target, lengths, dim=0)  # (tokens, emotions)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
-    mask = torch.eye(n) if kind == "own" else torch.ones(n, n)
-    w = torch.zeros(n, n, requires_grad=True)
+    w = torch.zeros(mask.shape, requires_grad=True)
     b = torch.zeros(n, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, history_size=20,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-7)
@@ -188,15 +241,16 @@ def _fit(raw: list[torch.Tensor], labels: torch.Tensor, kind: str
     return mean, std, (w * mask).detach(), b.detach()
 
 
-def _score(cal: tuple[torch.Tensor, ...], raw: list[torch.Tensor], labels: torch.Tensor
-           ) -> dict[str, float]:
+def _score(cal: Calibration, per_layer: list[torch.Tensor], labels: torch.Tensor,
+           index: list[int]) -> dict[str, float]:
     """Validation: argmax accuracy on the emotion sentences, macro AUC over all sentences."""
     mean, std, weight, bias = cal
-    text = torch.stack([torch.sigmoid(((r - mean) / std) @ weight.T + bias).mean(0)
-                        if len(r) else torch.zeros(len(mean)) for r in raw])  # (texts, emotions)
+    n = weight.shape[0]
+    text = torch.stack([torch.sigmoid(((p[:, index].flatten(1) - mean) / std) @ weight.T + bias)
+                        .mean(0) if len(p) else torch.zeros(n) for p in per_layer])
     emotional = labels >= 0
     accuracy = float((text[emotional].argmax(-1) == labels[emotional]).float().mean())
-    aucs = [roc_auc(text[:, e], labels == e) for e in range(text.shape[1])]
+    aucs = [roc_auc(text[:, e], labels == e) for e in range(n)]
     return {"accuracy": accuracy, "auc": sum(aucs) / len(aucs)}
 
 

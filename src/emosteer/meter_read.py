@@ -160,7 +160,7 @@ def read_texts(model: PreTrainedModel, tokenizer, texts: Sequence[str | Sequence
     m = load_meter(model, directions)
     seqs = [sequence(tokenizer, t) for t in texts]
     projections = token_projections(model, m.site, m.band(), seqs, batch_size, progress)
-    return [Readings(m.emotions, [tokenizer.decode([t]) for t in ids], m.calibrate(p.mean(1)),
+    return [Readings(m.emotions, [tokenizer.decode([t]) for t in ids], m.calibrate(p.flatten(1)),
                      tokenizer.decode(ids))
             for (_, ids), p in zip(seqs, projections, strict=True)]
 
