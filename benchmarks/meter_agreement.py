@@ -14,7 +14,7 @@ Where it disagrees: the judge-label -> meter-argmax confusion and the worst exam
 Targets (issue 13): Spearman >= 0.6 per emotion, argmax accuracy >= 70%.
 Writes benchmarks/results/meter_agreement-<machine>.json; the last stdout line is its JSON.
 
-    python benchmarks/meter_agreement.py --vectors runs/meter-vectors [--questions 3]
+    python benchmarks/meter_agreement.py [--vectors default] [--questions 4]
 """
 
 from __future__ import annotations
@@ -151,9 +151,9 @@ def _by_alpha(rows: list[dict], judged: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--vectors", required=True)
+    parser.add_argument("--vectors", default="default", help="a folder, or default (shipped)")
     parser.add_argument("--meter", default=None, help="a meter JSON (default: the shipped one)")
-    parser.add_argument("--questions", type=int, default=3, help="EQ+ questions per emotion")
+    parser.add_argument("--questions", type=int, default=4, help="EQ+ questions per emotion")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

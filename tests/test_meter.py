@@ -348,3 +348,19 @@ def test_emosteer_meter_is_the_function(setup):
     model, tok, _, m = setup
     assert emosteer.meter(model, tok, "hi", m).values.shape == (2, len(EMOTIONS))
     assert emosteer.load_meter(model, m) is m
+
+
+@pytest.mark.slow
+def test_the_shipped_meter_reads_the_bundled_model():
+    from emosteer.models import load_model
+    from emosteer.vectors import load_vectors
+
+    model, tok = load_model("default")
+    m = load_meter(model)  # found for the model id, its vectors checked by hash
+    assert m.matches(load_vectors("default")) and m.card["calibration"] == "layers"
+    assert m.card["corpus"]["training_ids"] == len(corpus_rows(held_out=False))
+    texts = {"joy": "We won the final! I can't stop smiling, best day ever.",
+             "fear": "I heard footsteps behind me in the dark and froze, terrified."}
+    for emotion, text in texts.items():
+        means = meter(model, tok, text).mean()
+        assert max(means, key=means.get) == emotion, means
