@@ -2,7 +2,7 @@
 
 The layer band and the calibration are chosen on a validation share of emotion_corpus's
 training part, then refitted on the whole training part; the held-out 20% is never read
-(`emosteer.meter_fit`). About 10 minutes for the bundled model on 2 quiet cores.
+(`emosteer.meter_fit`). About 3 minutes for the bundled model on 2 quiet cores.
 
     python scripts/fit_meter.py --vectors default --cache runs/meter_cache.safetensors
     python scripts/fit_meter.py --model Qwen/Qwen2.5-0.5B-Instruct --vectors vectors/ \

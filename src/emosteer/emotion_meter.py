@@ -289,6 +289,6 @@ def _shipped(model: PreTrainedModel, vectors: Mapping[str, EmotionVector] | None
             if vectors is None:
                 raise  # the shipped meter for this model is broken: say so
     which = "these vectors" if vectors is not None else f"model {wanted!r}"
-    raise VectorFileError(f"no emotion meter is fitted for {which}: fit one (10 minutes on 2 "
+    raise VectorFileError(f"no emotion meter is fitted for {which}: fit one (a few minutes on 2 "
                           "cores) with `python scripts/fit_meter.py --vectors <folder> --out "
                           "meter.json` and pass that file")
