@@ -21,7 +21,7 @@ from pathlib import Path
 
 from emosteer.evaluate.frontier import METHODS
 from emosteer.files import write_text
-from emosteer.vectors import SHIPPED, EmotionVector
+from emosteer.vectors import DEFAULT_VECTORS, EmotionVector
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frontier", type=Path, default=Path("runs/frontier"))
     parser.add_argument("--method", required=True)
-    parser.add_argument("--out", type=Path, default=SHIPPED / "smollm2-135m-instruct")
+    parser.add_argument("--out", type=Path, default=DEFAULT_VECTORS)
     args = parser.parse_args(argv)
     spec = next(m for m in METHODS if m.name == args.method)
     chosen = {r["emotion"]: r for r in read_jsonl(args.frontier / "calibration.jsonl")

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from emosteer.emotions import VECTOR_EMOTIONS
-from emosteer.vectors import SHIPPED, load_vectors
+from emosteer.vectors import DEFAULT_VECTORS, load_vectors
 
-FOLDER = SHIPPED / "smollm2-135m-instruct"
+FOLDER = DEFAULT_VECTORS
 
 
 def test_the_five_ship_calibrated_with_their_provenance():

@@ -139,7 +139,8 @@ def test_served_vectors_fall_back_to_the_shipped_ones(tmp_path, monkeypatch):
     from emosteer.cli.serve import served_vectors
 
     monkeypatch.chdir(tmp_path)  # no vectors/ here
-    monkeypatch.setattr(emosteer.vectors, "SHIPPED", tmp_path / "shipped")
+    shipped = tmp_path / "shipped" / "smollm2-135m-instruct"
+    monkeypatch.setattr(emosteer.vectors, "DEFAULT_VECTORS", shipped)
     with pytest.raises(VectorFileError, match="pass the folder with --vectors"):
         served_vectors(None)
     joy = EmotionVector({0: torch.ones(4)}, {"emotion": "joy", "site": "attn"})

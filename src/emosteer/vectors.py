@@ -224,6 +224,7 @@ class EmotionVector:
 
 
 SHIPPED = Path(__file__).parent / "data" / "vectors"  # vectors shipped per bundled model
+DEFAULT_VECTORS = SHIPPED / "smollm2-135m-instruct"  # what load_vectors("default") reads
 
 
 def shipped_vectors() -> dict[str, EmotionVector]:
@@ -232,8 +233,7 @@ def shipped_vectors() -> dict[str, EmotionVector]:
     Example:
         shipped_vectors()["anger"].meta["calibrated_strength"]
     """
-    folder = SHIPPED / "smollm2-135m-instruct"
-    return load_vectors("default") if any(folder.glob("*.safetensors")) else {}
+    return load_vectors("default") if any(DEFAULT_VECTORS.glob("*.safetensors")) else {}
 
 
 def calibrated_like(vectors: Mapping[str, EmotionVector],
@@ -278,7 +278,7 @@ def load_vectors(source: str | Path = "default") -> dict[str, EmotionVector]:
         vectors = emosteer.load_vectors("default")
         with emosteer.steer(model, vectors["anger"]): ...
     """
-    folder = SHIPPED / "smollm2-135m-instruct" if str(source) == "default" else Path(source)
+    folder = DEFAULT_VECTORS if str(source) == "default" else Path(source)
     if folder.is_file():
         raise VectorFileError(f"{folder} is a file: pass the folder that holds the vectors "
                               "(or load one file with EmotionVector.load)")

@@ -45,10 +45,10 @@ def served_vectors(folder: Path | None) -> tuple[Path, dict[str, EmotionVector]]
     if folder is not None or any(VECTORS.glob("*.safetensors")):
         chosen = folder or VECTORS
         return chosen, vectors_in(chosen, "--vectors")
-    from emosteer.vectors import SHIPPED, load_vectors
+    from emosteer.vectors import DEFAULT_VECTORS, load_vectors
 
     try:
-        return SHIPPED / "smollm2-135m-instruct", load_vectors("default")
+        return DEFAULT_VECTORS, load_vectors("default")
     except VectorFileError:
         raise VectorFileError(f"no vector files in {VECTORS}/ and this install ships none: run "
                               f"`emosteer extract --out {VECTORS}` first, or pass the folder "

@@ -18,7 +18,7 @@ import torch
 from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
 from emosteer.models import DEFAULT_MODEL_ID, cache_dir
 from emosteer.vectors import (
-    SHIPPED,
+    DEFAULT_VECTORS,
     EmotionVector,
     load_vectors,
     made_for,
@@ -48,8 +48,7 @@ class VectorBank:
     @classmethod
     def load(cls, folder: str | Path) -> VectorBank:
         """The vectors of `folder` (see emosteer.load_vectors), refusing a site not "attn"."""
-        folder = SHIPPED / "smollm2-135m-instruct" if str(folder) == "default" else \
-            Path(folder).expanduser()
+        folder = DEFAULT_VECTORS if str(folder) == "default" else Path(folder).expanduser()
         vectors = load_vectors(folder)
         other = sorted(name for name, v in vectors.items() if v.site != "attn")
         if other:
