@@ -71,3 +71,24 @@ def tokenizer():
 @pytest.fixture
 def llama():
     return tiny_model("llama")
+
+
+@pytest.fixture
+def extract_configs(monkeypatch):
+    """`emosteer extract` stops once its ExtractConfig is built; the configs land in the list."""
+    from emosteer import extraction
+    from emosteer.cli import vectors
+    from emosteer.errors import EmosteerError
+
+    class Captured(EmosteerError):
+        """Stops a command once its config is built."""
+
+    seen = []
+
+    def capture(model, tok, cfg, *a, **k):
+        seen.append(cfg)
+        raise Captured("captured")
+
+    monkeypatch.setattr(vectors, "load", lambda spec: (None, None))
+    monkeypatch.setattr(extraction, "extract", capture)
+    return seen

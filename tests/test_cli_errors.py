@@ -181,19 +181,10 @@ class Captured(EmosteerError):
     """Stops a command once its config is built."""
 
 
-def test_defaults_come_from_the_library_and_both_list_forms_agree(monkeypatch, capsys):
-    from emosteer import extraction
-    from emosteer.cli import vectors
+def test_defaults_come_from_the_library_and_both_list_forms_agree(extract_configs, capsys):
     from emosteer.extraction import recommended
 
-    seen = []
-
-    def capture(model, tok, cfg, *a, **k):
-        seen.append(cfg)
-        raise Captured("captured")
-
-    monkeypatch.setattr(vectors, "load", lambda spec: (None, None))
-    monkeypatch.setattr(extraction, "extract", capture)
+    seen = extract_configs
     for args in ([], ["--emotion", "joy", "--emotion", "anger"], ["--emotions", "joy,anger"],
                  ["--emotion", "joy,anger", "--batch-size", "3", "--greedy"]):
         with pytest.raises(SystemExit):

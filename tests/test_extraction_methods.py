@@ -194,22 +194,10 @@ def test_bad_method_settings_are_refused():
         ExtractConfig(norm_fraction=0)
 
 
-def test_the_cli_sets_every_method_option(monkeypatch, capsys):
-    from emosteer import extraction
-    from emosteer.cli import main, vectors
-    from emosteer.errors import EmosteerError
+def test_the_cli_sets_every_method_option(extract_configs, capsys):
+    from emosteer.cli import main
 
-    class Captured(EmosteerError):
-        pass
-
-    seen = []
-
-    def capture(model, tok, cfg, *a, **k):
-        seen.append(cfg)
-        raise Captured("captured")
-
-    monkeypatch.setattr(vectors, "load", lambda spec: (None, None))
-    monkeypatch.setattr(extraction, "extract", capture)
+    seen = extract_configs
     for args in (["--method", "trained", "--train-steps", "7", "--band", "8-17",
                   "--scale", "spread", "--norm-fraction", "0.2", "--filter", "judge"],
                  ["--band", "auto", "--band-width", "6"], ["--band", "all"]):
