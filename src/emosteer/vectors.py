@@ -259,7 +259,8 @@ def calibrated_like(vectors: Mapping[str, EmotionVector],
         if ref.meta.get("model_id") != vector.meta.get("model_id"):
             raise VectorMismatchError(f"vector {name!r} {made_for(vector.meta, ref.meta)}: "
                                       "calibrate with vectors of the same model")
-        layers = [i for i in vector.layers if i in set(ref.layers)]
+        kept = set(ref.layers)
+        layers = [i for i in vector.layers if i in kept]
         keep = {k: ref.meta[k] for k in ("band", "calibration") if k in ref.meta}
         out[name] = vector.select(layers).calibrated(
             float(ref.meta["calibrated_strength"]), calibrated_like=ref.meta.get("method", "?"),
