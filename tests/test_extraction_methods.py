@@ -211,3 +211,28 @@ def test_the_cli_sets_every_method_option(extract_configs, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["extract", "--out", "/nonexistent/never-written", "--band", "17-8"])
     assert stop.value.code == 2 and "first-last" in capsys.readouterr().err
+
+
+def test_sev_extraction_asks_in_the_reply_request_and_reads_discovery_scenes_only():
+    queries = data.extraction_queries("sev", ["anger", "joy"], 20)
+    discovery = {f"{s.id}:{s.valence}" for s in data.load_sev("discovery")}
+    test = {f"{s.id}:{s.valence}" for s in data.load_sev("test")}
+    assert {q.id for q in queries} <= discovery and not {q.id for q in queries} & test
+    assert [q.emotion for q in queries].count("anger") == 20
+    user, system = data.elicitation("sev", queries[0].question, "anger")
+    neutral, _ = data.elicitation("sev", queries[0].question, None)
+    assert system is None and "furious" in user and "furious" not in neutral
+    assert user.startswith(queries[0].question) and neutral.startswith(queries[0].question)
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    result = extract(model, tok, ExtractConfig(**{**BASE, "dataset": "sev"}), progress=False)
+    assert result.vectors["anger"].meta["dataset"] == "sev"
+    assert {s["id"] for s in result.samples} <= discovery
+    # different requests, so different vectors from the question dataset's
+    other = extract(model, tok, ExtractConfig(**BASE), progress=False)
+    assert not torch.equal(result.vectors["anger"].directions[0],
+                           other.vectors["anger"].directions[0])
+
+
+def test_extraction_refuses_a_dataset_it_cannot_elicit():
+    with pytest.raises(BadInputError, match="emotion_query, sev"):
+        ExtractConfig(dataset="emotion_query_plus")  # evaluation only

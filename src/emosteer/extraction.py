@@ -59,7 +59,8 @@ class ExtractConfig:
     """
 
     emotions: tuple[str, ...] = EMOTIONS  # the paper's five basic emotions
-    dataset: str = "emotion_query"  # our EmotionQuery: 100 questions per emotion
+    dataset: str = "emotion_query"  # our EmotionQuery: 100 questions per emotion; "sev": the
+    # SEV discovery scenes, the emotion asked for in the reply request (data.elicitation)
     limit: int | None = None  # queries per emotion (seeded sample); None takes all 100
     site: Site = "attn"  # the authors read and add at the self-attention output (notes.md)
     positions: str = "response"  # paper: mean over the T response tokens; "all" adds the prompt
@@ -84,6 +85,9 @@ class ExtractConfig:
             if getattr(self, name) not in allowed:
                 raise BadInputError(f"{name}={getattr(self, name)!r}: choose one of "
                                     f"{', '.join(allowed)}")
+        if self.dataset not in data.EXTRACTION_DATASETS:
+            raise BadInputError(f"dataset={self.dataset!r}: choose one of "
+                                f"{', '.join(data.EXTRACTION_DATASETS)}")
         known = data.emotions_of(self.dataset)
         for emotion in self.emotions:
             if emotion not in known:
@@ -171,7 +175,8 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         result = extract(model, tok, ExtractConfig(limit=40))
         result.vectors["joy"].save("vectors/joy.safetensors")
     """
-    queries = data.load_queries(cfg.dataset, list(cfg.emotions), cfg.limit, cfg.generation.seed)
+    queries = data.extraction_queries(cfg.dataset, list(cfg.emotions), cfg.limit,
+                                      cfg.generation.seed)
     torch.manual_seed(cfg.generation.seed)
     if cfg.filter == "judge" and judge is None:
         from emosteer.evaluate.judges import load_judge
@@ -207,8 +212,8 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 def _generate(model, tokenizer, emotion: str, chunk: list[data.Query],
               cfg: ExtractConfig) -> Generated:
     """Neutral rows, then emotion rows, of the same queries, in one generate() call."""
-    prompts = ([chat_prompt(tokenizer, q.question, data.system_prompt(None)) for q in chunk]
-               + [chat_prompt(tokenizer, q.question, data.system_prompt(emotion)) for q in chunk])
+    prompts = [chat_prompt(tokenizer, *data.elicitation(cfg.dataset, q.question, asked))
+               for asked in (None, emotion) for q in chunk]
     return Generated(emotion, list(chunk), generate(model, tokenizer, prompts, cfg.generation))
 
 
@@ -234,7 +239,8 @@ def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Tota
                for i, q in enumerate(gen.queries)]
     keep = ok
     if cfg.filter == "judge":
-        ratings = judge.rate([q.question for q in gen.queries] * 2, texts)
+        asked = [data.elicitation(cfg.dataset, q.question, None)[0] for q in gen.queries]
+        ratings = judge.rate(asked * 2, texts)
         labels = [r.label for r in ratings]
         keep = ok & torch.tensor([label == gen.emotion for label in labels[n:]])
         # neutral answers to emotional questions rarely read as "neutral" (judge A confirmed 0

@@ -43,6 +43,10 @@ def extract(
              "output) (default: ExtractConfig.site)")] = None,
     positions: Annotated[str | None, typer.Option(
         help="response (paper: response tokens) or all (default: ExtractConfig.positions)")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="emotion_query (questions, the emotion asked for in the system prompt) or sev "
+             "(SEV discovery scenes, asked for in the reply request)"
+             " (default: ExtractConfig.dataset)")] = None,
     context: Annotated[str | None, typer.Option(
         help="own: each response under its own prompt; neutral: re-read the emotional "
              "response under the neutral prompt (default: ExtractConfig.context)")] = None,
@@ -89,7 +93,7 @@ def extract(
     more: dict[str, Any] = ({"band": parse_band(band)} if band is not None else {}) | (
         {"train": replace(base.train, steps=train_steps)} if train_steps is not None else {})
     cfg = replace(base, **given(
-        emotions=tuple(emotions) if emotions else None, limit=limit, site=site,
+        emotions=tuple(emotions) if emotions else None, limit=limit, dataset=dataset, site=site,
         positions=positions, context=context, method=method, center=center, filter=filter_,
         band_width=band_width, scale=scale, norm_fraction=norm_fraction), **more,
         generation=gen.config(base.generation))

@@ -54,7 +54,42 @@ def _rows(name: str) -> tuple[dict, ...]:
 
 
 def emotions_of(name: str) -> list[str]:
+    if name == "sev":  # scenes carry no emotion: every emotion the templates can ask for
+        return list(templates()["adjectives"])
     return list(dict.fromkeys(row["emotion"] for row in _rows(name)))
+
+
+EXTRACTION_DATASETS = ("emotion_query", "sev")
+"""What extraction can read: EmotionQuery's questions (the emotion asked for in the system
+prompt), or SEV's discovery scenes (the emotion asked for in the reply request, as the circuits
+paper elicits; the test scenes are never read)."""
+
+
+def extraction_queries(name: str, emotions: list[str], limit: int | None = None,
+                       seed: int = 0) -> list[Query]:
+    """The queries extraction answers: a seeded sample of `limit` per emotion.
+
+    Example:
+        extraction_queries("sev", ["anger"], 40)  # 40 discovery scenes, id "sev-0001:negative"
+    """
+    if name not in EXTRACTION_DATASETS:
+        raise EmosteerError(f"extraction reads {' or '.join(EXTRACTION_DATASETS)}, not {name!r}")
+    if name != "sev":
+        return load_queries(name, emotions, limit, seed)
+    scenes = load_sev("discovery")
+    pool = [Query(f"{s.id}:{s.valence}", e, s.text) for e in emotions for s in scenes]
+    return sample(pool, limit, seed, emotions)
+
+
+def elicitation(name: str, question: str, emotion: str | None) -> tuple[str, str | None]:
+    """(user message, system prompt) asking for `emotion` (None: the neutral request).
+
+    Example:
+        user, system = elicitation("emotion_query", "How was your day?", "joy")
+    """
+    if name == "sev":
+        return sev_message(question, emotion), None
+    return question, system_prompt(emotion)
 
 
 def load_queries(name: str = "emotion_query", emotions: list[str] | None = None,
@@ -130,13 +165,18 @@ def load_sev(split: str, limit: int | None = None, seed: int = 0) -> list[Scene]
 
 def sev_request(scene: Scene, emotion: str | None) -> str:
     """The user message for a scene: the emotion asked for explicitly, or the neutral ask."""
+    return sev_message(scene.text, emotion)
+
+
+def sev_message(text: str, emotion: str | None) -> str:
+    """The user message for a scene's text (sev_request)."""
     t = templates()
     if emotion is None or emotion == "neutral":
-        return f"{scene.text}\n\n{t['sev_neutral']}"
+        return f"{text}\n\n{t['sev_neutral']}"
     if emotion not in t["adjectives"]:
         raise UnknownEmotionError(f"unknown emotion {emotion!r}: choose from "
                                   f"{', '.join(t['adjectives'])}")
-    return f"{scene.text}\n\n" + t["sev_emotion"].format(adjective=t["adjectives"][emotion],
+    return f"{text}\n\n" + t["sev_emotion"].format(adjective=t["adjectives"][emotion],
                                                         emotion=emotion)
 
 

@@ -147,12 +147,13 @@ def extraction_generations(engine: Any, cfg: ExtractConfig,
     from emosteer import data
     from emosteer.extraction import Generated
 
-    queries = data.load_queries(cfg.dataset, list(cfg.emotions), cfg.limit, cfg.generation.seed)
+    queries = data.extraction_queries(cfg.dataset, list(cfg.emotions), cfg.limit,
+                                      cfg.generation.seed)
     size = cfg.generation.batch_size
     batches = [(e, mine[i:i + size]) for e in cfg.emotions
                for mine in [[q for q in queries if q.emotion == e]]
                for i in range(0, len(mine), size)]
-    rows = [(q.question, data.system_prompt(None if neutral else e))
+    rows = [data.elicitation(cfg.dataset, q.question, None if neutral else e)
             for e, chunk in batches for neutral in (True, False) for q in chunk]
     outputs: list[Any] = []
     with progress_bar(progress, "generating (vLLM)", len(rows)) as advance:
