@@ -320,3 +320,28 @@ def test_the_command_runs_on_a_saved_tiny_model(tiny, tmp_path):
                                            "prompt (unbounded)"}
     assert all("eps:embedded-a" in r and "eps:embedded-b" in r for r in rows)
     assert (tmp_path / "run" / "figures" / "pareto-anger.png").is_file()
+
+
+def test_build_vectors_shares_answers_only_between_methods_that_ask_the_same(tmp_path,
+                                                                             monkeypatch):
+    import emosteer.extraction as X
+    from emosteer.evaluate.frontier_vectors import build_vectors
+
+    calls, real = [], X.extract
+
+    def spy(model, tok, cfg, **kw):
+        result = real(model, tok, cfg, **kw)
+        calls.append((cfg.dataset, kw.get("generations") is not None, result.generations))
+        return result
+
+    monkeypatch.setattr(X, "extract", spy)
+    methods = (F.Method("plain", (1.0,)), F.Method("centred", (1.0,), extract={"center": True}),
+               F.Method("scenes", (1.0,), extract={"dataset": "sev"}))
+    base = X.ExtractConfig(emotions=("joy", "anger"), limit=2,
+                           generation=GenerateConfig(max_new_tokens=4, batch_size=2))
+    build_vectors(tiny_model("llama"), byte_tokenizer(), methods, tmp_path, base, False)
+    assert [(d, reused) for d, reused, _ in calls] == [
+        ("emotion_query", False), ("emotion_query", True), ("sev", False)]
+    # the same answers, not generated again
+    assert all(a is b for a, b in zip(calls[1][2], calls[0][2], strict=True))
+    assert EmotionVector.load(tmp_path / "scenes" / "joy.safetensors").meta["dataset"] == "sev"

@@ -73,15 +73,17 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     base = base or ExtractConfig(limit=40)
     written: dict[str, Path] = {}
+    made = {_answers_key(base): generations} if generations else {}
     for method in methods:
         if method.extract is None:
             continue
         folder = Path(vectors_dir) / method.source
         if load_method_vectors(folder, base.emotions) is not None:
             continue
-        result = extract(model, tokenizer, replace(base, **dict(method.extract)),
-                         progress=progress, generations=generations)
-        generations = generations or result.generations
+        cfg = replace(base, **dict(method.extract))
+        key = _answers_key(cfg)  # methods that ask the same questions share one set of answers
+        result = extract(model, tokenizer, cfg, progress=progress, generations=made.get(key))
+        made.setdefault(key, result.generations)
         for name, vector in result.vectors.items():
             vector.save(folder / f"{name}.safetensors")
         write_text(folder / "details.json", json.dumps(
@@ -89,3 +91,8 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
              "used": result.used, "details": result.details}, indent=1, default=str) + "\n")
         written[method.name] = folder
     return written
+
+
+def _answers_key(cfg: ExtractConfig) -> tuple:
+    """What decides an extraction's answers: its queries and how they were generated."""
+    return cfg.dataset, cfg.emotions, cfg.limit, cfg.generation
