@@ -153,7 +153,7 @@ def serve(
     except ImportError as err:
         raise EmosteerError(f"the server needs the 'server' extra ({err.name} is missing): "
                             "pip install 'emosteer[server]'") from None
-    _, found = served_vectors(vectors)
+    folder, found = served_vectors(vectors)
     cfg = srv.config()
     if srv.threads:
         import torch
@@ -165,8 +165,8 @@ def serve(
     console.print(f"serving {model} with emotions {', '.join(found)} on "
                   f"http://{cfg.host}:{cfg.port}/ (playground at /, API at /v1)"
                   f"{' with an API key' if cfg.api_key else ''}")
-    uvicorn.run(create_app(m, tok, found, cfg), host=cfg.host, port=cfg.port,
-                log_level="warning")
+    uvicorn.run(create_app(m, tok, found, cfg, vectors_from=folder), host=cfg.host,
+                port=cfg.port, log_level="warning")
 
 
 def _serve_vllm(model: str, vectors: Path | None, force: bool, srv: ServerOptions,

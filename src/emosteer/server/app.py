@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from emosteer.errors import EmosteerError
 from emosteer.server.engine import Engine, Sampling
 from emosteer.server.errors import APIError, install_handlers
 from emosteer.server.guard import Guard
+from emosteer.server.verdict import Verdicts
 from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ class Server:
         vectors: emotion name -> vector; all of one site.
         cfg: the settings.
         model_name: the name answered in `model` fields (default: the model's id).
+        vectors_from: the folder the vectors were read from (shown in /v1/models); None
+            when they were built in Python.
 
     Example:
         server = Server(model, tok, vectors, ServeConfig())
@@ -74,7 +78,7 @@ class Server:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  vectors: Mapping[str, EmotionVector], cfg: ServeConfig,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, vectors_from: str | Path | None = None) -> None:
         from emosteer.models import model_id
 
         sites = {v.site for v in vectors.values()}
@@ -83,6 +87,7 @@ class Server:
                                 "time (put attn and residual vectors in different folders)")
         self.cfg, self.tokenizer, self.vectors = cfg, tokenizer, dict(vectors)
         self.site = next(iter(sites), None)
+        self.vectors_from = vectors_from
         self.name = model_name or model_id(model)
         self.limit = cfg.max_context or int(getattr(model.config, "max_position_embeddings",
                                                     2048))
@@ -92,6 +97,7 @@ class Server:
             "utf-8")
         # one thread: the event loop never tokenizes (a long prompt would stall /health)
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="emosteer-tokenize")
+        self.verdicts = Verdicts()  # the judge loads on the first `"judge": true`
 
     def check_chars(self, n: int, param: str) -> None:
         """Refuse a prompt over `max_prompt_chars` before any tokenizing."""
@@ -114,6 +120,7 @@ class Server:
     def stop(self) -> None:
         self.engine.stop()
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+        self.verdicts.close()
 
 
 @asynccontextmanager
@@ -127,7 +134,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                vectors: Mapping[str, EmotionVector], cfg: ServeConfig = ServeConfig(),
-               model_name: str | None = None) -> FastAPI:
+               model_name: str | None = None,
+               vectors_from: str | Path | None = None) -> FastAPI:
     """The ASGI app; the engine thread starts with the app and stops with it.
 
     Args:
@@ -135,6 +143,7 @@ def create_app(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         vectors: emotion name -> vector (each file stem of the --vectors folder).
         cfg: the settings.
         model_name: the name answered in `model` fields (default: the model's id).
+        vectors_from: the folder the vectors were read from, for /v1/models' provenance.
 
     Example:
         uvicorn.run(create_app(model, tok, vectors), host="127.0.0.1", port=8000)
@@ -143,7 +152,7 @@ def create_app(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     from emosteer.server.routes import router
 
-    server = Server(model, tokenizer, vectors, cfg, model_name)
+    server = Server(model, tokenizer, vectors, cfg, model_name, vectors_from)
     app = FastAPI(title="emosteer", version=_version(), lifespan=_lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.server = server

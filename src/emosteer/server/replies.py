@@ -8,6 +8,10 @@ A metered request (`"meter": true`) also gets ("meter", (token, readings)) event
 token before its text: a streamed chunk carries `emotion_meter`, the mean readings of the
 tokens since the chunk before ({"joy": 0.81, ...}; absent when it has no tokens); a whole
 completion carries `choices[0].emotion_meter`, one {"token", "readings"} per generated token.
+
+A request with `"judge": true` gets the judge's verdict on the whole answer, `emotion_judge`
+({"label", "probability", "probabilities", "judge"}): in the body of a whole completion, in the
+last chunk of a stream (the one with the finish reason, before the usage chunk).
 """
 
 from __future__ import annotations
@@ -60,8 +64,10 @@ class Reply:
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, job: Job, meter: list[dict] | None = None) -> dict[str, Any]:
-        """The non-streamed completion (with meter: one {"token", "readings"} per token)."""
+    def whole(self, text: str, job: Job, meter: list[dict] | None = None,
+              judge: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The non-streamed completion (with meter: one {"token", "readings"} per token; with
+        judge: the verdict on the answer)."""
         choice: dict[str, Any]
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
@@ -72,13 +78,16 @@ class Reply:
         if meter is not None:
             choice["emotion_meter"] = meter
         kind = "chat.completion" if self.chat else "text_completion"
-        return {**self._head(kind), "choices": [choice],
+        body = {**self._head(kind), "choices": [choice],
                 "usage": usage(self.n_prompt, len(job.tokens)), "emotion": self.emotion}
+        if judge is not None:
+            body["emotion_judge"] = judge
+        return body
 
     def chunk(self, delta: str | None, reason: str | None, first: bool = False,
-              meter: dict[str, float] | None = None) -> str:
+              meter: dict[str, float] | None = None, judge: dict[str, Any] | None = None) -> str:
         """One `data: {...}` event carrying new text or the finish reason (and the mean
-        readings of its tokens, when metered)."""
+        readings of its tokens, when metered; the verdict, on the last chunk when judged)."""
         if self.chat:
             d: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
                 {"content": delta} if delta is not None else {})
@@ -89,6 +98,8 @@ class Reply:
         body = {**self._head(self._chunk_kind), "choices": [choice], "emotion": self.emotion}
         if meter is not None:
             body["emotion_meter"] = meter
+        if judge is not None:
+            body["emotion_judge"] = judge
         if self.include_usage:
             body["usage"] = None
         return _event(body)
@@ -107,9 +118,14 @@ def _event(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def stream(events: asyncio.Queue, job: Job, reply: Reply) -> AsyncIterator[str]:
+Verdict = Callable[[str], Awaitable[dict[str, Any]]]  # the answer's text -> emotion_judge
+
+
+async def stream(events: asyncio.Queue, job: Job, reply: Reply,
+                 judge: Verdict | None = None) -> AsyncIterator[str]:
     """Server-sent events as the OpenAI API sends them, ending with `data: [DONE]`; a client
-    that leaves early cancels its job (its batch row is freed at the next step)."""
+    that leaves early cancels its job (its batch row is freed at the next step). With
+    `judge`, the last chunk waits for the verdict on the whole answer and carries it."""
     pending: list[dict[str, float]] = []  # readings of the tokens not yet sent
     try:
         if reply.chat:
@@ -122,7 +138,14 @@ async def stream(events: asyncio.Queue, job: Job, reply: Reply) -> AsyncIterator
                 yield reply.chunk(str(payload), None, meter=mean_readings(pending))
                 pending = []
             elif kind == "done":
-                yield reply.chunk(None, str(payload), meter=mean_readings(pending))
+                try:
+                    verdict = None if judge is None else await judge(job.text)
+                except Exception as err:  # the text is sent: say why no verdict follows
+                    yield _event(APIError(500, f"the judge failed: {err}", "judge_failed",
+                                          kind="server_error").body())
+                    break
+                yield reply.chunk(None, str(payload), meter=mean_readings(pending),
+                                  judge=verdict)
                 break
             else:
                 error = APIError(500, str(payload), "generation_failed", kind="server_error")

@@ -16,7 +16,8 @@ from emosteer.generation import render_chat
 from emosteer.server.app import ServeConfig, Server
 from emosteer.server.engine import Job, Sampling
 from emosteer.server.errors import APIError
-from emosteer.server.replies import Reply, collect, stream
+from emosteer.server.provenance import describe
+from emosteer.server.replies import Reply, Verdict, collect, stream
 from emosteer.server.schemas import ChatRequest, CompletionRequest
 from emosteer.steering import MAX_ALPHA
 from emosteer.vectors import EmotionVector, mix
@@ -46,11 +47,14 @@ async def health(server: Served) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def models(server: Served) -> dict[str, Any]:
+    meter = _meter_emotions(server)
+    about = {**describe(server.vectors, server.vectors_from, server.site), "meter": meter,
+             "judge": "embedded" if server.verdicts.installed() else None}
     return {"object": "list", "data": [{
         "id": server.name, "object": "model", "created": 0, "owned_by": "emosteer",
         "emotions": sorted(server.vectors), "site": server.site, "max_alpha": MAX_ALPHA,
         "max_tokens": server.cfg.max_tokens, "context_length": server.limit,
-        "meter": _meter_emotions(server)}]}
+        "meter": meter, "emosteer": about}]}
 
 
 @router.post("/v1/chat/completions")
@@ -60,7 +64,8 @@ async def chat(body: ChatRequest, request: Request, server: Served) -> Response:
     server.check_chars(sum(len(m["content"]) for m in messages), "messages")
     vector = _steering(body.emotion, server.vectors)
     ids = await server.tokenize(lambda: render_chat(server.tokenizer, messages))
-    return await _complete(request, server, body, ids, vector, chat=True)
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return await _complete(request, server, body, ids, vector, chat=True, question=question)
 
 
 @router.post("/v1/completions")
@@ -68,12 +73,13 @@ async def completions(body: CompletionRequest, request: Request, server: Served)
     server.check_chars(len(body.prompt), "prompt")
     vector = _steering(body.emotion, server.vectors)
     ids = await server.tokenize(lambda: body.prompt)
-    return await _complete(request, server, body, ids, vector, chat=False)
+    return await _complete(request, server, body, ids, vector, chat=False,
+                           question=body.prompt)
 
 
 async def _complete(request: Request, server: Server, body: ChatRequest | CompletionRequest,
                     prompt_ids: list[int], vector: EmotionVector | None,
-                    chat: bool) -> Response:
+                    chat: bool, question: str) -> Response:
     sampling = _sampling(body, server.cfg, server.limit, len(prompt_ids))
     engine = server.engine
     if body.meter:
@@ -81,6 +87,7 @@ async def _complete(request: Request, server: Server, body: ChatRequest | Comple
             engine.ready_meter()
         except EmosteerError as err:
             raise APIError(400, str(err), "meter_unavailable", "meter") from None
+    judge = await _verdict(server, question) if body.judge else None
     if engine.queued() >= server.cfg.max_queue:
         raise APIError(429, f"{engine.queued()} requests are waiting: retry shortly",
                        "server_busy", kind="rate_limit_error")
@@ -97,10 +104,31 @@ async def _complete(request: Request, server: Server, body: ChatRequest | Comple
                   emotion=body.emotion,
                   include_usage=bool(body.stream_options and body.stream_options.include_usage))
     if body.stream:
-        return StreamingResponse(stream(events, job, reply), media_type="text/event-stream",
+        return StreamingResponse(stream(events, job, reply, judge),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     text, readings = await collect(events, job, request.is_disconnected)
-    return JSONResponse(reply.whole(text, job, readings if body.meter else None))
+    verdict = None
+    if judge is not None:
+        try:
+            verdict = await judge(text)
+        except Exception as err:
+            raise APIError(500, f"the judge failed: {err}", "judge_failed",
+                           kind="server_error") from None
+    return JSONResponse(reply.whole(text, job, readings if body.meter else None, verdict))
+
+
+async def _verdict(server: Server, question: str) -> Verdict:
+    """The judge ready to rate this request's answer (loaded on first use), or a 400."""
+    try:
+        await server.verdicts.ready()
+    except EmosteerError as err:
+        raise APIError(400, str(err), "judge_unavailable", "judge") from None
+
+    async def rate(answer: str) -> dict[str, Any]:
+        return await server.verdicts.rate(question, answer)
+
+    return rate
 
 
 def _meter_emotions(server: Server) -> list[str] | None:

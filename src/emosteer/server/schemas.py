@@ -106,7 +106,8 @@ class StreamOptions(BaseModel):
 
 
 class _Request(BaseModel):
-    """The fields both endpoints take (OpenAI's, plus emosteer's emotion, penalty and meter)."""
+    """The fields both endpoints take (OpenAI's, plus emosteer's emotion, penalty, meter and
+    judge)."""
 
     model_config = ConfigDict(extra="allow")  # user, metadata, ...: accepted and ignored
     model: str | None = None  # not checked: the server answers with its one model
@@ -129,6 +130,7 @@ class _Request(BaseModel):
     repetition_penalty: Penalty | None = None
     stream: StrictBool = False
     meter: StrictBool = False  # per-token emotion readings in the answer (off: no cost)
+    judge: StrictBool = False  # the embedded judge's verdict on the whole answer (off: no cost)
     stream_options: StreamOptions | None = None
 
     def requested_tokens(self) -> int | None:
@@ -257,6 +259,7 @@ _FIELDS = {
     "seed": _rule("invalid_value", "'seed' must be an integer"),
     "stream": _rule("invalid_type", "'stream' must be true or false"),
     "meter": _rule("invalid_type", "'meter' must be true or false"),
+    "judge": _rule("invalid_type", "'judge' must be true or false"),
     "stream_options": _rule("invalid_type", "'stream_options' must be an object such as "
                             '{{"include_usage": true}}'),
     "model": _rule("invalid_value", "'model' must be a string (any name: the server answers "
