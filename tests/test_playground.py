@@ -1,17 +1,17 @@
 """The playground page in a real browser (Debian's chromium driven by Python playwright).
 
 Compare mode (two columns streamed at once), a preset, the meter chart (fed by a faked
-stream, and whatever the live server sends) and the phone layout. By default it serves a
-tiny random model (its answers are noise) and writes the screenshots to the test's tmp
-folder. For the screenshots in docs/, run it on the bundled model:
+stream, and whatever the live server sends), the judge's verdict under each answer, the
+vectors' provenance note and the phone layout. By default it serves a tiny random model (its
+answers are noise) and writes the screenshots to the test's tmp folder. For the screenshots
+in docs/, run it on the bundled model with the shipped vectors and meter:
 
     EMOSTEER_PLAYGROUND_MODEL=default \\
     EMOSTEER_PLAYGROUND_VECTORS=src/emosteer/data/vectors/smollm2-135m-instruct \\
-    EMOSTEER_PLAYGROUND_METER=runs/meter-fit1.json \\
     EMOSTEER_SCREENSHOT=docs/playground.png .venv/bin/python -m pytest tests/test_playground.py
 
 (the phone screenshot goes next to it, as playground-phone.png). EMOSTEER_PLAYGROUND_METER
-names a meter JSON to serve when the model has none shipped.
+names a meter JSON to serve instead of the one shipped for the model.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import byte_tokenizer, tiny_model
 from live_server import live_server, random_vectors
+
+from emosteer.emotions import JUDGE_LABELS as LABELS
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -41,6 +43,7 @@ def _served():
     from emosteer.server import ServeConfig, create_app
 
     spec = os.environ.get("EMOSTEER_PLAYGROUND_MODEL")
+    folder = None
     if spec:
         from emosteer.models import load_model
         from emosteer.vectors import EmotionVector
@@ -51,7 +54,8 @@ def _served():
     else:
         model, tok = tiny_model("llama"), byte_tokenizer()
         vectors = random_vectors(model)
-    app = create_app(model, tok, vectors, ServeConfig(max_tokens=128, batch_window=0.0))
+    app = create_app(model, tok, vectors, ServeConfig(max_tokens=128, batch_window=0.0),
+                     vectors_from=folder)
     meter = os.environ.get("EMOSTEER_PLAYGROUND_METER")  # a meter JSON (scripts/fit_meter.py)
     if meter:
         from emosteer.emotion_meter import load_meter
@@ -122,8 +126,8 @@ def test_compare_two_columns_preset_and_meter(site, tmp_path):
         page.locator(".col[data-col='1'] > button").click()
         assert page.locator("#s-joy").input_value() == "1"
         _ask(page, 2, QUESTION + " \N{GRADUATION CAP}")  # an emoji: the font must have it
-        metered = page.evaluate("async () => (await (await fetch('/v1/models')).json())"
-                                ".data[0].meter") is not None
+        about = page.evaluate("async () => (await (await fetch('/v1/models')).json()).data[0]")
+        metered, judged = about["meter"] is not None, about["emosteer"]["judge"] is not None
         for col in page.locator("#cols .col").all():
             assert col.locator(".answer .text").inner_text().strip(), (
                 f"a column stayed empty: {col.inner_text()!r}")
@@ -133,12 +137,23 @@ def test_compare_two_columns_preset_and_meter(site, tmp_path):
                 assert meter.locator("svg polyline").count() > 0
             else:
                 assert "meter not available" in meter.inner_text()
+            verdict = col.locator(".answer .judge")  # "judge: joy 0.81" once it has ended
+            assert verdict.is_visible() is judged
+            if judged:
+                label, probability = verdict.inner_text().removeprefix("judge: ").split()
+                assert label in LABELS and 0 < float(probability) <= 1
         sent = sorted(requests, key=lambda r: len(r["emotion"]))
         assert len(sent) == 2 and all(r["stream"] for r in sent)
         assert all(r.get("meter", False) is metered for r in sent)  # asked only if offered
+        assert all(r.get("judge", False) is judged for r in sent)
         assert [r["emotion"] for r in sent] == [{}, {"joy": 1, "anger": -0.5}]
         assert sent[0]["seed"] == sent[1]["seed"] == 1  # only the steering differs
         assert "attn site" in page.locator("#model").inner_text()
+        note = page.locator("#about").inner_text()  # where the vectors came from
+        source = about["emosteer"]["source"]
+        assert {"shipped": f"vectors shipped with emosteer ({source['folder']})",
+                "folder": f"vectors from the folder {source['folder']}",
+                "library": "vectors given in Python"}[source["kind"]] in note
         shot = _shot(tmp_path)
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
@@ -154,7 +169,9 @@ def _fake_stream(route) -> None:
     chunks += [{"choices": [{"index": 0, "delta": {"content": word}}], "emotion_meter": r}
                for word, r in zip(["It ", "went ", "great!"], readings, strict=True)]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                   "emotion_judge": {"joy": 0.91, "anger": 0.02}})
+                   "emotion_judge": {"label": "joy", "probability": 0.91,
+                                     "probabilities": {"joy": 0.91, "anger": 0.02},
+                                     "judge": "embedded:abc"}})
     body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
     route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
 
@@ -174,7 +191,8 @@ def test_meter_chart_draws_one_line_per_emotion(site):
         ys = [float(p.split(",")[1]) for p in joy.split()]
         assert len(ys) == 3 and ys[0] > ys[1] > ys[2]  # rising joy = the line goes up
         assert col.locator(".legend").inner_text().startswith("joy 0.57")  # the mean
-        assert col.locator(".judge").inner_text() == "judge: joy 0.91, anger 0.02"
+        assert col.locator(".judge").inner_text() == "judge: joy 0.91"
+        assert col.locator(".judge").get_attribute("title") == "joy 0.91, anger 0.02 (embedded:abc)"
         assert "great!" in col.locator(".answer .text span[title^='joy 0.90']").inner_text()
     finally:
         page.close()
