@@ -1,5 +1,6 @@
 """vLLM's OpenAI-compatible server started by emosteer.vllm.serve, driven by the openai client:
-concurrent requests with different emotions, streaming, vllm_xargs, 400s, the playground."""
+concurrent requests with different emotions, streaming, vllm_xargs, 400s, the playground,
+and the emotion meter ("meter": true)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from support import ENGINE, QUESTIONS
 
 openai = pytest.importorskip("openai")
@@ -151,3 +153,114 @@ def test_nan_in_the_body_is_a_400(server, client):
     assert caught.value.code == 400
     error = json.load(caught.value)["error"]
     assert "finite" in error["message"] and error["param"] == "emotion"
+
+
+# --- the emotion meter ("meter": true) -------------------------------------------------------
+EMOTIONS = ["joy", "anger", "sadness", "fear", "disgust"]  # the shipped meter's
+# vLLM's readings vs emosteer's own meter (meter_read on the same ids, transformers, float32):
+# the kernels differ as for the log-probabilities (3e-5 there); readings are rounded to 1e-4
+METER_TOL = 2e-3
+
+
+def metered(client, question=QUESTIONS[1], **body):
+    """The whole answer of a metered request: (text, its choice's emotion_meter, response)."""
+    r = client.chat.completions.create(
+        model=client.model_id, messages=[{"role": "user", "content": question}],
+        max_tokens=MAX_TOKENS, temperature=0,
+        extra_body={"ignore_eos": True, "meter": True, **body})
+    return r.choices[0].message.content, r.choices[0].model_extra["emotion_meter"], r
+
+
+def _in_range(readings: dict) -> bool:
+    return list(readings) == EMOTIONS and all(0.0 <= v <= 1.0 for v in readings.values())
+
+
+def test_meter_reads_every_generated_token(client):
+    text, meter, r = metered(client)
+    assert len(meter) == MAX_TOKENS == r.usage.completion_tokens
+    assert all(_in_range(m["readings"]) for m in meter)
+    assert "".join(m["token"] for m in meter) == text
+    assert len({tuple(m["readings"].values()) for m in meter}) > 1  # each token its own
+    # read-only and opt-in: the unmetered answer is the same text, with no readings
+    plain = client.chat.completions.create(
+        model=client.model_id, messages=[{"role": "user", "content": QUESTIONS[1]}],
+        max_tokens=MAX_TOKENS, temperature=0, extra_body={"ignore_eos": True})
+    assert plain.choices[0].message.content == text
+    assert "emotion_meter" not in (plain.choices[0].model_extra or {})
+
+
+def test_streamed_chunks_carry_their_tokens_readings(client):
+    text, meter, _ = metered(client, emotion={"joy": 1.5})
+    chunks = list(client.chat.completions.create(
+        model=client.model_id, messages=[{"role": "user", "content": QUESTIONS[1]}],
+        max_tokens=MAX_TOKENS, temperature=0, stream=True,
+        extra_body={"ignore_eos": True, "meter": True, "emotion": {"joy": 1.5}}))
+    texts = [c.choices[0].delta.content or "" if c.choices else "" for c in chunks]
+    assert "".join(texts) == text
+    k = 0  # each chunk's readings are the mean over its own tokens
+    for chunk, piece in zip(chunks, texts, strict=True):
+        got = (chunk.model_extra or {}).get("emotion_meter")
+        if not piece:
+            continue
+        assert got is not None and _in_range(got)
+        start, seen = k, ""
+        while seen != piece:
+            seen, k = seen + meter[k]["token"], k + 1
+        mean = {e: sum(m["readings"][e] for m in meter[start:k]) / (k - start)
+                for e in EMOTIONS}
+        assert max(abs(got[e] - mean[e]) for e in EMOTIONS) < METER_TOL
+    assert k == MAX_TOKENS
+    unmetered = client.chat.completions.create(
+        model=client.model_id, messages=[{"role": "user", "content": QUESTIONS[1]}],
+        max_tokens=4, temperature=0, stream=True)
+    assert not any("emotion_meter" in (c.model_extra or {}) for c in unmetered)
+
+
+def test_completions_endpoint_meters(client):
+    r = client.completions.create(model=client.model_id, prompt="My day at work was",
+                                  max_tokens=MAX_TOKENS, temperature=0,
+                                  extra_body={"ignore_eos": True, "meter": True})
+    meter = r.choices[0].model_extra["emotion_meter"]
+    assert len(meter) == MAX_TOKENS and all(_in_range(m["readings"]) for m in meter)
+    assert "".join(m["token"] for m in meter) == r.choices[0].text
+    chunks = list(client.completions.create(
+        model=client.model_id, prompt="My day at work was", max_tokens=MAX_TOKENS,
+        temperature=0, stream=True, extra_body={"ignore_eos": True, "meter": True}))
+    read = [c.model_extra["emotion_meter"] for c in chunks if c.choices and c.choices[0].text]
+    assert read and all(_in_range(m) for m in read)
+
+
+def test_meter_agrees_with_emosteers_own_meter(client):
+    """The same prompt and answer ids read by emosteer's meter (transformers, meter_read)."""
+    import emosteer
+    from emosteer.emotion_meter import load_meter
+    from emosteer.meter_read import token_projections
+
+    _, meter, r = metered(client, return_token_ids=True)
+    prompt_ids = r.model_extra["prompt_token_ids"]
+    answer_ids = r.choices[0].model_extra["token_ids"]
+    model, _tok = emosteer.load_model("default", dtype="float32")
+    m = load_meter(model)
+    (projections,) = token_projections(model, m.site, m.band(), [(prompt_ids, answer_ids)])
+    expected = m.calibrate(projections.flatten(1))  # (tokens, emotions)
+    got = torch.tensor([[t["readings"][e] for e in m.emotions] for t in meter])
+    assert got.shape == expected.shape == (MAX_TOKENS, 5)
+    assert (got - expected).abs().max() < METER_TOL
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("body", "words"), [
+    ({"meter": "yes"}, "'meter' must be true or false"),
+    ({"meter": 1}, "'meter' must be true or false"),
+    ({"meter": True, "n": 2}, "send n=1"),
+])
+def test_bad_meter_is_a_400(client, body, words, stream):
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, stream=stream, **body)
+    assert caught.value.status_code == 400
+    assert words in caught.value.body["message"] and caught.value.body["param"] == "meter"
+
+
+def test_models_lists_the_meter(server):
+    entry = json.load(urllib.request.urlopen(server + "/v1/models"))["data"][0]
+    assert entry["meter"] == EMOTIONS

@@ -1,5 +1,5 @@
 """The plugin's parts without an engine: request parsing, cache salts, the vector bank, and
-one step's plan and hook on a hand-made V1 batch layout."""
+one step's plan and hook (steering and the meter) on a hand-made V1 batch layout."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import support
 import torch
 
+from emosteer.emotion_meter import Meter
 from emosteer.errors import (
     BadAlphaError,
     BadInputError,
@@ -21,6 +22,7 @@ from emosteer.errors import (
 from emosteer.hooks import hooked
 from emosteer.models import DEFAULT_MODEL_ID, cache_dir
 from emosteer.vllm.bank import VectorBank, served_model_id
+from emosteer.vllm.meter import ID_KEY, MeterReader, parse_meter
 from emosteer.vllm.spec import cache_salt, parse_emotion
 from emosteer.vllm.worker import Steerer
 
@@ -199,3 +201,61 @@ def test_serve_refuses_other_models_vectors_before_vllm_starts(vectors, tmp_path
     with pytest.raises(VectorMismatchError, match="made for model 'HuggingFaceTB/SmolLM2-135M"
                        "-Instruct', not 'tiny'"):
         check_vectors(str(tmp_path / "tiny"), vectors)
+
+
+def _metered_runner(rows: list[tuple[str | None, int, int, int]]):
+    """A V1 batch stand-in for the meter: per request (meter id or None, tokens scheduled
+    this step, tokens computed before it, prompt length)."""
+    ids = [f"r{i}" for i in range(len(rows))]
+    requests = {rid: SimpleNamespace(sampling_params=SimpleNamespace(
+        extra_args=None if mid is None else {ID_KEY: mid}))
+        for rid, (mid, *_) in zip(ids, rows, strict=True)}
+    starts = np.concatenate([[0], np.cumsum([r[1] for r in rows])]).astype(np.int32)
+    batch = SimpleNamespace(req_ids=ids, num_reqs=len(ids),
+                            num_computed_tokens_cpu=np.array([r[2] for r in rows]),
+                            num_prompt_tokens=np.array([r[3] for r in rows]))
+    return SimpleNamespace(input_batch=batch, requests=requests,
+                           query_start_loc=SimpleNamespace(np=starts))
+
+
+def test_meter_reads_the_row_each_new_token_is_sampled_from(bank):
+    meter = Meter.from_vectors(bank.vectors, layers=[3, 5])
+    modules = {3: torch.nn.Identity(), 5: torch.nn.Identity()}
+    reader = MeterReader(meter, modules, torch.device("cpu"))
+    # a prefill chunk short of its prompt's end (samples nothing), an unmetered decode, the
+    # last prefill chunk of a prompt of 8 (samples token 0), a decode (samples token 5)
+    runner = _metered_runner([("a", 3, 0, 10), (None, 1, 9, 4), ("b", 3, 5, 8),
+                              ("c", 1, 12, 8)])
+    plan = reader.plan(runner)
+    assert plan.rows.tolist() == [6, 7] and plan.keys == [("b", 0), ("c", 5)]
+    hidden = torch.randn(9, 576)  # 8 tokens and a padding row
+    before = hidden.clone()
+    with reader.reading(plan):
+        outs = [modules[layer](hidden) for layer in (3, 5)]
+    assert all(torch.equal(o, before) for o in outs)  # read-only
+    assert not modules[3]._forward_hooks and not modules[5]._forward_hooks
+    expected = meter.calibrate(meter.raw({layer: before[[6, 7]] @ unit.T
+                                          for layer, unit in meter.band().items()}))
+    torch.testing.assert_close(torch.tensor(reader.take("b", 0, 1, done=False)), expected[:1])
+    assert reader.take("b", 0, 1, done=False) == [None]  # handed out once
+    got = reader.take("c", 4, 6, done=True)
+    assert got[0] is None
+    torch.testing.assert_close(torch.tensor(got[1]), expected[1])
+    assert "c" not in reader.store and "a" not in reader.store
+
+
+def test_unmetered_batch_has_no_meter_plan_and_no_hook(bank):
+    modules = {3: torch.nn.Identity()}
+    reader = MeterReader(Meter.from_vectors(bank.vectors, layers=[3]), modules,
+                         torch.device("cpu"))
+    assert reader.plan(_metered_runner([(None, 4, 0, 4), (None, 1, 7, 4)])) is None
+    with reader.reading(None):
+        assert not modules[3]._forward_hooks
+
+
+def test_parse_meter():
+    assert parse_meter(True) is True and parse_meter(False) is False
+    assert parse_meter(None) is False
+    for bad in ("yes", 1, 0, [True], {"on": True}):
+        with pytest.raises(BadInputError, match="'meter' must be true or false"):
+            parse_meter(bad)

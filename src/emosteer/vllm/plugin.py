@@ -9,7 +9,9 @@ With `$EMOSTEER_VECTORS` unset, `register` does nothing. With it set (a folder o
   body's own "emotion" field, as emosteer's server takes it) is parsed and checked: a bad one
   is an OpenAI-style 400 and the server keeps serving; a steered request gets a prefix-cache
   salt of its spec, so steered and unsteered KV blocks are never shared;
-- each worker adds the requests' mixes on their own tokens (worker.py).
+- each worker adds the requests' mixes on their own tokens (worker.py);
+- a request with "meter": true gets per-token emotion readings, read in the workers by
+  read-only hooks and attached to the response by the front-end (meter.py, meter_http.py).
 
 Each module is patched when vLLM imports it, so every process imports only what it did.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from emosteer.errors import BadInputError, EmosteerError
 from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_model_id
+from emosteer.vllm.meter import FIELD
 from emosteer.vllm.spec import KEY, cache_salt, parse_emotion
 
 log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
@@ -44,13 +47,18 @@ def register() -> None:
     if not os.environ.get(VECTORS_ENV, "").strip():
         return
     os.environ.setdefault(RUNNER_ENV, "0")  # spawned engine and workers inherit it
-    from emosteer.vllm import worker
+    from emosteer.vllm import meter_http, worker
 
     when_imported("vllm.engine.arg_utils", _patch_engine_args)
     when_imported("vllm.v1.engine.input_processor", _patch_input_processor)
     when_imported("vllm.entrypoints.openai.chat_completion.protocol", _patch_protocol)
     when_imported("vllm.entrypoints.openai.completion.protocol", _patch_protocol)
     when_imported("vllm.v1.worker.gpu_worker", lambda _: worker.install())
+    when_imported("vllm.v1.engine.async_llm", meter_http.patch_async_llm)
+    when_imported("vllm.entrypoints.openai.chat_completion.serving",
+                  meter_http.patch_chat_serving)
+    when_imported("vllm.entrypoints.openai.completion.serving",
+                  meter_http.patch_completion_serving)
 
 
 @cache
@@ -102,7 +110,10 @@ def _patch_input_processor(module: ModuleType) -> None:
 
 
 def _patch_protocol(module: ModuleType) -> None:
-    """The request body's own "emotion" field, checked before a response (or stream) starts."""
+    """The request body's own "emotion" and "meter" fields, checked before a response (or
+    stream) starts."""
+    from emosteer.vllm import meter_http
+
     name = "ChatCompletionRequest" if hasattr(module, "ChatCompletionRequest") else \
         "CompletionRequest"
     request_cls = getattr(module, name)
@@ -118,6 +129,10 @@ def _patch_protocol(module: ModuleType) -> None:
         value = body if body is not None else extra.get(KEY)
         if value is not None:
             params.extra_args = {**extra, KEY: checked(value)}
+        try:
+            meter_http.metered(self, params, bank())
+        except EmosteerError as err:
+            raise _http_error(str(err), FIELD) from None
         return params
 
     _mark(request_cls, "to_sampling_params", to_sampling_params)
@@ -131,10 +146,10 @@ def checked(value: object) -> dict[str, float]:
         raise _http_error(str(err)) from None
 
 
-def _http_error(message: str) -> Exception:
+def _http_error(message: str, parameter: str = KEY) -> Exception:
     from vllm.exceptions import VLLMValidationError  # the API server answers it with a 400
 
-    return VLLMValidationError(message, parameter=KEY)
+    return VLLMValidationError(message, parameter=parameter)
 
 
 def _mark(owner: type, name: str, fn: Callable) -> None:

@@ -2,7 +2,7 @@
 
 vLLM's API server takes `--middleware emosteer.vllm.web.playground` (launcher.py passes it):
 `GET /` answers with the playground page of emosteer's own server, and `GET /v1/models`
-gains the fields that page reads ("emotions", "site", "max_alpha", "max_tokens"), so the
+gains the fields that page reads ("emotions", "site", "max_alpha", "max_tokens", "meter"), so the
 page works the same on both engines. Every other request passes through untouched.
 """
 
@@ -47,10 +47,16 @@ async def playground(request: Any, call_next: Any) -> Any:
         return response
     body = b"".join([chunk async for chunk in response.body_iterator])
     listing = json.loads(body)
+    from emosteer.errors import EmosteerError
+    from emosteer.vllm.meter import served_meter
     from emosteer.vllm.plugin import bank
 
     names = sorted(bank().names)
+    try:  # the emotions "meter": true reads, or None when this server has no meter
+        meter: list[str] | None = list(served_meter(bank()).emotions)
+    except EmosteerError:
+        meter = None
     for entry in listing.get("data", []):
         entry.update(emotions=names, site="attn", max_alpha=MAX_ALPHA,
-                     max_tokens=entry.get("max_model_len"))
+                     max_tokens=entry.get("max_model_len"), meter=meter)
     return JSONResponse(listing)

@@ -18,6 +18,7 @@ in float16, as emosteer.steering does). A batch with nothing steered runs with n
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +29,12 @@ from emosteer.errors import BadInputError, UnknownArchitectureError
 from emosteer.hooks import hooked, untuple
 from emosteer.models import ARCHITECTURES
 from emosteer.vllm.bank import VectorBank, config_shape, served_model_id
+from emosteer.vllm.meter import RPC, MeterReader, check_meter, meter_file, served_meter
 from emosteer.vllm.spec import KEY
 
 log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
 
-__all__ = ["Plan", "Steerer", "install", "runner_steerer"]
+__all__ = ["Plan", "Steerer", "install", "runner_meter", "runner_steerer"]
 
 
 @dataclass(frozen=True)
@@ -172,8 +174,16 @@ def install() -> None:
         steerer = runner_steerer(self)
         if steerer is None:
             return forward(self, *args, **kwargs)
-        with steerer.steering(steerer.plan(self)):
+        reader = runner_meter(self)
+        # the meter's hooks first: it reads each layer before the steering adds to it
+        with reader.reading(reader.plan(self)) if reader is not None else nullcontext(), \
+                steerer.steering(steerer.plan(self)):
             return forward(self, *args, **kwargs)
+
+    def meter_readings(self, meter_id: str, first: int, last: int, done: bool):
+        """collective_rpc(RPC): a metered request's readings (None: this worker has no meter)."""
+        reader = runner_meter(self.model_runner)
+        return None if reader is None else reader.take(meter_id, first, last, done)
 
     def load_model(self, *args, **kwargs):
         load(self, *args, **kwargs)
@@ -184,10 +194,12 @@ def install() -> None:
                     f"{type(self.model_runner).__module__}: set VLLM_USE_V2_MODEL_RUNNER=0")
             return
         runner_steerer(self.model_runner)  # checks the vectors now, not at the first request
+        runner_meter(self.model_runner)  # and the meter
 
     _model_forward._emosteer = True  # type: ignore[attr-defined]
     GPUModelRunner._model_forward = _model_forward
     Worker.load_model = load_model
+    setattr(Worker, RPC, meter_readings)
 
 
 _OFF = object()  # runner attribute value: no vectors configured, never steer
@@ -201,3 +213,30 @@ def runner_steerer(runner: Any) -> Steerer | None:
         steerer = _OFF if bank is None else Steerer.for_runner(runner, bank)
         runner.__dict__["_emosteer_steerer"] = steerer
     return None if steerer is _OFF else steerer
+
+
+def runner_meter(runner: Any) -> MeterReader | None:
+    """The runner's MeterReader, built on first use; None when the plugin is off, no meter is
+    fitted for the served model, or this pipeline rank does not hold the meter's whole band."""
+    reader = runner.__dict__.get("_emosteer_meter")
+    if reader is None:
+        reader = _OFF
+        steerer = runner_steerer(runner)
+        path = None if steerer is None else meter_file(steerer.bank)
+        if steerer is not None and path is not None:
+            meter = served_meter(steerer.bank)
+            model_config = runner.model_config
+            shape = config_shape(model_config.hf_config, served_model_id(model_config.model))
+            check_meter(meter, shape)
+            modules = attention_outputs(runner.get_model(), shape["architecture"],
+                                        int(shape["num_layers"]))
+            if set(meter.layers) <= set(modules):
+                reader = MeterReader(meter, {layer: modules[layer] for layer in meter.layers},
+                                     steerer.stack.device)
+                log.info("emosteer: the emotion meter %s reads %s over layers %d-%d", path,
+                         ", ".join(meter.emotions), meter.layers[0], meter.layers[-1])
+            else:
+                log.warning("emosteer: this pipeline rank does not hold all the meter's layers: "
+                            "it does not meter (the meter needs one pipeline stage)")
+        runner.__dict__["_emosteer_meter"] = reader
+    return None if reader is _OFF else reader
