@@ -125,6 +125,8 @@ def test_compare_two_columns_preset_and_meter(site, tmp_path):
         assert page.locator("#s-joy").input_value() == "0"
         page.locator(".col[data-col='1'] > button").click()
         assert page.locator("#s-joy").input_value() == "1"
+        page.locator(".preset[data-preset='joyful']").click()  # the screenshot: plain joy
+        assert json.loads(page.locator("#mix").inner_text()) == {"joy": 1.5}
         _ask(page, 2, QUESTION + " \N{GRADUATION CAP}")  # an emoji: the font must have it
         about = page.evaluate("async () => (await (await fetch('/v1/models')).json()).data[0]")
         metered, judged = about["meter"] is not None, about["emosteer"]["judge"] is not None
@@ -146,7 +148,7 @@ def test_compare_two_columns_preset_and_meter(site, tmp_path):
         assert len(sent) == 2 and all(r["stream"] for r in sent)
         assert all(r.get("meter", False) is metered for r in sent)  # asked only if offered
         assert all(r.get("judge", False) is judged for r in sent)
-        assert [r["emotion"] for r in sent] == [{}, {"joy": 1, "anger": -0.5}]
+        assert [r["emotion"] for r in sent] == [{}, {"joy": 1.5}]
         assert sent[0]["seed"] == sent[1]["seed"] == 1  # only the steering differs
         assert "attn site" in page.locator("#model").inner_text()
         note = page.locator("#about").inner_text()  # where the vectors came from
