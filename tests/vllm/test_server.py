@@ -158,8 +158,9 @@ def test_nan_in_the_body_is_a_400(server, client):
 # --- the emotion meter ("meter": true) -------------------------------------------------------
 EMOTIONS = ["joy", "anger", "sadness", "fear", "disgust"]  # the shipped meter's
 # vLLM's readings vs emosteer's own meter (meter_read on the same ids, transformers, float32):
-# the kernels differ as for the log-probabilities (3e-5 there); readings are rounded to 1e-4
-METER_TOL = 2e-3
+# the kernels differ as for the log-probabilities; measured 5e-5 here, which is the readings'
+# rounding to 4 digits, while one token's readings differ from the next by up to about 0.2
+METER_TOL = 5e-4
 
 
 def metered(client, question=QUESTIONS[1], **body):
@@ -252,7 +253,7 @@ def test_meter_agrees_with_emosteers_own_meter(client):
 @pytest.mark.parametrize(("body", "words"), [
     ({"meter": "yes"}, "'meter' must be true or false"),
     ({"meter": 1}, "'meter' must be true or false"),
-    ({"meter": True, "n": 2}, "send n=1"),
+    ({"meter": True, "n": 2, "temperature": 0.7}, "send n=1"),
 ])
 def test_bad_meter_is_a_400(client, body, words, stream):
     with pytest.raises(openai.BadRequestError) as caught:

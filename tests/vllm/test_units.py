@@ -244,6 +244,22 @@ def test_meter_reads_the_row_each_new_token_is_sampled_from(bank):
     assert "c" not in reader.store and "a" not in reader.store
 
 
+def test_meter_reads_before_the_steering_adds(bank):
+    meter = Meter.from_vectors(bank.vectors, layers=[3])
+    module = torch.nn.Identity()
+    reader = MeterReader(meter, {3: module}, torch.device("cpu"))
+    steerer = Steerer(bank, {3: module}, bank.stacked(30))
+    runner = _metered_runner([("a", 2, 0, 2)])
+    runner.requests["r0"].sampling_params.extra_args["emotion"] = {"joy": 3.0}
+    hidden = torch.randn(2, 576)
+    before = hidden.clone()
+    with reader.reading(reader.plan(runner)), steerer.steering(steerer.plan(runner)):
+        module(hidden)  # the steering adds in place, after the meter's hook has read
+    assert not torch.equal(hidden, before)
+    expected = meter.calibrate(meter.raw({3: before[[1]] @ meter.band()[3].T}))
+    torch.testing.assert_close(torch.tensor(reader.take("a", 0, 1, done=True)), expected)
+
+
 def test_unmetered_batch_has_no_meter_plan_and_no_hook(bank):
     modules = {3: torch.nn.Identity()}
     reader = MeterReader(Meter.from_vectors(bank.vectors, layers=[3]), modules,
@@ -259,3 +275,26 @@ def test_parse_meter():
     for bad in ("yes", 1, 0, [True], {"on": True}):
         with pytest.raises(BadInputError, match="'meter' must be true or false"):
             parse_meter(bad)
+
+
+def test_which_meter_a_server_reads_with(bank, monkeypatch, tmp_path):
+    from emosteer.emotion_meter import SHIPPED
+    from emosteer.errors import EmosteerError
+    from emosteer.vllm.launcher import serve_command
+    from emosteer.vllm.meter import METER_ENV, meter_file, served_meter
+
+    monkeypatch.delenv(METER_ENV, raising=False)
+    # the vectors were made for the bundled model: its shipped meter
+    assert meter_file(bank) == SHIPPED / "meter-smollm2-135m-instruct.json"
+    monkeypatch.setenv(METER_ENV, str(tmp_path / "mine.json"))
+    assert meter_file(bank) == tmp_path / "mine.json"
+    monkeypatch.delenv(METER_ENV)
+    other = support.vector("joy", 0)
+    other.meta["model_id"] = "org/other"
+    other.save(tmp_path / "other" / "joy.safetensors")
+    elsewhere = VectorBank.load(tmp_path / "other")
+    assert meter_file(elsewhere) is None
+    with pytest.raises(EmosteerError, match="no emotion meter is fitted .* EMOSTEER_METER"):
+        served_meter(elsewhere)
+    _, env = serve_command("default", tmp_path / "other", meter=tmp_path / "m.json")
+    assert env[METER_ENV] == str((tmp_path / "m.json").resolve())

@@ -18,6 +18,7 @@ from typing import Any
 from emosteer.errors import EmosteerError, ModelLoadError
 from emosteer.models import cache_dir
 from emosteer.vllm.bank import FORCE_ENV, VECTORS_ENV, VectorBank, config_shape, served_model_id
+from emosteer.vllm.meter import METER_ENV
 from emosteer.vllm.plugin import RUNNER_ENV
 
 __all__ = ["llm", "model_source", "require_vllm", "serve", "serve_command"]
@@ -67,21 +68,26 @@ def check_vectors(model: str, vectors: str | Path, force: bool = False) -> Vecto
     return bank
 
 
-def plugin_env(vectors: str | Path, force: bool = False) -> dict[str, str]:
-    """The environment variables that switch the plugin on. vLLM's processes inherit them;
-    Ray workers on other nodes get them because EMOSTEER_ joins the prefixes Ray copies."""
+def plugin_env(vectors: str | Path, force: bool = False,
+               meter: str | Path | None = None) -> dict[str, str]:
+    """The environment variables that switch the plugin on (and name its meter file). vLLM's
+    processes inherit them; Ray workers on other nodes get them because EMOSTEER_ joins the
+    prefixes Ray copies."""
     prefixes = [p for p in os.environ.get(RAY_PREFIXES_ENV, "").split(",") if p]
     env = {VECTORS_ENV: str(Path(vectors).expanduser().resolve()), RUNNER_ENV: "0",
            RAY_PREFIXES_ENV: ",".join(dict.fromkeys([*prefixes, "EMOSTEER_"]))}
     if force:
         env[FORCE_ENV] = "1"
+    if meter is not None:
+        env[METER_ENV] = str(Path(meter).expanduser().resolve())
     return env
 
 
 def serve_command(model: str = "default", vectors: str | Path = "vectors",
                   host: str = "127.0.0.1", port: int = 8000,
                   extra_vllm_args: Sequence[str] = (), force: bool = False,
-                  python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+                  python: str = sys.executable, meter: str | Path | None = None
+                  ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of vLLM's OpenAI server with the plugin and the playground on.
 
     Args:
@@ -92,6 +98,8 @@ def serve_command(model: str = "default", vectors: str | Path = "vectors",
         extra_vllm_args: vLLM's own options, e.g. ["--tensor-parallel-size", "8"].
         force: accept vectors made for another model id of the same shape.
         python: the interpreter that has vLLM installed.
+        meter: the meter file `"meter": true` reads with (default: $EMOSTEER_METER, else the
+            meter shipped for the vectors' model).
 
     Example:
         argv, env = serve_command("default", "vectors/", port=8001)
@@ -106,11 +114,12 @@ def serve_command(model: str = "default", vectors: str | Path = "vectors",
                  *(["default"] if model == "default" else [])]
     if model == "default" and not any(arg.startswith(_MEMORY_OPTIONS) for arg in extra):
         argv += ["--kv-cache-memory-bytes", str(BUNDLED_KV_BYTES)]
-    return argv + extra, {**os.environ, **plugin_env(vectors, force)}
+    return argv + extra, {**os.environ, **plugin_env(vectors, force, meter)}
 
 
 def serve(model: str = "default", vectors: str | Path = "vectors", host: str = "127.0.0.1",
-          port: int = 8000, extra_vllm_args: Sequence[str] = (), force: bool = False) -> int:
+          port: int = 8000, extra_vllm_args: Sequence[str] = (), force: bool = False,
+          meter: str | Path | None = None) -> int:
     """Run vLLM's OpenAI-compatible server with per-request emotions until it exits.
 
     Requests take the same "emotion" field as emosteer's own server ({"joy": 1.5,
@@ -125,13 +134,19 @@ def serve(model: str = "default", vectors: str | Path = "vectors", host: str = "
         extra_vllm_args: passed to vLLM, e.g. ["--tensor-parallel-size", "8",
             "--pipeline-parallel-size", "2", "--distributed-executor-backend", "ray"].
         force: accept vectors made for another model id of the same shape.
+        meter: the meter file `"meter": true` reads with (default: $EMOSTEER_METER, else the
+            meter shipped for the vectors' model).
 
     Example:
         emosteer.vllm.serve("default", "vectors/", port=8000)
     """
     require_vllm()
     check_vectors(model, vectors, force)
-    argv, env = serve_command(model, vectors, host, port, extra_vllm_args, force)
+    if meter is not None:
+        from emosteer.emotion_meter import Meter
+
+        Meter.load(meter)  # a bad meter file fails here, in one line, not in vLLM's worker
+    argv, env = serve_command(model, vectors, host, port, extra_vllm_args, force, meter=meter)
     return subprocess.run(argv, env=env, check=False).returncode
 
 
