@@ -81,6 +81,8 @@ METHODS: tuple[Method, ...] = (
     Method("band_auto", (1.5, 2.0, 3.0), extract={"band": "auto", "band_width": 10}),
     Method("norm", (1.0, 1.5, 2.0), extract={"scale": "norm", "norm_fraction": 0.1}),
     Method("filtered", (0.5, 0.75, 1.0), extract={"filter": "judge", "judge": "embedded-a"}),
+    Method("filtered_ctx", (0.5, 0.75, 1.0, 1.5),  # the recommended default (RECOMMENDED)
+           extract={"filter": "judge", "judge": "embedded-a", "context": "neutral"}),
     Method("trained", (0.5, 1.0, 1.5), extract={"method": "trained"}),
     Method("prompt", prompt=True, extract=None),
 )
