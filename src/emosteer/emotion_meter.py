@@ -169,15 +169,20 @@ class Meter:
 
     def check_model(self, model: PreTrainedModel) -> None:
         """Raise VectorMismatchError if the meter was fitted for another model."""
-        shape = model_shape(model)
-        diffs = shape_differences({k: str(v) for k, v in self.card.items()}, shape)
+        self.check_shape(model_shape(model), "for this model with `python scripts/fit_meter.py "
+                                             "--model ... --vectors ...`")
+
+    def check_shape(self, shape: Mapping[str, str], fix: str, force: bool = False) -> None:
+        """Raise VectorMismatchError if the meter was fitted for another model than `shape`'s
+        (model_shape); the message ends "fit one {fix}"."""
+        diffs = shape_differences({k: str(v) for k, v in self.card.items()}, shape, force)
         if int(shape["hidden_size"]) != self.directions.shape[-1]:
             diffs.append(f"direction length {self.directions.shape[-1]} vs hidden_size "
                          f"{shape['hidden_size']}")
         if diffs:
             raise VectorMismatchError(
-                f"the emotion meter {made_for(self.card, shape)} ({'; '.join(diffs)}): fit one "
-                "for this model with `python scripts/fit_meter.py --model ... --vectors ...`")
+                f"the emotion meter {made_for(self.card, shape)} ({'; '.join(diffs)}): "
+                f"fit one {fix}")
 
     def matches(self, vectors: Mapping[str, EmotionVector]) -> bool:
         """True when `vectors` hold exactly the directions this meter was fitted with."""

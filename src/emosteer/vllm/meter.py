@@ -32,9 +32,8 @@ import numpy as np
 import torch
 
 from emosteer.emotion_meter import SHIPPED, Meter
-from emosteer.errors import BadInputError, EmosteerError, VectorMismatchError
+from emosteer.errors import BadInputError, EmosteerError
 from emosteer.hooks import hooked, untuple
-from emosteer.vectors import made_for, shape_differences
 from emosteer.vllm.bank import FORCE_ENV, VectorBank
 
 log = logging.getLogger("vllm.emosteer")
@@ -93,15 +92,8 @@ def served_meter(bank: VectorBank) -> Meter:
 
 def check_meter(meter: Meter, shape: dict[str, str]) -> None:
     """Raise VectorMismatchError if the meter was fitted for another model than `shape`'s."""
-    diffs = shape_differences({k: str(v) for k, v in meter.card.items()}, shape,
-                              os.environ.get(FORCE_ENV, "") == "1")
-    if int(shape["hidden_size"]) != meter.directions.shape[-1]:
-        diffs.append(f"direction length {meter.directions.shape[-1]} vs hidden_size "
-                     f"{shape['hidden_size']}")
-    if diffs:
-        raise VectorMismatchError(
-            f"the emotion meter {made_for(meter.card, shape)} ({'; '.join(diffs)}): fit one "
-            f"for the served model and name it in ${METER_ENV}")
+    meter.check_shape(shape, f"for the served model and name it in ${METER_ENV}",
+                      os.environ.get(FORCE_ENV, "") == "1")
 
 
 @dataclass(frozen=True)
