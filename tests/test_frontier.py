@@ -4,6 +4,7 @@ the selection rule on synthetic scores, and the whole frontier on a tiny random 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zlib
@@ -286,9 +287,10 @@ def test_frontier_refuses_a_folder_without_vectors(tiny, tmp_path):
 
 
 # --- the command -------------------------------------------------------------------------------
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "emosteer", "experiment", "frontier", *args],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def test_the_command_refuses_an_unknown_method_before_loading_anything(tmp_path):
@@ -296,7 +298,9 @@ def test_the_command_refuses_an_unknown_method_before_loading_anything(tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
         "error: unknown method 'magic': choose from " + ", ".join(m.name for m in F.METHODS)]
-    assert "Example:" in _cli("--help").stdout
+    help_text = " ".join(_cli("--help", env={"COLUMNS": "400"}).stdout.split())
+    assert "Example:" in help_text
+    assert all(m.name in help_text for m in F.METHODS), "the --method help must list them all"
 
 
 def test_the_command_runs_on_a_saved_tiny_model(tiny, tmp_path):
