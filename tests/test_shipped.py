@@ -1,9 +1,8 @@
-"""The vectors shipped for the bundled model: they load, fit it, and at alpha 1 raise their emotion
-on held-out questions (the split the frontier never chose anything on).
-
-Anger and disgust are not asserted: on the held-out split no method raised them within the
-fluency bound (docs/frontier.md: filtered anger 0.07 vs 0.07 unsteered, disgust shipped at the
-smallest strength), so a test claiming it would be false."""
+"""The vectors shipped for the bundled model: they load, fit it, and at alpha 1 raise every one of
+their emotions on held-out questions (the confirmation run's held-out sample, on which the
+frontier chose nothing: docs/frontier.md). Measured 2026-12-02 with the default judge on
+those 30 questions, alpha 0 -> 1: joy 0.07 -> 0.77, anger 0.07 -> 0.17, sadness 0.23 -> 0.60,
+fear 0.03 -> 0.37, disgust 0.03 -> 0.27."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ def test_the_five_ship_calibrated_with_their_provenance():
         assert all(torch.isfinite(d).all() and d.norm() > 0 for d in v.directions.values())
 
 
-RAISED = ("joy", "sadness", "fear")  # the emotions the frontier raised on held-out questions
+RAISED = VECTOR_EMOTIONS  # all five, on the held-out questions below
 
 
 @pytest.mark.slow
@@ -41,7 +40,7 @@ def test_shipped_vectors_fit_the_bundled_model_and_raise_their_emotion(tmp_path,
 
     model, tok = load_model("default")
     vectors = load_vectors("default")
-    questions = [q.question for q in evaluation_queries(4)]  # 24 of the held-out split
+    questions = [q.question for q in evaluation_queries(5, seed=1)]  # the frontier's held-out 30
     judge = load_judge("embedded")
     cfg = GenerateConfig(max_new_tokens=48)
 

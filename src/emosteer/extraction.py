@@ -104,20 +104,21 @@ class ExtractConfig:
             raise BadInputError("band_width and scan_pairs must be >= 1, norm_fraction > 0")
 
 
-RECOMMENDED: dict[str, Any] = {"filter": "judge", "judge": "embedded-a"}
+RECOMMENDED: dict[str, Any] = {"filter": "judge", "judge": "embedded-a", "context": "neutral"}
 """What the method search (`emosteer experiment frontier`, docs/frontier.md) chose on the
-bundled model: the paper's mean difference over the answers judge A confirms. It is the default
-of `emosteer extract` and `emosteer demo`, and the shipped vectors' method, so `calibrated_like`
-gives a fresh extraction the shipped strengths; ExtractConfig() itself stays the paper's recipe.
-`filtered_ctx` (the same, context="neutral") scored higher in a later run
-(docs/results/frontier-ctx) and replaces it once its vectors ship with a refitted meter."""
+bundled model: the paper's mean difference over the answers judge A confirms, each emotional
+answer re-read under the neutral prompt (so the vector carries the answer's tone, not the
+request for it). It is the default of `emosteer extract` and `emosteer demo`, and the shipped
+vectors' method (frontier method `filtered_ctx_100`: all 100 questions per emotion), so
+`calibrated_like` gives a fresh extraction the shipped strengths; ExtractConfig() itself stays
+the paper's recipe."""
 
 
 def recommended(**changes: Any) -> ExtractConfig:
     """The recommended settings (RECOMMENDED) with `changes` on top.
 
     Example:
-        cfg = recommended(limit=40)  # filter="judge", judge="embedded-a"
+        cfg = recommended(limit=40)  # filter="judge", judge="embedded-a", context="neutral"
     """
     return ExtractConfig(**{**RECOMMENDED, **changes})
 

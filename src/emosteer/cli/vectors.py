@@ -55,8 +55,8 @@ def extract(
              " (default: ExtractConfig.center)")] = None,
     filter_: Annotated[str | None, typer.Option(
         "--filter", help="judge: average only the answers judge A confirms (the recommended "
-                         "default, extraction.RECOMMENDED); none: every answer, the paper's "
-                         "recipe")] = None,
+                         "default, extraction.RECOMMENDED, with --context neutral); none: every "
+                         "answer (with --context own: the paper's recipe)")] = None,
     band: Annotated[str | None, typer.Option(
         help="layers to keep: first-last (e.g. 8-17), auto (a scan picks --band-width "
              "layers) or all (default: all)")] = None,
@@ -74,8 +74,8 @@ def extract(
     eng: EngineOptions = EngineOptions(),
 ) -> None:
     """Extract emotion vectors and save them as safetensors: the paper's mean difference over
-    the answers the judge confirms (the method search's choice; --filter none is the paper's
-    recipe exactly).
+    the answers the judge confirms, re-read under the neutral prompt (the method search's
+    choice; --filter none --context own is the paper's recipe exactly).
 
     Existing files in --out are kept unless --overwrite is given; every file is written
     atomically (a temporary file renamed into place).
