@@ -31,6 +31,7 @@ from emosteer.evaluate.conditions import unsteered as unsteered_condition
 from emosteer.evaluate.frontier_vectors import load_method_vectors
 from emosteer.evaluate.measure import JudgesRunner, log_ppls, measure
 from emosteer.evaluate.runner import EvalConfig
+from emosteer.extraction import RECOMMENDED
 from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
@@ -81,12 +82,11 @@ METHODS: tuple[Method, ...] = (
     Method("band_auto", (1.5, 2.0, 3.0), extract={"band": "auto", "band_width": 10}),
     Method("norm", (1.0, 1.5, 2.0), extract={"scale": "norm", "norm_fraction": 0.1}),
     Method("filtered", (0.5, 0.75, 1.0), extract={"filter": "judge", "judge": "embedded-a"}),
-    Method("filtered_ctx", (0.5, 0.75, 1.0, 1.5),  # the emotional answer re-read, neutral
-           extract={"filter": "judge", "judge": "embedded-a", "context": "neutral"}),
-    # the same from all 100 questions per emotion (`emosteer extract`'s default count): the
-    # recommended default (RECOMMENDED) and the shipped vectors (docs/frontier.md)
-    Method("filtered_ctx_100", (0.5, 0.75, 1.0, 1.5),
-           extract={"filter": "judge", "judge": "embedded-a", "context": "neutral", "limit": 100}),
+    # the recommended settings (RECOMMENDED: judge A's filter, the emotional answer re-read
+    # under the neutral prompt) on the frontier's 40 questions, and on all 100 per emotion
+    # (`emosteer extract`'s default count): the shipped vectors (docs/frontier.md)
+    Method("filtered_ctx", (0.5, 0.75, 1.0, 1.5), extract=dict(RECOMMENDED)),
+    Method("filtered_ctx_100", (0.5, 0.75, 1.0, 1.5), extract={**RECOMMENDED, "limit": 100}),
     Method("trained", (0.5, 1.0, 1.5), extract={"method": "trained"}),
     Method("prompt", prompt=True, extract=None),
 )
