@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -183,6 +184,39 @@ def test_the_judge_filter_averages_only_confirmed_answers():
                 generations=result.generations)
 
 
+def test_too_few_confirmed_answers_are_answered_again_up_to_rounds():
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    g = GenerateConfig(max_new_tokens=6, batch_size=4)
+    cfg = ExtractConfig(emotions=("joy",), limit=4, generation=g, filter="judge",
+                        min_confirmed=3, rounds=3)
+    result = extract(model, tok, cfg, progress=False, judge=LabelJudge("joy"))
+    emotional, calm, confirmed = [], [], 0
+    for gen in result.generations:  # the judge confirms rows 0 and 2 of every round
+        assert confirmed < 3  # a round is answered only while fewer than 3 are confirmed
+        b = gen.batch
+        means = masked_means(model, b.input_ids, b.attention_mask, b.response_mask, "attn")
+        ok = (b.response_mask[:4].sum(-1) > 0) & (b.response_mask[4:].sum(-1) > 0)
+        emotional += [means[4 + i] for i in (0, 2) if ok[i]]
+        calm += [means[i] for i in (1, 3) if ok[i]]
+        confirmed = len(emotional)
+    assert 2 <= len(result.generations) <= 3  # a round confirms at most 2
+    assert confirmed >= 3 or len(result.generations) == 3
+    texts = [(s["neutral"], s["emotional"]) for s in result.samples]
+    assert len(texts) == 4 * len(result.generations) and len(set(texts)) > 4  # new samples
+    expected = torch.stack(emotional).mean(0) - torch.stack(calm).mean(0)
+    vec = result.vectors["joy"]
+    torch.testing.assert_close(vec.directions[1], expected[1])
+    assert vec.meta["n_queries"] == str(confirmed)
+    assert vec.meta["n_answered"] == str(result.used["joy"])
+    again = extract(model, tok, cfg, progress=False, judge=LabelJudge("joy"),
+                    generations=result.generations)  # reused: no new answers, same vector
+    torch.testing.assert_close(again.vectors["joy"].directions[1], vec.directions[1])
+    assert again.used == result.used
+    once = extract(model, tok, replace(cfg, rounds=1), progress=False, judge=LabelJudge("joy"),
+                   generations=result.generations)
+    assert len(once.samples) == 4  # one round read, though more were handed over
+
+
 def test_bad_method_settings_are_refused():
     with pytest.raises(BadInputError, match="pca"):
         ExtractConfig(method="pca", filter="judge")
@@ -192,6 +226,10 @@ def test_bad_method_settings_are_refused():
         ExtractConfig(method="bipo")  # type: ignore[arg-type]
     with pytest.raises(BadInputError):
         ExtractConfig(norm_fraction=0)
+    with pytest.raises(BadInputError, match="filter='judge'"):
+        ExtractConfig(rounds=2)  # answering again needs the judge that confirms
+    with pytest.raises(BadInputError, match="rounds"):
+        ExtractConfig(filter="judge", rounds=0)
 
 
 def test_the_cli_sets_every_method_option(extract_configs, capsys):

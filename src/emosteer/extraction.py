@@ -71,6 +71,9 @@ class ExtractConfig:
     center: bool = False  # subtract EV_base from every emotion (removes their shared part)
     filter: Filter = "none"  # "judge": average only the answers the judge confirms
     judge: str = "embedded"  # the judge that filters (never part of any loss)
+    min_confirmed: int = 0  # filter="judge": while the judge has confirmed fewer emotional
+    # answers than this, answer the emotion's questions again (new samples), up to `rounds`
+    rounds: int = 1  # the most times each question is answered (1: once, the paper's)
     band: Band = None  # None: every layer; (start, stop); "auto": the best window of the scan
     band_width: int = 10  # layers of an "auto" band (the circuits paper steers 10 of 28)
     scale: Scale = "raw"  # "norm": layer l's vector is norm_fraction x site_norms[l] long;
@@ -102,6 +105,12 @@ class ExtractConfig:
                                 "'auto' or None")
         if self.band_width < 1 or not self.norm_fraction > 0 or self.scan_pairs < 1:
             raise BadInputError("band_width and scan_pairs must be >= 1, norm_fraction > 0")
+        if self.rounds < 1 or self.min_confirmed < 0:
+            raise BadInputError(f"rounds={self.rounds}, min_confirmed={self.min_confirmed}: "
+                                "use rounds >= 1 and min_confirmed >= 0")
+        if self.rounds > 1 and self.filter != "judge":
+            raise BadInputError("rounds > 1 answers again until the judge has confirmed "
+                                "min_confirmed answers: it needs filter='judge'")
 
 
 RECOMMENDED: dict[str, Any] = {"filter": "judge", "judge": "embedded-a", "context": "neutral"}
@@ -194,18 +203,36 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     batches = [(e, chunk) for e in cfg.emotions
                for chunk in _chunks([q for q in queries if q.emotion == e],
                                     cfg.generation.batch_size)]
-    if gens and [(g.emotion, [q.id for q in g.queries]) for g in gens] != \
+    if gens and [(g.emotion, [q.id for q in g.queries]) for g in gens[:len(batches)]] != \
             [(e, [q.id for q in c]) for e, c in batches]:
         raise BadInputError("generations were made for other queries: extract with the same "
                             "emotions, dataset, limit, seed and batch_size")
+    made = 0  # generations used so far (reused or new)
+
+    def answer(emotion: str, chunk: list[data.Query]) -> None:
+        nonlocal made
+        if made < len(gens) and (gens[made].emotion, gens[made].queries) != (emotion, chunk):
+            del gens[made:]  # an earlier extraction answered again elsewhere: answer anew
+        if made == len(gens):
+            gens.append(_generate(model, tokenizer, emotion, chunk, cfg))
+        samples.extend(_read(model, tokenizer, gens[made], cfg, arch, totals[emotion],
+                             squares, judge))
+        made += 1
+
     with progress_bar(progress, "extracting", len(queries)) as advance:
-        for i, (emotion, chunk) in enumerate(batches):
-            if i == len(gens):
-                gens.append(_generate(model, tokenizer, emotion, chunk, cfg))
-            texts = _read(model, tokenizer, gens[i], cfg, arch, totals[emotion], squares,
-                          judge)
-            samples.extend(texts)
+        for emotion, chunk in batches:
+            answer(emotion, chunk)
             advance(len(chunk))
+    for emotion in cfg.emotions:  # more answers where the judge confirmed too few
+        again = [c for e, c in batches if e == emotion]
+        for n in range(2, cfg.rounds + 1):
+            if totals[emotion].n_emotional >= cfg.min_confirmed:
+                break
+            with progress_bar(progress, f"answering {emotion} again ({n}/{cfg.rounds})",
+                              sum(map(len, again))) as advance:
+                for chunk in again:
+                    answer(emotion, chunk)
+                    advance(len(chunk))
     stats = site_stats(squares)
     vectors, details = _vectors(model, tokenizer, cfg, totals, stats, arch, judge)
     return Extraction(vectors, samples, time.perf_counter() - start,
@@ -287,7 +314,8 @@ def _vectors(model, tokenizer, cfg: ExtractConfig, totals: dict[str, _Totals],
                     f"answers of {t.used}: raise limit or use filter='none'")
             mean = torch.as_tensor(t.emotional / t.n_emotional - t.neutral / t.n_neutral)
             name = f"{getattr(judge, 'spec', cfg.judge)}:{getattr(judge, 'version', '?')}"
-            extra = {"filter": "judge", "n_neutral": str(t.n_neutral), "judge": name}
+            extra = {"filter": "judge", "n_neutral": str(t.n_neutral), "judge": name,
+                     "n_answered": str(t.used)}
             n = t.n_emotional
         else:
             mean, extra, n = torch.as_tensor(t.offsets) / t.used, {}, t.used  # (layers, d)

@@ -40,7 +40,7 @@ class SearchOptions(OptionGroup):
     methods: Annotated[list[str] | None, typer.Option(
         "--method", "--methods", callback=split_commas,
         help="a method (mean_diff, centered, band, band_auto, norm, filtered, filtered_ctx, "
-             "filtered_ctx_100, trained, prompt); repeat for several (default: "
+             "filtered_ctx_100, filtered_ctx_more, trained, prompt); repeat for several (default: "
              "frontier.METHODS, all)")] = None
     emotions: EmotionsOpt = None
     calibration_limit: Annotated[int | None, typer.Option(

@@ -57,6 +57,13 @@ def extract(
         "--filter", help="judge: average only the answers judge A confirms (the recommended "
                          "default, extraction.RECOMMENDED, with --context neutral); none: every "
                          "answer (with --context own: the paper's recipe)")] = None,
+    min_confirmed: Annotated[int | None, typer.Option(
+        min=0, help="with --filter judge: answer an emotion's questions again while the judge "
+                    "has confirmed fewer answers than this (default: "
+                    "ExtractConfig.min_confirmed)")] = None,
+    rounds: Annotated[int | None, typer.Option(
+        min=1, max=100, help="the most times each question is answered, for --min-confirmed "
+                             "(default: ExtractConfig.rounds)")] = None,
     band: Annotated[str | None, typer.Option(
         help="layers to keep: first-last (e.g. 8-17), auto (a scan picks --band-width "
              "layers) or all (default: all)")] = None,
@@ -95,7 +102,8 @@ def extract(
     cfg = replace(base, **given(
         emotions=tuple(emotions) if emotions else None, limit=limit, dataset=dataset, site=site,
         positions=positions, context=context, method=method, center=center, filter=filter_,
-        band_width=band_width, scale=scale, norm_fraction=norm_fraction), **more,
+        min_confirmed=min_confirmed, rounds=rounds, band_width=band_width, scale=scale,
+        norm_fraction=norm_fraction), **more,
         generation=gen.config(base.generation))
     names = [f"{e}.safetensors" for e in (*cfg.emotions, "base")] + ["samples.jsonl"]
     eng.check()
