@@ -237,14 +237,16 @@ def test_the_cli_sets_every_method_option(extract_configs, capsys):
 
     seen = extract_configs
     for args in (["--method", "trained", "--train-steps", "7", "--band", "8-17",
-                  "--scale", "spread", "--norm-fraction", "0.2", "--filter", "judge"],
+                  "--scale", "spread", "--norm-fraction", "0.2", "--filter", "judge",
+                  "--min-confirmed", "60", "--rounds", "3"],
                  ["--band", "auto", "--band-width", "6"], ["--band", "all"]):
         with pytest.raises(SystemExit):
             main(["extract", "--out", "/nonexistent/never-written", *args])
     capsys.readouterr()
     first, auto, whole = seen
     assert (first.method, first.train.steps, first.band, first.scale, first.norm_fraction,
-            first.filter) == ("trained", 7, (8, 18), "spread", 0.2, "judge")
+            first.filter, first.min_confirmed, first.rounds) == (
+        "trained", 7, (8, 18), "spread", 0.2, "judge", 60, 3)
     assert (auto.band, auto.band_width) == ("auto", 6) and whole.band is None
     with pytest.raises(SystemExit) as stop:
         main(["extract", "--out", "/nonexistent/never-written", "--band", "17-8"])
