@@ -31,30 +31,13 @@ from emosteer.data import load_queries
 from emosteer.emotion_meter import load_meter
 from emosteer.evaluate.judges import load_judge
 from emosteer.generation import GenerateConfig
-from emosteer.meter_fit import corpus_rows
+from emosteer.meter_fit import corpus_rows, spearman
 from emosteer.meter_read import generate_metered, read_texts
 from emosteer.models import load_model
 from emosteer.steering import steer
 from emosteer.vectors import load_vectors
 
 TARGETS = {"spearman": 0.6, "accuracy": 0.7}
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (ties get their mean rank); nan when one side is constant."""
-    ra, rb = _ranks(np.asarray(a)), _ranks(np.asarray(b))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    _, inverse = np.unique(x, return_inverse=True)
-    means = np.bincount(inverse, ranks) / np.bincount(inverse)
-    return means[inverse]
 
 
 def agreement(means: list[dict[str, float]], judged: list[dict[str, float]],

@@ -24,7 +24,7 @@ import torch
 
 from emosteer.data import dataset_info
 from emosteer.emotion_meter import SHIPPED, provenance
-from emosteer.meter_fit import _names, corpus_projections, fit_projections
+from emosteer.meter_fit import _names, corpus_projections, fit_projections, unseen_judgements
 from emosteer.models import load_model, model_id
 from emosteer.vectors import SHIPPED as SHIPPED_VECTORS
 from emosteer.vectors import load_vectors
@@ -83,7 +83,8 @@ def main() -> None:
     vectors = load_vectors(args.vectors)
     names = _names(vectors, args.emotion)
     rows, per_layer = projections(model, tok, vectors, names, args)
-    meter = fit_projections(vectors, names, rows, per_layer, limit=args.limit)
+    meter = fit_projections(vectors, names, rows, per_layer, limit=args.limit,
+                            judged=unseen_judgements(rows))
     name = f"meter-{model_id(model).rsplit('/', 1)[-1].lower()}"
     out = args.out or SHIPPED / f"{name}.json"
     source = SHIPPED_VECTORS / "smollm2-135m-instruct" if args.vectors == "default" \

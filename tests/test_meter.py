@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from live_server import EMOTIONS, live_server, random_vectors
 from emosteer.emotion_meter import Meter, load_meter
 from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
 from emosteer.generation import GenerateConfig, chat_prompt, generate
-from emosteer.meter_fit import corpus_rows, fit_meter, roc_auc
+from emosteer.meter_fit import KINDS, corpus_rows, fit_meter, roc_auc, spearman, unseen_judgements
 from emosteer.meter_read import (
     generate_metered,
     meter,
@@ -150,15 +151,69 @@ def test_fit_calibrates_on_the_training_part_only(setup, fitted):
     assert held and train and not held & {r["id"] for r in train}
     corpus = fitted.card["corpus"]
     assert corpus["training_ids"] == 4 * 7 and corpus["validation_ids"] > 0
-    chosen = fitted.card["selection"]["chosen"]
-    assert chosen["kind"] in ("own", "all", "layers") and list(fitted.layers) == chosen["layers"]
-    assert set(fitted.card["selection"]["best_per_kind"]) == {"own", "all", "layers"}
+    selection = fitted.card["selection"]
+    chosen = selection["chosen"]
+    assert chosen["kind"] in KINDS and list(fitted.layers) == chosen["layers"]
+    assert set(selection["best_per_kind"]) == set(KINDS) and "Spearman" in selection["rule"]
+    assert fitted.warmup == chosen["warmup"] and "spearman" in chosen
+    assert fitted.link == ("softmax" if chosen["kind"] == "softmax" else "sigmoid")
     assert fitted.card["model_id"] == "tiny-llama" and set(fitted.card["vectors"]) == set(EMOTIONS)
     n = len(EMOTIONS)
-    assert fitted.weight.shape == (n, n * len(fitted.layers))
+    assert fitted.weight.shape == (n + (fitted.link == "softmax"), n * len(fitted.layers))
     assert fitted.bias.abs().sum() > 0  # it was fitted
     values = meter(model, tok, "I am so happy today!", fitted).values
     assert ((values > 0) & (values < 1)).all()
+
+
+def test_softmax_link_readings_share_one_unit_and_survive_a_file(setup, tmp_path):
+    from emosteer.meter_fit import _calibrate
+
+    model, tok, _, m = setup
+    g = torch.Generator().manual_seed(0)
+    per_layer = [torch.randn(5, 2, len(EMOTIONS), generator=g) for _ in range(20)]
+    labels = torch.tensor([i % (len(EMOTIONS) + 1) - 1 for i in range(20)])
+    mean, std, w, b = _calibrate(per_layer, labels, [0, 1], "softmax")
+    assert w.shape == (len(EMOTIONS) + 1, 2 * len(EMOTIONS)) and b.shape == (len(EMOTIONS) + 1,)
+    soft = replace(m, mean=mean, std=std, weight=w, bias=b, link="softmax", warmup=2)
+    values = meter(model, tok, "So glad!", soft).values
+    assert (values > 0).all() and (values.sum(-1) < 1).all()  # "none" keeps the rest
+    back = Meter.load(soft.save(tmp_path / "soft.json"))
+    assert (back.link, back.warmup) == ("softmax", 2)
+    torch.testing.assert_close(meter(model, tok, "So glad!", back).values, values)
+    with pytest.raises(BadInputError, match="do not fit"):
+        Meter(m.vectors, mean, std, w, b)  # softmax weights, sigmoid link
+    with pytest.raises(BadInputError, match="meter link"):
+        Meter(m.vectors, mean, std, w, b, link="tanh")
+
+
+def test_text_level_reading_leaves_out_the_warmup_tokens():
+    from emosteer.emotion_meter import Readings
+
+    values = torch.tensor([[0.9, 0.1], [0.2, 0.4], [0.4, 0.6]])
+    r = Readings(("joy", "anger"), ["a", "b", "c"], values, warmup=1)
+    assert r.mean() == pytest.approx({"joy": 0.3, "anger": 0.5})
+    short = Readings(("joy", "anger"), ["a"], values[:1], warmup=1)  # too short: all of it
+    assert short.mean() == pytest.approx({"joy": 0.9, "anger": 0.1})
+
+
+def test_spearman_known_answers():
+    assert spearman([1, 2, 3], [10, 30, 20]) == pytest.approx(0.5)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties: mean ranks
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # nan: constant
+
+
+def test_the_fit_asks_each_sentence_of_the_judge_that_did_not_train_on_it():
+    from emosteer.evaluate.classifier import training_flags
+    from emosteer.evaluate.judges import load_judge
+
+    rows = corpus_rows(held_out=False)[:12]
+    got = unseen_judgements(rows)
+    in_a = training_flags([r["id"] for r in rows], half="a")
+    assert any(in_a) and not all(in_a)
+    for row, flag, probs in zip(rows, in_a, got, strict=True):
+        judge = load_judge("embedded-b" if flag else "embedded-a")
+        expected = judge.rate([row["text"]], [row["text"]])[0].probs
+        assert probs == pytest.approx(expected, abs=1e-5)  # batched vs alone: float rounding
 
 
 def test_band_mean_kinds_become_the_same_function_of_the_layers():
@@ -193,6 +248,16 @@ def test_save_load_round_trip_and_bad_files(fitted, setup, tmp_path):
     back = Meter.load(path)
     for name in ("directions", "mean", "std", "weight", "bias"):
         assert torch.equal(getattr(back, name), getattr(fitted, name)), name
+    assert (back.link, back.warmup) == (fitted.link, fitted.warmup)
+    plain = json.loads(setup[3].save(tmp_path / "plain.json").read_text())
+    old = {k: v for k, v in plain.items() if k not in ("link", "warmup")}  # an earlier file
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert (Meter.load(tmp_path / "old.json").link, Meter.load(tmp_path / "old.json").warmup) \
+        == ("sigmoid", 0)
+    body = json.loads(path.read_text())
+    (tmp_path / "badlink.json").write_text(json.dumps({**body, "link": "tanh"}))
+    with pytest.raises(VectorFileError, match="meter link"):
+        Meter.load(tmp_path / "badlink.json")
     assert back.layers == fitted.layers and back.card == json.loads(json.dumps(fitted.card))
     assert load_meter(model, path).matches(vectors)
     other = {**vectors, "joy": vectors["anger"].renamed("joy")}

@@ -2,11 +2,15 @@
 
 At each layer l of a band, the output of the vectors' site (the attention output by default)
 is projected on the unit emotion directions u_le = EV_le / |EV_le|: p_le = <h_l, u_le>. A
-logistic regression per emotion, fitted on labelled text (`meter_fit.fit_meter`, on the
-training part of emotion_corpus), maps these projections to 0-1: reading_e = sigmoid(w_e . z +
-b_e), z the standardised projections. Kinds of calibration: each emotion reads its own
-direction averaged over the band ("own"), every emotion's averaged ("all"), or every
-emotion's at every layer of the band ("layers"); all three are stored in the last form.
+logistic regression, fitted on labelled text (`meter_fit.fit_meter`, on the training part of
+emotion_corpus), maps these projections to 0-1: reading_e = sigmoid(w_e . z + b_e), z the
+standardised projections, or with the "softmax" link one multinomial logistic over the
+emotions and a last class for "none of them" (reading_e = softmax(W z + b)_e, so the readings
+share one unit of probability). Kinds of calibration: each emotion reads its own direction
+averaged over the band ("own"), every emotion's averaged ("all"), or every emotion's at every
+layer of the band ("layers", "softmax"); all are stored in the last form. The text-level
+reading is the mean over tokens after the first `warmup` (read before the model has seen
+enough of the text to tell; chosen with the calibration).
 
 A meter file is a small JSON (the calibration, the band, the provenance of the vectors and
 of the corpus part it was fitted on) next to a folder holding the band of each vector.
@@ -41,7 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Meter", "Readings", "as_dict", "load_meter", "provenance"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # "link" and "warmup" came later: a file without them means sigmoid, 0
+LINKS = ("sigmoid", "softmax")
 SHIPPED = Path(__file__).parent / "data"  # meter-<model>.json files, one per bundled model
 # what `meter` reads with: a Meter, a meter file, vectors, or None (the shipped meter)
 Directions: TypeAlias = "Meter | Mapping[str, EmotionVector] | str | Path | None"
@@ -60,12 +65,15 @@ class Readings:
     tokens: list[str]  # each token's text
     values: torch.Tensor  # (tokens, emotions), in [0, 1]
     text: str = ""
+    warmup: int = 0  # the first tokens the text-level mean leaves out (Meter.warmup)
 
     def mean(self) -> dict[str, float]:
-        """The text-level reading: the mean over tokens per emotion (0 for an empty text)."""
+        """The text-level reading: the mean over tokens per emotion, after the first `warmup`
+        tokens when the text is longer than that (0 for an empty text)."""
         if not self.tokens:
             return {e: 0.0 for e in self.emotions}
-        return {e: float(v) for e, v in zip(self.emotions, self.values.mean(0), strict=True)}
+        kept = self.values[self.warmup:] if len(self.tokens) > self.warmup else self.values
+        return {e: float(v) for e, v in zip(self.emotions, kept.mean(0), strict=True)}
 
     def dominant(self, floor: float = 0.5) -> list[str | None]:
         """Per token, the emotion reading highest, or None when none reaches `floor`."""
@@ -90,7 +98,8 @@ class Meter:
 
     The raw features of a position are its projections on every emotion's unit direction at
     every layer of the band, (layers * emotions) numbers, layer-major; reading_e =
-    sigmoid(weight[e] . (features - mean) / std + bias[e]).
+    sigmoid(weight[e] . (features - mean) / std + bias[e]), or with link "softmax" the e-th
+    of softmax(weight . z + bias), whose last row is the class "none of them".
 
     Example:
         m = load_meter(model)  # the one shipped for the bundled model
@@ -100,9 +109,11 @@ class Meter:
     vectors: Mapping[str, EmotionVector]  # emotion -> its vector over the band, reading order
     mean: torch.Tensor  # (layers * emotions,) the features' mean on the fitting tokens
     std: torch.Tensor  # (layers * emotions,)
-    weight: torch.Tensor  # (emotions, layers * emotions)
-    bias: torch.Tensor  # (emotions,)
+    weight: torch.Tensor  # (emotions, layers * emotions); softmax: one more row, "none"
+    bias: torch.Tensor  # (emotions,); softmax: (emotions + 1,)
     card: dict = field(default_factory=dict)  # provenance: model, vectors, corpus, selection
+    link: str = "sigmoid"  # "sigmoid": one logistic per emotion; "softmax": one multinomial
+    warmup: int = 0  # the first tokens of a text its text-level reading leaves out
     emotions: tuple[str, ...] = field(init=False)
     site: Site = field(init=False)
     layers: tuple[int, ...] = field(init=False)  # the band, sorted
@@ -121,11 +132,16 @@ class Meter:
         unit = [torch.stack([self.vectors[e].directions[layer] for e in names]) for layer in band]
         directions = torch.stack(unit)  # (layers, emotions, d_model)
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        if self.link not in LINKS:
+            raise BadInputError(f"meter link {self.link!r}: use {' or '.join(LINKS)}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise BadInputError(f"meter warmup {self.warmup!r}: use a whole number >= 0")
         n, f = len(names), len(band) * len(names)
-        if self.weight.shape != (n, f) or self.bias.shape != (n,) or \
+        rows = n + (self.link == "softmax")
+        if self.weight.shape != (rows, f) or self.bias.shape != (rows,) or \
                 self.mean.shape != (f,) or self.std.shape != (f,):
             raise BadInputError(f"calibration shapes {tuple(self.weight.shape)} do not fit "
-                                f"{n} emotions x {len(band)} layers")
+                                f"{n} emotions x {len(band)} layers (link {self.link})")
         for key, value in (("emotions", names), ("site", sites.pop()), ("layers", band),
                            ("directions", directions), ("vectors", MappingProxyType(
                                dict(self.vectors)))):
@@ -165,7 +181,10 @@ class Meter:
     def calibrate(self, features: torch.Tensor) -> torch.Tensor:
         """0-1 readings (..., emotions) from features (..., layers * emotions)."""
         z = (features.float().cpu() - self.mean) / self.std
-        return torch.sigmoid(z @ self.weight.T + self.bias)
+        logits = z @ self.weight.T + self.bias
+        if self.link == "softmax":
+            return torch.softmax(logits, -1)[..., :len(self.emotions)]
+        return torch.sigmoid(logits)
 
     def check_model(self, model: PreTrainedModel) -> None:
         """Raise VectorMismatchError if the meter was fitted for another model."""
@@ -215,6 +234,7 @@ class Meter:
                 "vectors": Path(where).as_posix(),
                 "calibration": {"mean": self.mean.tolist(), "std": self.std.tolist(),
                                 "weight": self.weight.tolist(), "bias": self.bias.tolist()},
+                "link": self.link, "warmup": self.warmup,
                 "card": self.card}
         return write_text(path, json.dumps(body, indent=1) + "\n")
 
@@ -236,6 +256,7 @@ class Meter:
             emotions, layers = list(body["emotions"]), [int(i) for i in body["layers"]]
             cal = {k: torch.tensor(v, dtype=torch.float32) for k, v in body["calibration"].items()}
             card = dict(body["card"])
+            link, warmup = body.get("link", "sigmoid"), body.get("warmup", 0)
             fitted = {e: card["vectors"][e]["band_sha256"] for e in emotions}
             folder = path.parent / body["vectors"]
         except (ValueError, KeyError, TypeError) as err:
@@ -247,7 +268,11 @@ class Meter:
         if any(draft.card["vectors"][e]["band_sha256"] != fitted[e] for e in emotions):
             raise VectorFileError(f"the vectors for meter {path} are not the ones it was fitted "
                                   f"with: {hint}")
-        return cls(draft.vectors, cal["mean"], cal["std"], cal["weight"], cal["bias"], card)
+        try:
+            return cls(draft.vectors, cal["mean"], cal["std"], cal["weight"], cal["bias"], card,
+                       link, warmup)
+        except BadInputError as err:
+            raise VectorFileError(f"{path} is not an emosteer meter file ({err}): {hint}") from None
 
 
 def provenance(vector: EmotionVector, layers: Sequence[int]) -> dict[str, str]:

@@ -5,21 +5,27 @@ read. The training part is split again by a seeded hash of the ids: the band and
 calibration are chosen on its validation share, then the chosen one is refitted on the whole
 training part.
 
-Calibration kinds, each a logistic regression per emotion (one-vs-rest) on the standardised
-projections of the band:
+Calibration kinds, logistic regressions on the standardised projections of the band:
 - "own": each emotion reads only its own direction, averaged over the band (2 numbers each);
 - "all": each emotion reads every emotion's direction, averaged over the band;
 - "layers": each emotion reads every emotion's direction at every layer of the band (for 5
   emotions over 30 layers, 150 weights each): what one emotion's direction means can change
-  from layer to layer.
+  from layer to layer;
+- "softmax": the features of "layers", one multinomial logistic over the emotions and a last
+  class "none of them" (neutral, surprise), so the readings compete for one unit.
+The first three are one logistic per emotion (one-vs-rest).
 
 Every token of a sentence is labelled with the sentence's label and weighted 1 / its length,
 so each sentence counts once. Sentences labelled with an emotion the meter does not read
-(surprise, neutral) are negatives for every emotion. Chosen by: the mean of the validation
-sentences' argmax accuracy (text-level reading = mean over tokens) and the macro ROC AUC of
-their text-level readings. "own" is tried on every band of `WIDTHS`, "all" on the best
-`REFINE` of those, "layers" on the wide bands of `LAYER_WIDTHS` (a fit is cheap, but a shared
-2-core machine makes a hundred of them slow).
+(surprise, neutral) are negatives for every emotion. Each fit is scored with every text-level
+`WARMUPS` (the mean over a sentence's tokens after the first k: the first readings are taken
+before the model has read enough to tell). Chosen by the mean of three validation scores:
+argmax accuracy against the corpus labels, macro ROC AUC, and the mean Spearman correlation
+per emotion with the embedded judge that did not train on the sentence (judges A and B learnt
+disjoint halves of the training part, so every validation sentence is unseen by one of them).
+"own" is tried on every band of `WIDTHS`, "all" on the best `REFINE` of those, "layers" and
+"softmax" on the wide bands of `LAYER_WIDTHS` (a fit is cheap, but a shared 2-core machine
+makes a hundred of them slow).
 """
 
 from __future__ import annotations
@@ -42,11 +48,13 @@ if TYPE_CHECKING:
 
     from emosteer.vectors import EmotionVector
 
-__all__ = ["corpus_projections", "corpus_rows", "fit_meter", "fit_projections", "roc_auc"]
+__all__ = ["corpus_projections", "corpus_rows", "fit_meter", "fit_projections", "roc_auc",
+           "spearman", "unseen_judgements"]
 
 WIDTHS = (1, 3, 5, 9)  # band widths tried with "own" (and the whole vector)
 LAYER_WIDTHS = (10, 20)  # band widths tried with "layers" (and the whole vector)
-KINDS = ("own", "all", "layers")
+KINDS = ("own", "all", "layers", "softmax")
+WARMUPS = (0, 1, 2, 3, 4, 6)  # first tokens left out of the text-level mean, tried per fit
 VALIDATION_SHARE = 0.25  # of the training part: where the band and kind are chosen
 VALIDATION_SEED = 7  # not the held-out split's seed (0) nor the judge halves' (1)
 L2 = 1e-3  # light: 1e-2 and 1e-1 scored lower on the validation share ("layers", all layers)
@@ -77,7 +85,8 @@ def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVe
     names = _names(vectors, emotions)
     rows, per_layer = corpus_projections(model, tokenizer, vectors, names, limit, batch_size,
                                          progress)
-    return fit_projections(vectors, names, rows, per_layer, kinds, limit)
+    return fit_projections(vectors, names, rows, per_layer, kinds, limit,
+                           unseen_judgements(rows))
 
 
 def _names(vectors: Mapping[str, EmotionVector], emotions: Sequence[str] | None) -> list[str]:
@@ -102,8 +111,12 @@ def corpus_projections(model: PreTrainedModel, tokenizer, vectors: Mapping[str, 
 
 def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str],
                     rows: list[dict], per_layer: list[torch.Tensor],
-                    kinds: Sequence[str] = KINDS, limit: int | None = None) -> Meter:
-    """Choose the band and kind on the validation share, refit on all `rows` (see the module)."""
+                    kinds: Sequence[str] = KINDS, limit: int | None = None,
+                    judged: Sequence[Mapping[str, float] | None] | None = None) -> Meter:
+    """Choose the band, kind and warmup on the validation share, refit on all `rows` (see the
+    module). `judged`: per row, the probabilities of a judge that did not train on it
+    (`unseen_judgements`), needed for the validation rows; None leaves the judge out of the
+    rule (accuracy and AUC only)."""
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise BadInputError(f"unknown calibration kind {bad[:1]}: use {', '.join(KINDS)}")
@@ -111,24 +124,32 @@ def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str
     layers = list(vectors[names[0]].layers)
     labels = torch.tensor([names.index(r["label"]) if r["label"] in names else -1 for r in rows])
     val = torch.tensor(held_out_flags([r["id"] for r in rows], VALIDATION_SHARE, VALIDATION_SEED))
+    seen = None if judged is None else torch.tensor(
+        [[j[e] for e in names] for j, f in zip(judged, val, strict=True) if f])
 
-    def trial(band: list[int], kind: str) -> dict[str, Any]:
+    def trial(band: list[int], kind: str) -> list[dict[str, Any]]:
         fit, test = _part(per_layer, ~val), _part(per_layer, val)
-        cal = _calibrate(fit, labels[~val], [layers.index(i) for i in band], kind)
-        return {"layers": band, "kind": kind,
-                **_score(cal, test, labels[val], [layers.index(i) for i in band])}
+        index = [layers.index(i) for i in band]
+        cal = _calibrate(fit, labels[~val], index, kind)
+        readings = _read(cal, test, index, kind)
+        return [{"layers": band, "kind": kind, "warmup": w,
+                 **_score(readings, labels[val], w, seen)}
+                for w in WARMUPS]
 
     def merit(t: Mapping[str, Any]) -> float:
-        return (t["accuracy"] + t["auc"]) / 2
+        scores = [t["accuracy"], t["auc"]] + ([t["spearman"]] if "spearman" in t else [])
+        return sum(scores) / len(scores)
 
     trials: list[dict[str, Any]] = []
     if "own" in kinds:
-        trials += [trial(band, "own") for band in _bands(layers, WIDTHS)]
+        trials += [t for band in _bands(layers, WIDTHS) for t in trial(band, "own")]
     if "all" in kinds:
         own = sorted(trials, key=merit, reverse=True)[:REFINE] or [{"layers": layers}]
-        trials += [trial(t["layers"], "all") for t in own]
-    if "layers" in kinds:
-        trials += [trial(band, "layers") for band in _bands(layers, LAYER_WIDTHS)]
+        bands = list(dict.fromkeys(tuple(t["layers"]) for t in own))
+        trials += [t for band in bands for t in trial(list(band), "all")]
+    for kind in ("layers", "softmax"):
+        if kind in kinds:
+            trials += [t for band in _bands(layers, LAYER_WIDTHS) for t in trial(band, kind)]
     best = max(trials, key=merit)
     chosen = Meter.from_vectors(vectors, best["layers"], names)
     mean, std, weight, bias = _calibrate(per_layer, labels,
@@ -142,12 +163,39 @@ def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str
                    "training_ids": len(rows), "validation_share": VALIDATION_SHARE,
                    "validation_seed": VALIDATION_SEED, "validation_ids": int(val.sum()),
                    "limit_per_label": limit},
-        "selection": {"rule": "max of (validation argmax accuracy + macro AUC) / 2",
+        "selection": {"rule": "max of the mean of validation argmax accuracy, macro AUC and "
+                              "mean Spearman with the judge that did not train on the sentence"
+                              if seen is not None else
+                              "max of (validation argmax accuracy + macro AUC) / 2",
                       "candidates": len(trials), "chosen": _rounded(best),
                       "top": [_rounded(t) for t in sorted(trials, key=merit, reverse=True)[:8]],
                       "best_per_kind": {k: _rounded(max((t for t in trials if t["kind"] == k),
                                                         key=merit)) for k in kinds}}}
-    return replace(chosen, mean=mean, std=std, weight=weight, bias=bias, card=card)
+    return replace(chosen, mean=mean, std=std, weight=weight, bias=bias, card=card,
+                   link="softmax" if best["kind"] == "softmax" else "sigmoid",
+                   warmup=best["warmup"])
+
+
+def unseen_judgements(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """Per training sentence, the probabilities of the embedded judge (A or B) whose half of
+    the training part does not hold it: an opinion the sentence did not shape.
+
+    Example:
+        unseen_judgements(corpus_rows(held_out=False)[:3])  # [{"joy": 0.8, ...}, ...]
+    """
+    from emosteer.evaluate.classifier import training_flags
+    from emosteer.evaluate.judges import load_judge
+
+    in_a = training_flags([r["id"] for r in rows], half="a")
+    texts = [r["text"] for r in rows]
+    out: list[dict[str, float]] = [{} for _ in rows]
+    for half, wanted in (("a", False), ("b", True)):  # judge A reads half b's sentences
+        index = [i for i, flag in enumerate(in_a) if flag == wanted]
+        ratings = load_judge(f"embedded-{half}").rate([texts[i] for i in index],
+                                                      [texts[i] for i in index])
+        for i, r in zip(index, ratings, strict=True):
+            out[i] = dict(r.probs)
+    return out
 
 
 def _part(items: list[torch.Tensor], flags: torch.Tensor) -> list[torch.Tensor]:
@@ -195,10 +243,11 @@ def _calibrate(per_layer: list[torch.Tensor], labels: torch.Tensor, index: list[
                kind: str) -> Calibration:
     """A kind's calibration over the band `index` (positions in the vectors' layers), in the
     meter's form: over the per-layer features (layers * emotions), layer-major."""
-    if kind == "layers":
+    if kind in ("layers", "softmax"):
         x = [p[:, index].flatten(1) for p in per_layer]
         n = per_layer[0].shape[-1] if per_layer else 0
-        return _fit(x, labels, torch.ones(n, len(index) * n))
+        return _fit(x, labels, torch.ones(n + (kind == "softmax"), len(index) * n),
+                    softmax=kind == "softmax")
     x = [p[:, index].mean(1) for p in per_layer]  # (tokens, emotions): the band means
     n = x[0].shape[-1]
     mean, std, w, b = _fit(x, labels, torch.eye(n) if kind == "own" else torch.ones(n, n))
@@ -208,11 +257,13 @@ def _calibrate(per_layer: list[torch.Tensor], labels: torch.Tensor, index: list[
     return torch.zeros(weight.shape[1]), torch.ones(weight.shape[1]), weight, bias
 
 
-def _fit(raw: list[torch.Tensor], labels: torch.Tensor, mask: torch.Tensor) -> Calibration:
+def _fit(raw: list[torch.Tensor], labels: torch.Tensor, mask: torch.Tensor,
+         softmax: bool = False) -> Calibration:
     """(mean, std, weight, bias) of a one-vs-rest logistic per emotion on token features.
 
     raw: per sentence (tokens, features); labels: per sentence, an emotion index or -1;
-    mask: (emotions, features), which weights may be non-zero.
+    mask: (emotions, features), which weights may be non-zero; softmax: one multinomial
+    logistic instead, mask and weights with one more row, the class "none of them".
     """
     x = torch.cat(raw)  # (tokens, features)
     n = mask.shape[0]
@@ -220,6 +271,8 @@ def _fit(raw: list[torch.Tensor], labels: torch.Tensor, mask: torch.Tensor) -> C
     weights = torch.repeat_interleave(1.0 / lengths.clamp(min=1).float(), lengths)  # (tokens,)
     target = torch.zeros(len(raw), n)
     target[labels >= 0, labels[labels >= 0]] = 1.0
+    if softmax:
+        target[labels < 0, -1] = 1.0
     target = torch.repeat_interleave(target, lengths, dim=0)  # (tokens, emotions)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
@@ -231,9 +284,12 @@ def _fit(raw: list[torch.Tensor], labels: torch.Tensor, mask: torch.Tensor) -> C
     def closure() -> torch.Tensor:
         opt.zero_grad()
         logits = z @ (w * mask).T + b
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target,
-                                                                   reduction="none")
-        loss = (bce.sum(1) * weights).sum() / weights.sum() + 0.5 * L2 * (w * mask).pow(2).sum()
+        if softmax:
+            per_token = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+        else:
+            per_token = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, target, reduction="none").sum(1)
+        loss = (per_token * weights).sum() / weights.sum() + 0.5 * L2 * (w * mask).pow(2).sum()
         loss.backward()
         return loss
 
@@ -241,17 +297,53 @@ def _fit(raw: list[torch.Tensor], labels: torch.Tensor, mask: torch.Tensor) -> C
     return mean, std, (w * mask).detach(), b.detach()
 
 
-def _score(cal: Calibration, per_layer: list[torch.Tensor], labels: torch.Tensor,
-           index: list[int]) -> dict[str, float]:
-    """Validation: argmax accuracy on the emotion sentences, macro AUC over all sentences."""
+def _read(cal: Calibration, per_layer: list[torch.Tensor], index: list[int],
+          kind: str) -> list[torch.Tensor]:
+    """Per sentence, its tokens' readings (tokens, emotions) under a calibration."""
     mean, std, weight, bias = cal
-    n = weight.shape[0]
-    text = torch.stack([torch.sigmoid(((p[:, index].flatten(1) - mean) / std) @ weight.T + bias)
-                        .mean(0) if len(p) else torch.zeros(n) for p in per_layer])
+    n = per_layer[0].shape[-1] if per_layer else 0
+    out = []
+    for p in per_layer:
+        logits = ((p[:, index].flatten(1) - mean) / std) @ weight.T + bias
+        out.append(torch.softmax(logits, -1)[:, :n] if kind == "softmax"
+                   else torch.sigmoid(logits))
+    return out
+
+
+def _score(readings: list[torch.Tensor], labels: torch.Tensor, warmup: int,
+           judged: torch.Tensor | None) -> dict[str, float]:
+    """Validation: argmax accuracy on the emotion sentences, macro AUC over all sentences and,
+    with `judged` (sentences, emotions), the mean Spearman per emotion with those probabilities;
+    the text-level reading is the mean over tokens after the first `warmup` (Readings.mean)."""
+    n = readings[0].shape[-1] if readings else 0
+    text = torch.stack([(r[warmup:] if len(r) > warmup else r).mean(0) if len(r)
+                        else torch.zeros(n) for r in readings])
     emotional = labels >= 0
     accuracy = float((text[emotional].argmax(-1) == labels[emotional]).float().mean())
     aucs = [roc_auc(text[:, e], labels == e) for e in range(n)]
-    return {"accuracy": accuracy, "auc": sum(aucs) / len(aucs)}
+    out = {"accuracy": accuracy, "auc": sum(aucs) / len(aucs)}
+    if judged is not None:
+        out["spearman"] = sum(spearman(text[:, e], judged[:, e]) for e in range(n)) / n
+    return out
+
+
+def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
+    """Spearman's rank correlation (ties get their mean rank); nan when a side is constant.
+
+    Example:
+        spearman([1, 2, 3], [10, 30, 20])  # 0.5
+    """
+    ra, rb = _ranks(torch.as_tensor(a, dtype=torch.float64)), _ranks(
+        torch.as_tensor(b, dtype=torch.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # rank of each distinct value's first copy
+    return (first + (counts - 1) / 2).to(torch.float64)[inverse]
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:

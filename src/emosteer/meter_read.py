@@ -161,7 +161,7 @@ def read_texts(model: PreTrainedModel, tokenizer, texts: Sequence[str | Sequence
     seqs = [sequence(tokenizer, t) for t in texts]
     projections = token_projections(model, m.site, m.band(), seqs, batch_size, progress)
     return [Readings(m.emotions, [tokenizer.decode([t]) for t in ids], m.calibrate(p.flatten(1)),
-                     tokenizer.decode(ids))
+                     tokenizer.decode(ids), m.warmup)
             for (_, ids), p in zip(seqs, projections, strict=True)]
 
 
@@ -214,5 +214,6 @@ def generate_metered(model: PreTrainedModel, tokenizer, questions: Sequence[str]
                 ids = batch.input_ids[k, batch.prompt_len:][keep].tolist()
                 out.append(Readings(meter.emotions, [tokenizer.decode([t]) for t in ids],
                                     values[k, :len(ids)],
-                                    tokenizer.decode(ids, skip_special_tokens=True).strip()))
+                                    tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                                    meter.warmup))
     return out
