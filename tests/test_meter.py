@@ -422,7 +422,8 @@ def test_the_shipped_meter_reads_the_bundled_model():
 
     model, tok = load_model("default")
     m = load_meter(model)  # found for the model id, its vectors checked by hash
-    assert m.matches(load_vectors("default")) and m.card["calibration"] == "layers"
+    assert m.matches(load_vectors("default")) and m.card["calibration"] == "softmax"
+    assert m.link == "softmax" and m.warmup == m.card["selection"]["chosen"]["warmup"]
     assert m.card["corpus"]["training_ids"] == len(corpus_rows(held_out=False))
     texts = {"joy": "We won the final! I can't stop smiling, best day ever.",
              "fear": "I heard footsteps behind me in the dark and froze, terrified."}
