@@ -350,12 +350,14 @@ def test_api_meter_errors(served):
         status, raw = _post(url, _body(meter=True))
         assert status == 400 and json.loads(raw)["error"]["code"] == "meter_unavailable"
         with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
-            assert json.loads(resp.read())["data"][0]["meter"] is None
+            entry = json.loads(resp.read())["data"][0]
+            assert entry["meter"] is None and entry["meter_warmup"] is None
         assert _post(url, _body())[0] == 200  # the server keeps serving
     finally:
         engine.meter, engine._meter_error = saved, None
     with urllib.request.urlopen(url + "/v1/models", timeout=30) as resp:
-        assert json.loads(resp.read())["data"][0]["meter"] == list(EMOTIONS)
+        entry = json.loads(resp.read())["data"][0]
+        assert entry["meter"] == list(EMOTIONS) and entry["meter_warmup"] == saved.warmup
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -264,4 +264,4 @@ def test_bad_meter_is_a_400(client, body, words, stream):
 
 def test_models_lists_the_meter(server):
     entry = json.load(urllib.request.urlopen(server + "/v1/models"))["data"][0]
-    assert entry["meter"] == EMOTIONS
+    assert entry["meter"] == EMOTIONS and isinstance(entry["meter_warmup"], int)

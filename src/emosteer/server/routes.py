@@ -47,14 +47,14 @@ async def health(server: Served) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def models(server: Served) -> dict[str, Any]:
-    meter = _meter_emotions(server)
+    meter, warmup = _meter_emotions(server)
     about = {**describe(server.vectors, server.vectors_from, server.site), "meter": meter,
              "judge": "embedded" if server.verdicts.installed() else None}
     return {"object": "list", "data": [{
         "id": server.name, "object": "model", "created": 0, "owned_by": "emosteer",
         "emotions": sorted(server.vectors), "site": server.site, "max_alpha": MAX_ALPHA,
         "max_tokens": server.cfg.max_tokens, "context_length": server.limit,
-        "meter": meter, "emosteer": about}]}
+        "meter": meter, "meter_warmup": warmup, "emosteer": about}]}
 
 
 @router.post("/v1/chat/completions")
@@ -131,12 +131,14 @@ async def _verdict(server: Server, question: str) -> Verdict:
     return rate
 
 
-def _meter_emotions(server: Server) -> list[str] | None:
-    """The emotions the meter reads (`"meter": true` works), or None when there is none."""
+def _meter_emotions(server: Server) -> tuple[list[str] | None, int | None]:
+    """The emotions the meter reads (`"meter": true` works) and how many first readings its
+    text-level mean leaves out (Meter.warmup), or (None, None) when there is no meter."""
     try:
-        return list(server.engine.ready_meter().emotions)
+        m = server.engine.ready_meter()
     except EmosteerError:
-        return None
+        return None, None
+    return list(m.emotions), m.warmup
 
 
 def _steering(weights: Mapping[str, float] | None,

@@ -52,11 +52,14 @@ async def playground(request: Any, call_next: Any) -> Any:
     from emosteer.vllm.plugin import bank
 
     names = sorted(bank().names)
-    try:  # the emotions "meter": true reads, or None when this server has no meter
-        meter: list[str] | None = list(served_meter(bank()).emotions)
+    meter: list[str] | None = None  # the emotions "meter": true reads (None: no meter)
+    warmup: int | None = None  # the first readings the text-level mean leaves out
+    try:
+        served = served_meter(bank())
+        meter, warmup = list(served.emotions), served.warmup
     except EmosteerError:
-        meter = None
+        pass
     for entry in listing.get("data", []):
         entry.update(emotions=names, site="attn", max_alpha=MAX_ALPHA,
-                     max_tokens=entry.get("max_model_len"), meter=meter)
+                     max_tokens=entry.get("max_model_len"), meter=meter, meter_warmup=warmup)
     return JSONResponse(listing)
