@@ -124,8 +124,12 @@ def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str
     layers = list(vectors[names[0]].layers)
     labels = torch.tensor([names.index(r["label"]) if r["label"] in names else -1 for r in rows])
     val = torch.tensor(held_out_flags([r["id"] for r in rows], VALIDATION_SHARE, VALIDATION_SEED))
-    seen = None if judged is None else torch.tensor(
-        [[j[e] for e in names] for j, f in zip(judged, val, strict=True) if f])
+    seen = None
+    if judged is not None:
+        shown = [j for j, f in zip(judged, val.tolist(), strict=True) if f]
+        if any(j is None for j in shown):
+            raise BadInputError("a validation row has no judgement: pass unseen_judgements(rows)")
+        seen = torch.tensor([[j[e] for e in names] for j in shown if j is not None])
 
     def trial(band: list[int], kind: str) -> list[dict[str, Any]]:
         fit, test = _part(per_layer, ~val), _part(per_layer, val)

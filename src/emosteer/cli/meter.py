@@ -68,10 +68,10 @@ def render(readings: Readings, title: str | None = None) -> Group:
                       Text(sparkline(column), style=COLOURS.get(emotion, "white")),
                       f"mean {means[emotion]:.2f}", f"max {max(column, default=0.0):.2f}")
     parts = [Text(title, style="bold")] if title else []
-    if 0 < readings.warmup < len(readings.tokens):
-        table = Group(table, Text(f"mean: over the tokens after the first {readings.warmup}, "
-                                  "read before the model had read enough to tell", style="dim"))
-    return Group(*parts, text, legend, table)
+    note = ([Text(f"mean: over the tokens after the first {readings.warmup}, "
+                  "read before the model had read enough to tell", style="dim")]
+            if 0 < readings.warmup < len(readings.tokens) else [])
+    return Group(*parts, text, legend, table, *note)
 
 
 def meter(
