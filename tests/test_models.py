@@ -9,7 +9,7 @@ from conftest import TINY, byte_tokenizer, tiny_model
 import emosteer
 from emosteer.errors import ModelLoadError, UnknownArchitectureError
 from emosteer.extraction import ExtractConfig, extract
-from emosteer.generation import GenerateConfig
+from emosteer.generation import Batch, GenerateConfig, decode_responses
 from emosteer.models import ARCHITECTURES, Architecture, load_model, site_modules
 
 TINY_RUN = ExtractConfig(emotions=("joy", "anger"), limit=2,
@@ -72,3 +72,16 @@ def test_load_model_from_folder_and_missing_paths(tmp_path):
         load_model(str(tmp_path / "no" / "such" / "folder"))
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_decode_drops_a_character_cut_in_half():
+    tok = byte_tokenizer()
+    prompt = tok.encode("Q:", add_special_tokens=False)
+    heart = tok.encode("ok \U0001F49A", add_special_tokens=False)  # the emoji is 4 byte tokens
+    rows = [prompt + heart, prompt + heart[:-2]]  # whole, and cut inside the emoji
+    ids = torch.tensor([r + [tok.pad_token_id] * (len(rows[0]) - len(r)) for r in rows])
+    attention = (ids != tok.pad_token_id).long()
+    response = attention.clone()
+    response[:, :len(prompt)] = 0
+    texts = decode_responses(tok, Batch(ids, attention, response, len(prompt)))
+    assert texts == ["ok \U0001F49A", "ok"]

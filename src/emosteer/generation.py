@@ -98,9 +98,12 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerateConfig) -> Batch
 
 
 def decode_responses(tokenizer, batch: Batch) -> list[str]:
+    """Each row's response as text. An answer cut off by max_new_tokens inside a character
+    (the first bytes of an emoji) would end in U+FFFD: that half character is dropped."""
     texts = []
     for ids, mask in zip(batch.input_ids, batch.response_mask, strict=False):
-        texts.append(tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip())
+        text = tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+        texts.append(text.strip().rstrip("\ufffd").rstrip())
     return texts
 
 

@@ -280,8 +280,8 @@ class Engine:
             text, reason = text[:stop_at], "stop"
         if reason is None and len(job.tokens) >= job.sampling.max_tokens:
             reason = "length"
-        if reason is None:  # hold back a split character and a possible start of a stop string
-            text = text.rstrip("\ufffd")
+        text = text.rstrip("\ufffd")  # a split character: held back, or dropped at the end
+        if reason is None:  # hold back a possible start of a stop string
             text = text[:len(text) - _partial_stop(text, job.sampling.stop)]
         if len(text) > len(job.text) and text.startswith(job.text):
             job.emit("delta", text[len(job.text):])
