@@ -24,6 +24,7 @@ from emosteer.errors import BadInputError
 from emosteer.generation import (
     GenerateConfig,
     chat_prompt,
+    decode_responses,
     forward_kwargs,
     generate,
     render_chat,
@@ -209,11 +210,10 @@ def generate_metered(model: PreTrainedModel, tokenizer, questions: Sequence[str]
             steps.clear()
             batch = generate(model, tokenizer, prompts[i:i + cfg.batch_size], cfg)
             values = torch.stack(steps, dim=1)  # (batch, passes, emotions)
+            texts = decode_responses(tokenizer, batch)
             for k in range(batch.input_ids.shape[0]):
                 keep = batch.response_mask[k, batch.prompt_len:].bool()
                 ids = batch.input_ids[k, batch.prompt_len:][keep].tolist()
                 out.append(Readings(meter.emotions, [tokenizer.decode([t]) for t in ids],
-                                    values[k, :len(ids)],
-                                    tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                    meter.warmup))
+                                    values[k, :len(ids)], texts[k], meter.warmup))
     return out
