@@ -230,17 +230,18 @@ def test_as_mix_rebuilds_conditions_and_refuses_others(tiny):
 
 def test_as_batch_is_what_generate_returns():
     ended = SimpleNamespace(token_ids=ANSWER, finish_reason="stop")
-    cut = SimpleNamespace(token_ids=[106, 107, 108, 109], finish_reason="length")
+    words = byte_tokenizer().encode("wxyz", add_special_tokens=False)
+    cut = SimpleNamespace(token_ids=words, finish_reason="length")
     outs = [SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[ended]),
             SimpleNamespace(prompt_token_ids=[4], outputs=[cut])]
     batch = G.as_batch(outs, PAD)
     assert batch.prompt_len == 3
     assert batch.input_ids.tolist() == [[1, 2, 3, *ANSWER, PAD],
-                                        [PAD, PAD, 4, 106, 107, 108, 109]]
+                                        [PAD, PAD, 4, *words]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]]
     assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1]]
     tok = byte_tokenizer()
-    assert decode_responses(tok, batch) == ["hi", tok.decode([106, 107, 108, 109])]
+    assert decode_responses(tok, batch) == ["hi", "wxyz"]
 
 
 def test_generate_config_reaches_every_request(fake):
