@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import torch
+from types import SimpleNamespace
 
 from emosteer import data, extraction
 from emosteer.evaluate.classifier import training_flags
-from emosteer.generation import Batch, chat_prompt, encode
+from emosteer.generation import chat_prompt
 from emosteer.models import load_model
+from emosteer.vllm.generate import as_batch, on_device  # no vLLM import at load
 
 
 def half_a_sentences() -> dict[str, list[str]]:
@@ -56,20 +56,14 @@ def written_answers(sentences: dict[str, list[str]]):
                  + [emotional[(k + i) % len(emotional)] for i in range(len(chunk))])
         prompts = [chat_prompt(tokenizer, *data.elicitation(cfg.dataset, q.question, None))
                    for q in chunk] * 2
-        enc = encode(tokenizer, prompts, "cpu")
-        answers = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                   for t in texts]
-        width = max(map(len, answers))
-        ids = torch.full((len(answers), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(answers), width), dtype=torch.long)
-        for i, answer in enumerate(answers):
-            ids[i, :len(answer)] = torch.tensor(answer)
-            mask[i, :len(answer) - 1] = 1  # the answer's tokens, not its end token
-        batch = Batch(torch.cat([enc["input_ids"], ids], 1).to(model.device),
-                      torch.cat([enc["attention_mask"], mask], 1).to(model.device),
-                      torch.cat([torch.zeros_like(enc["attention_mask"]), mask], 1)
-                      .to(model.device), enc["input_ids"].shape[1])
-        return extraction.Generated(emotion, list(chunk), batch)
+        # as a finished generation: prompt ids, then answer ids ending in the end token
+        outputs = [SimpleNamespace(
+            prompt_token_ids=tokenizer(p, add_special_tokens=False)["input_ids"],
+            outputs=[SimpleNamespace(finish_reason="stop", token_ids=tokenizer(
+                t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])])
+            for p, t in zip(prompts, texts, strict=True)]
+        made = extraction.Generated(emotion, list(chunk), as_batch(outputs, tokenizer.pad_token_id))
+        return on_device([made], model.device)[0]
 
     return make
 
