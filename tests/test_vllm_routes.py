@@ -230,7 +230,8 @@ def test_as_mix_rebuilds_conditions_and_refuses_others(tiny):
 
 def test_as_batch_is_what_generate_returns():
     ended = SimpleNamespace(token_ids=ANSWER, finish_reason="stop")
-    words = byte_tokenizer().encode("wxyz", add_special_tokens=False)
+    tok = byte_tokenizer()
+    words = tok.encode("wxyz", add_special_tokens=False)
     cut = SimpleNamespace(token_ids=words, finish_reason="length")
     outs = [SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[ended]),
             SimpleNamespace(prompt_token_ids=[4], outputs=[cut])]
@@ -240,7 +241,6 @@ def test_as_batch_is_what_generate_returns():
                                         [PAD, PAD, 4, *words]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]]
     assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1]]
-    tok = byte_tokenizer()
     assert decode_responses(tok, batch) == ["hi", "wxyz"]
 
 
