@@ -259,6 +259,26 @@ def test_frontier_resumes_from_its_caches_and_writes_its_report(tiny, tmp_path):
     assert "pareto-joy.png" in md and "<img" in files["html"].read_text()
 
 
+def test_a_method_on_generated_positions_answers_apart_from_the_same_vectors_everywhere(
+        tiny, tmp_path):
+    _vectors(tiny[0], tmp_path / "vectors" / "mean_diff")
+    cfg = replace(CFG, methods=(F.Method("mean_diff", (30.0,)),
+                                F.Method("new", (30.0,), folder="mean_diff", extract=None,
+                                         positions="generated")))
+    runner = _runner(tiny, tmp_path / "run")
+    F.frontier(runner, tmp_path / "vectors", cfg)
+    answers: dict[str, dict] = {}
+    for rec in runner.generations.records.values():
+        if rec["condition"]["alpha"] == 30.0 and rec["condition"]["vector"] == "joy":
+            answers.setdefault(rec["condition"]["variant"], {})[rec["query"]] = rec
+    everywhere, newest = answers["mean_diff"], answers["new"]
+    assert everywhere.keys() == newest.keys() and everywhere
+    assert {r["condition"].get("positions") for r in newest.values()} == {"generated"}
+    assert {r["condition"].get("positions") for r in everywhere.values()} == {None}
+    assert [r["answer"] for r in everywhere.values()] != [r["answer"] for r in newest.values()]
+    assert {r["key"] for r in everywhere.values()}.isdisjoint(r["key"] for r in newest.values())
+
+
 def test_a_method_that_raises_the_target_within_the_bounds_is_chosen(tiny, tmp_path):
     _vectors(tiny[0], tmp_path / "vectors" / "mean_diff")
     queries = C.calibration_queries(1) + C.evaluation_queries(1)

@@ -10,7 +10,7 @@ from conftest import tiny_model
 
 import emosteer
 import emosteer.steering
-from emosteer.errors import BadAlphaError, VectorMismatchError
+from emosteer.errors import BadAlphaError, BadInputError, VectorMismatchError
 from emosteer.models import model_shape
 from emosteer.steering import _adder
 from emosteer.vectors import EmotionVector, mix
@@ -204,6 +204,27 @@ def test_rows_steer_like_separate_runs(llama):
     torch.testing.assert_close(batched[1], logits(llama, IDS[1:2])[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched[2], third[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(logits(llama), logits(llama))
+
+
+def test_rows_steer_their_own_positions_like_separate_runs(llama):
+    joy, anger = random_vector(llama, seed=1), random_vector(llama, seed=2, emotion="anger")
+    with emosteer.steering.steer_rows(llama, [joy * 2.0, anger * -1.0, None],
+                                      positions=["generated", "all", "generated"]):
+        batched = logits(llama, IDS[[0, 0, 1]])
+    with emosteer.steer(llama, joy, 2.0, positions="generated"):
+        first = logits(llama, IDS[:1])
+    with emosteer.steer(llama, anger, -1.0):
+        second = logits(llama, IDS[:1])
+    torch.testing.assert_close(batched[0], first[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[1], second[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[2], logits(llama, IDS[1:2])[0], rtol=1e-5, atol=1e-5)
+    # "generated" leaves every position but the newest as it was, and moves the newest
+    plain = logits(llama, IDS[:1])[0]
+    torch.testing.assert_close(first[0, :-1], plain[:-1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first[0, -1], plain[-1], atol=1e-3)
+    with pytest.raises(BadInputError, match="one of them per row"):
+        with emosteer.steering.steer_rows(llama, [joy], positions=["all", "all"]):
+            pass
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

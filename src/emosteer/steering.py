@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
@@ -183,8 +183,8 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
 
 @contextmanager
 def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
-               arch: Architecture | None = None, allow_other_model: bool = False
-               ) -> Iterator[None]:
+               arch: Architecture | None = None, allow_other_model: bool = False,
+               positions: Positions | Sequence[Positions] = "all") -> Iterator[None]:
     """Steer each row of a batch by its own vector (alpha already applied; None = unsteered).
 
     Row i of every forward pass inside the block gets rows[i] added at the vectors' site, so
@@ -195,6 +195,7 @@ def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
         rows: one vector (or None) per row of every batch run inside the block.
         arch: overrides the architecture table entry.
         allow_other_model: accept vectors made for another model id of the same shape.
+        positions: "all" or "generated" (as in `steer`), for every row or one per row.
 
     Example:
         with steer_rows(model, [joy * 1.5, None, anger]):
@@ -209,17 +210,37 @@ def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
         raise BadInputError(f"rows mix vector sites {sorted(sites)}: use one site per batch")
     for vector in steered:
         vector.check_model(model, allow_other_model, arch)
+    where = [positions] * len(rows) if isinstance(positions, str) else list(positions)
+    if len(where) != len(rows) or any(w not in ("all", "generated") for w in where):
+        raise BadInputError(f"positions={positions!r}: use 'all' or 'generated', or one of "
+                            f"them per row ({len(rows)} rows)")
     modules = site_modules(model, sites.pop(), arch)
     param = next(model.parameters())
     d = int(model.config.hidden_size)
     layers = sorted({layer for v in steered for layer in v.layers})
     zero = torch.zeros(d)
     per_row = [_site_deltas(v, v.layers) if v is not None else {} for v in rows]
+    newest = torch.tensor([w == "generated" for w in where])[:, None, None]  # (batch, 1, 1)
     hooks = {}
     for layer in layers:
         delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
         # (batch, 1, d_model)
         device = _device_of(modules[layer], param.device)
-        hooks[modules[layer]] = _adder(delta.to(device), param.dtype, last_only=False)
+        adders = [_adder(part.to(device), param.dtype, last_only=last)
+                  for part, last in ((delta.masked_fill(newest, 0.0), False),
+                                     (delta.masked_fill(~newest, 0.0), True))
+                  if part.any()]
+        if adders:
+            hooks[modules[layer]] = adders[0] if len(adders) == 1 else _chained(adders)
     with hooked(model, hooks):
         yield
+
+
+def _chained(hooks: list):
+    """One forward hook running several in turn, each on the output the last returned."""
+    def hook(module, args, output):
+        for each in hooks:
+            output = each(module, args, output)
+        return output
+
+    return hook

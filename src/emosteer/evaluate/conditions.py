@@ -16,6 +16,7 @@ from emosteer import data
 from emosteer.data import Query
 from emosteer.errors import BadInputError
 from emosteer.evaluate.metrics import ANY
+from emosteer.steering import Positions
 from emosteer.vectors import EmotionVector, mix
 
 DATASET = "emotion_query_plus"  # evaluation only: extraction never reads it
@@ -32,6 +33,8 @@ class Condition:
         vector: the unscaled vector, or None.
         system: the system prompt, or None.
         label: how the row is named in tables.
+        positions: "all" steers every position; "generated" only the newest of each forward
+            step, so the prompt is read unsteered (`steer`).
 
     Example:
         Condition("raw", 2.0, ("joy",), vectors["joy"], label="2")
@@ -43,6 +46,7 @@ class Condition:
     vector: EmotionVector | None = None
     system: str | None = None
     label: str = ""
+    positions: Positions = "all"
 
     def steering(self) -> EmotionVector | None:
         """The vector as added (alpha applied), or None when nothing is added."""
@@ -52,13 +56,17 @@ class Condition:
 
     def key(self) -> dict:
         """What names the answers in the cache: the added directions and the system prompt."""
-        return {"vector": vector_digest(self.steering()), "system": self.system}
+        key = {"vector": vector_digest(self.steering()), "system": self.system}
+        if self.positions != "all" and self.steering() is not None:  # "all": the keys as before
+            key["positions"] = self.positions
+        return key
 
     def describe(self) -> dict:
         """The condition as it is written into summary rows and generation records."""
         return {"variant": self.variant, "alpha": self.alpha, "label": self.label,
                 "vector": self.vector.emotion if self.vector is not None else None,
-                "system": self.system}
+                "system": self.system,
+                **({"positions": self.positions} if self.positions != "all" else {})}
 
 
 def vector_digest(vector: EmotionVector | None) -> str | None:

@@ -32,6 +32,7 @@ from emosteer.evaluate.frontier_vectors import load_method_vectors
 from emosteer.evaluate.measure import JudgesRunner, log_ppls, measure
 from emosteer.evaluate.runner import EvalConfig
 from emosteer.extraction import RECOMMENDED
+from emosteer.steering import Positions
 from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class Method:
         prompt: no vector: the emotion asked for in the system prompt (one setting).
         extract: ExtractConfig changes that make this method's vectors (`build_vectors`);
             None when the method reuses another method's folder.
+        positions: "all" steers the prompt and the answer; "generated" only each newest
+            position, so the prompt is read unsteered (`steer`).
 
     Example:
         Method("band", (1.0, 2.0), folder="mean_diff", bands=((0.0, 0.5), (0.5, 1.0)))
@@ -66,6 +69,7 @@ class Method:
     bands: tuple[Band, ...] = (None,)
     prompt: bool = False
     extract: Mapping[str, Any] | None = field(default_factory=dict)
+    positions: Positions = "all"
 
     @property
     def source(self) -> str:
@@ -91,6 +95,10 @@ METHODS: tuple[Method, ...] = (
     # confirmed 70 answers: the filter kept 18 disgust and 42 anger answers of 100, joy 72
     Method("filtered_ctx_more", (0.5, 0.75, 1.0, 1.5),
            extract={**RECOMMENDED, "limit": 100, "min_confirmed": 70, "rounds": 4}),
+    # the shipped recipe's vectors added at the answer's positions only, the prompt read
+    # unsteered (the vectors paper's apply script steers this way)
+    Method("filtered_ctx_100_generated", (0.75, 1.0, 1.5, 2.0), folder="filtered_ctx_100",
+           extract=None, positions="generated"),
     Method("trained", (0.5, 1.0, 1.5), extract={"method": "trained"}),
     Method("prompt", prompt=True, extract=None),
 )
@@ -225,7 +233,8 @@ def settings_of(method: Method, emotion: str, vector: EmotionVector | None) -> l
         chosen = vector if band is None else vector.select(layers)
         out += [Setting(method.name, emotion, float(s), name,
                         Condition(method.name, float(s), (emotion,), chosen,
-                                  label=f"{s:g}" + ("" if band is None else f" {name}")))
+                                  label=f"{s:g}" + ("" if band is None else f" {name}"),
+                                  positions=method.positions))
                 for s in method.strengths]
     return out
 
