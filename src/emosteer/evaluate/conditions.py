@@ -56,8 +56,9 @@ class Condition:
 
     def key(self) -> dict:
         """What names the answers in the cache: the added directions and the system prompt."""
-        key = {"vector": vector_digest(self.steering()), "system": self.system}
-        if self.positions != "all" and self.steering() is not None:  # "all": the keys as before
+        added = self.steering()
+        key = {"vector": vector_digest(added), "system": self.system}
+        if self.positions != "all" and added is not None:  # "all": the keys as before
             key["positions"] = self.positions
         return key
 
