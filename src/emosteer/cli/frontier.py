@@ -41,7 +41,7 @@ class SearchOptions(OptionGroup):
         "--method", "--methods", callback=split_commas,
         help="a method (mean_diff, centered, band, band_auto, norm, filtered, filtered_ctx, "
              "filtered_ctx_100, filtered_ctx_more, filtered_ctx_100_generated, trained, "
-             "prompt); repeat for several (default: frontier.METHODS, all)")] = None
+             "trained_ctx_100, prompt); repeat for several (default: frontier.METHODS, all)")] = None
     emotions: EmotionsOpt = None
     calibration_limit: Annotated[int | None, typer.Option(
         min=1, help="calibration questions per EQ+ category, the only ones that choose")] = None

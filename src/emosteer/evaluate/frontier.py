@@ -100,6 +100,10 @@ METHODS: tuple[Method, ...] = (
     Method("filtered_ctx_100_generated", (0.75, 1.0, 1.5, 2.0), folder="filtered_ctx_100",
            extract=None, positions="generated"),
     Method("trained", (0.5, 1.0, 1.5), extract={"method": "trained"}),
+    # the shipped recipe's vector optimised (train.py) on the answer pairs its filter kept:
+    # the preference for the confirmed emotional answer over the neutral one, the KL on fluency
+    Method("trained_ctx_100", (0.25, 0.5, 0.75, 1.0, 1.5),
+           extract={**RECOMMENDED, "limit": 100, "method": "trained"}),
     Method("prompt", prompt=True, extract=None),
 )
 """The methods of issue 15, three strengths each (two per band): the grids follow
