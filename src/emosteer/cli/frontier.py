@@ -40,8 +40,9 @@ class SearchOptions(OptionGroup):
     methods: Annotated[list[str] | None, typer.Option(
         "--method", "--methods", callback=split_commas,
         help="a method (mean_diff, centered, band, band_auto, norm, filtered, filtered_ctx, "
-             "filtered_ctx_100, filtered_ctx_more, filtered_ctx_100_generated, trained, "
-             "trained_ctx_100, prompt); repeat for several (default: frontier.METHODS, all)")] = None
+             "filtered_ctx_100, filtered_ctx_more, filtered_ctx_100_generated, "
+             "filtered_ctx_100_band, trained, trained_ctx_100, prompt); repeat for several "
+             "(default: frontier.METHODS, all)")] = None
     emotions: EmotionsOpt = None
     calibration_limit: Annotated[int | None, typer.Option(
         min=1, help="calibration questions per EQ+ category, the only ones that choose")] = None

@@ -99,6 +99,9 @@ METHODS: tuple[Method, ...] = (
     # unsteered (the vectors paper's apply script steers this way)
     Method("filtered_ctx_100_generated", (0.75, 1.0, 1.5, 2.0), folder="filtered_ctx_100",
            extract=None, positions="generated"),
+    # the shipped recipe's vectors on one third of the layers at a time
+    Method("filtered_ctx_100_band", (1.5, 2.0, 3.0), folder="filtered_ctx_100", bands=THIRDS,
+           extract=None),
     Method("trained", (0.5, 1.0, 1.5), extract={"method": "trained"}),
     # the shipped recipe's vector optimised (train.py) on the answer pairs its filter kept:
     # the preference for the confirmed emotional answer over the neutral one, the KL on fluency
