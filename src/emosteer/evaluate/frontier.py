@@ -109,7 +109,7 @@ METHODS: tuple[Method, ...] = (
            extract={**RECOMMENDED, "limit": 100, "method": "trained"}),
     Method("prompt", prompt=True, extract=None),
 )
-"""The methods of issue 15, three strengths each (two per band): the grids follow
+"""The methods of issue 15, each with its grid of strengths (and bands); the grids follow
 scripts/pilot_methods.py and docs/results.md, where the PPL bound sits; `filtered` filters with
 judge A, so judge B never saw anything it chose."""
 
