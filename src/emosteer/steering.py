@@ -221,26 +221,14 @@ def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
     zero = torch.zeros(d)
     per_row = [_site_deltas(v, v.layers) if v is not None else {} for v in rows]
     newest = torch.tensor([w == "generated" for w in where])[:, None, None]  # (batch, 1, 1)
-    hooks = {}
+    hooks = []  # (module, hook) pairs: a layer gets one adder per kind of position it steers
     for layer in layers:
         delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
         # (batch, 1, d_model)
         device = _device_of(modules[layer], param.device)
-        adders = [_adder(part.to(device), param.dtype, last_only=last)
+        hooks += [(modules[layer], _adder(part.to(device), param.dtype, last_only=last))
                   for part, last in ((delta.masked_fill(newest, 0.0), False),
                                      (delta.masked_fill(~newest, 0.0), True))
                   if part.any()]
-        if adders:
-            hooks[modules[layer]] = adders[0] if len(adders) == 1 else _chained(adders)
     with hooked(model, hooks):
         yield
-
-
-def _chained(hooks: list):
-    """One forward hook running several in turn, each on the output the last returned."""
-    def hook(module, args, output):
-        for each in hooks:
-            output = each(module, args, output)
-        return output
-
-    return hook
