@@ -193,7 +193,11 @@ def test_the_issue_repro_cross_origin_text_plain_post_is_refused(served):
                                                               "unsupported_media_type")
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.2.evil.example"])
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.2.evil.example",
+                                  # issue 28: bracketed IPv6 hosts are parsed, not prefix-matched
+                                  "[::1]evil.example", "[::1].evil.example:8765", "[::1]:80x",
+                                  "[::1", "[::1]:80:80", "localhost:80:80", "localhost:8²",
+                                  "[::2]:8000", "::1"])
 def test_dns_rebinding_host_is_refused_on_loopback(served, host):
     for path, body in (("/health", None), ("/", None), ("/v1/chat/completions", chat("hi"))):
         status, err, _ = send(served["url"], path, body, {"Host": host})
@@ -202,7 +206,8 @@ def test_dns_rebinding_host_is_refused_on_loopback(served, host):
 
 def test_loopback_host_names_are_served(served):
     port = urlsplit(served["url"]).port
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}",
+                 "[::1]", f"[0:0:0:0:0:0:0:1]:{port}", "localhost:"):
         status, _, _ = send(served["url"], "/health", None, {"Host": host})
         assert status == 200, host
 
@@ -225,6 +230,15 @@ def test_origin_is_checked(served):
     with urllib.request.urlopen(req, timeout=30) as resp:  # the browser's preflight
         assert resp.status == 200
         assert resp.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_host_names_are_parsed():
+    from emosteer.server.guard import _host_name
+
+    assert _host_name("[0:0::1]:8000") == "[::1]" and _host_name(" LocalHost:80 ") == "localhost"
+    for bad in ("[::1]evil.example", "[::1].evil.example:8765", "[evil]", "[]", "", ":80",
+                "a:b", "localhost:123456"):
+        assert _host_name(bad) is None, bad
 
 
 def test_allowed_hosts_and_a_public_bind():
@@ -349,3 +363,52 @@ def test_a_client_that_leaves_a_non_streamed_request_cancels_it(served, monkeypa
     assert engine.stats["cancelled"] == before + 1
     monkeypatch.undo()
     still_serving(served)
+
+
+# --- issue 28, items 6 and 10: the key, CORS, and an empty key ----------------------------
+def test_a_preflight_needs_no_key_and_refusals_to_an_allowed_origin_carry_cors():
+    """A browser sends no credentials on a preflight: it is answered without the key; the
+    key's 401, the body cap's 413 and the content type's 415 tell an allowed page why."""
+    from emosteer.server import ServeConfig, create_app
+
+    page = "http://localhost:3000"
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    cfg = ServeConfig(api_key="k", allow_origins=(page,), max_body_bytes=1024, max_tokens=8)
+    with live_server(create_app(model, tok, random_vectors(model), cfg)) as url:
+        ask = {"Origin": page, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization,content-type"}
+        req = urllib.request.Request(url + "/v1/chat/completions", method="OPTIONS",
+                                     headers=ask)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+            assert resp.headers["access-control-allow-origin"] == page
+            assert "authorization" in resp.headers["access-control-allow-headers"].lower()
+        # not a preflight (no Access-Control-Request-Method), or another page: refused
+        plain = {"Origin": page}
+        assert send(url, "/v1/models", None, plain, method="OPTIONS")[0] == 401
+        assert send(url, "/v1/chat/completions", None, {**ask, "Origin": "http://evil.example"},
+                    method="OPTIONS")[0] == 403
+        key = {"Authorization": "Bearer k"}
+        for status, code, body, headers in [
+                (401, "invalid_api_key", chat("hi"), plain),
+                (413, "request_too_large", chat("word " * 400), {**plain, **key}),
+                (415, "unsupported_media_type", chat("hi"),
+                 {**plain, **key, "Content-Type": "text/plain"})]:
+            got, err, head = send(url, "/v1/chat/completions", body, headers)
+            openai_error(got, err, status, code)
+            assert head.get("access-control-allow-origin") == page, (status, head)
+        # no Origin (not a browser), or the right key: as before
+        status, _, head = send(url, "/v1/chat/completions", chat("hi"))
+        assert status == 401 and "access-control-allow-origin" not in {
+            k.lower() for k in head}
+        status, _, head = send(url, "/v1/chat/completions", chat("hi"), {**plain, **key})
+        assert status == 200 and head.get("access-control-allow-origin") == page
+
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_an_empty_api_key_is_refused(key):
+    from emosteer.errors import BadInputError
+    from emosteer.server import ServeConfig
+
+    with pytest.raises(BadInputError, match="empty"):
+        ServeConfig(api_key=key)

@@ -37,7 +37,7 @@ from emosteer.cli import (
     serve,
     vectors,
 )
-from emosteer.cli.common import err_console
+from emosteer.cli.common import clean, err_console
 from emosteer.errors import EmosteerError
 
 __all__ = ["app", "main"]
@@ -82,7 +82,7 @@ _USAGE_ERROR: type[Exception] = next(
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(Text.assemble(("error:", "red"), " ", " ".join(message.split())),
+    err_console.print(Text.assemble(("error:", "red"), " ", clean(" ".join(message.split()))),
                       soft_wrap=True)
     sys.exit(code)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console, load
+from emosteer.cli.common import clean, console, load, plain, writable_folder
 from emosteer.cli.options import (
     CIRCUITS,
     AlphaListOpt,
@@ -86,17 +86,19 @@ def discover(
     from emosteer.circuits.discover import save
 
     cfg = search.config(gen)
+    writable_folder(out)
     m, tok = load(model)
     result = run(m, tok, cfg)
     paths = save(result, out, list(cfg.emotions))
     s = result.summary
     table = Table("emotion", "confirmed", "heads", "neurons", title="circuit per emotion")
     for e in cfg.emotions:
-        table.add_row(e, f"{s['confirmed'][e]}/{s['asked'][e]}",
+        table.add_row(plain(e), f"{s['confirmed'][e]}/{s['asked'][e]}",
                       str(s["circuit_size"][e]["head"]), str(s["circuit_size"][e]["neuron"]))
     console.print(table)
-    console.print(f"{s['seconds']['total_s']:.0f} s; circuit: {paths['circuit']}; report: "
-                  f"{paths['report']}; then `emosteer experiment compare --circuits {out}`")
+    console.print(plain(f"{s['seconds']['total_s']:.0f} s; circuit: {paths['circuit']}; "
+                        f"report: {paths['report']}; then `emosteer experiment compare "
+                        f"--circuits {out}`"))
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,10 @@ def compare(
     vectors = {e: EmotionVector.load(circuits / "vectors" / f"{e}.safetensors")
                for e in circuit.emotions}
     cfg = tried.config(tuple(circuit.emotions), gen)
+    writable_folder(circuits, "--circuits")
     m, tok = load(model)
     result = run(m, tok, circuit, vectors, cfg)
     files = save(result, circuits)
-    console.print(markdown(result))
-    console.print(f"chosen on discovery scenes: {result['calibration']['chosen']}; "
-                  f"{result['seconds']:.0f} s; rows: {files['json']}")
+    console.print(clean(markdown(result)), markup=False)
+    console.print(plain(f"chosen on discovery scenes: {result['calibration']['chosen']}; "
+                        f"{result['seconds']:.0f} s; rows: {files['json']}"))

@@ -1,14 +1,22 @@
-"""What several commands do: print, load a model, read a vector folder, save vectors safely."""
+"""What several commands do: print, load a model, read a vector folder, save vectors safely.
+
+Text is text: whatever a user or a file gives us (questions, answers, metadata, names,
+paths) is printed through `plain` (a string rich reads as markup) or `clean` (a string put
+in a `rich.text.Text`), never interpreted as markup or terminal control.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from emosteer.errors import BadInputError, VectorFileError
 
@@ -17,8 +25,72 @@ if TYPE_CHECKING:
 
     from emosteer.vectors import EmotionVector
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: ":apple:" in a question stays ":apple:"
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
+
+# what a terminal acts on instead of showing: C0 controls but tab and newline (ESC starts
+# ANSI sequences, CR rewrites the line), DEL, C1 controls, and the bidi overrides that
+# reorder what is shown
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: object) -> str:
+    r"""`text` as a string with each terminal control character shown as an escape.
+
+    For a string that goes into a `rich.text.Text` (never read as markup); `plain` for one
+    that rich reads as markup.
+
+    Example:
+        >>> clean("ok\x1b[2J")
+        'ok\\x1b[2J'
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                        else f"\\u{ord(m[0]):04x}", str(text))
+
+
+def plain(text: object) -> str:
+    r"""`text` ready for a rich markup string (console.print, a Table cell or title): its
+    control characters escaped (`clean`) and its square brackets never read as tags.
+
+    Example:
+        >>> plain("What does [/INST] mean?")
+        'What does \\[/INST] mean?'
+    """
+    return escape(clean(text))
+
+
+def writable_folder(folder: Path, option: str = "--out") -> Path:
+    """Check, before any model work, that `folder` can be created and written to; raise a
+    one-line BadInputError naming `option` when not. Folders made for the check are removed
+    again, so nothing is left behind when the command fails later.
+
+    Example:
+        writable_folder(Path("circuits"))  # a file named circuits, or /proc/x: BadInputError
+    """
+    missing = []
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise BadInputError(f"{option} {folder}: {parent} is a file, not a folder: choose "
+                            f"another {option}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".emosteer-check-"):
+            pass
+    except OSError as err:
+        raise BadInputError(f"cannot write to {option} {folder} "
+                            f"({err.strerror or type(err).__name__}): choose a folder you "
+                            "can write to") from None
+    finally:
+        for made in missing:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
+    return folder
 
 
 def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -29,7 +101,7 @@ def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """
     from emosteer.models import load_model
 
-    with console.status(f"loading model {model} ..."), warnings.catch_warnings():
+    with console.status(f"loading model {plain(model)} ..."), warnings.catch_warnings():
         # torch warns about pickle protocols while refusing a pickle: the error says it all
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
         return load_model(model)

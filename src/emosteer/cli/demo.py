@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from emosteer.cli.common import console, load, save_vectors
+from emosteer.cli.common import console, load, plain, save_vectors, writable_folder
 from emosteer.cli.options import EXTRACT_LIMIT, VECTORS, ModelOpt, numbers, split_commas
 from emosteer.errors import UnknownEmotionError
 
@@ -57,6 +57,7 @@ def demo(
     if unknown:
         raise UnknownEmotionError(f"unknown emotion {unknown[0]!r}: choose from "
                                   f"{', '.join((*cfg.emotions, 'base'))}")
+    writable_folder(out)
     m, tok = load(model)
     result = extract(m, tok, cfg)
     shipped = shipped_vectors()
@@ -69,7 +70,7 @@ def demo(
            if same_model else "not calibrated for this model: alpha 1 = the raw method output")
     console.print(f"extracted {len(cfg.emotions)} emotion vectors + base ({cfg.method}, judge-"
                   f"filtered by {cfg.judge}) from "
-                  f"{n} queries in {result.seconds:.0f} s -> {out}/ ({how})")
+                  f"{n} queries in {result.seconds:.0f} s -> {plain(out)}/ ({how})")
     demo_table(m, tok, vectors, shown, strengths)
 
 
@@ -96,13 +97,14 @@ def demo_table(m: PreTrainedModel, tok: PreTrainedTokenizerBase,
     judge = load_judge("embedded")
     ratings = [judge.rate(questions, answers) for _, _, answers in rows]
     for i, question in enumerate(questions):
-        table = Table("steering", "answer", "judge", title=f"[bold]{question}[/bold]",
+        table = Table("steering", "answer", "judge", title=f"[bold]{plain(question)}[/bold]",
                       show_lines=True)
         for (label, target, answers), rated in zip(rows, ratings, strict=True):
             r = rated[i]
             hit = target is not None and r.label == target
-            verdict = f"{r.label} {r.probs[r.label]:.2f}"
-            table.add_row(label, answers[i], f"[green]{verdict}[/green]" if hit else verdict)
+            verdict = plain(f"{r.label} {r.probs[r.label]:.2f}")
+            table.add_row(plain(label), plain(answers[i]),
+                          f"[green]{verdict}[/green]" if hit else verdict)
         console.print(table)
     console.print("[dim]judge: the embedded emotion classifier (86% on held-out sentences); "
                   "green = the steered emotion[/dim]")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console
+from emosteer.cli.common import console, plain
 from emosteer.cli.options import OptionGroup
 from emosteer.errors import BadInputError
 
@@ -109,7 +109,7 @@ def vllm_engine(model: str, vectors: Path | None, items: list[str] | None,
     from emosteer.vllm import launcher
 
     kwargs = vllm_kwargs(items)
-    console.print(f"starting vLLM for {model} (about a minute on a CPU) ...")
+    console.print(f"starting vLLM for {plain(model)} (about a minute on a CPU) ...")
     return launcher.llm(model, vectors, force, **kwargs)
 
 

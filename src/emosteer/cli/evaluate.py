@@ -10,7 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console, load, refuse_overwrite, save_vectors
+from emosteer.cli.common import (
+    console,
+    load,
+    plain,
+    refuse_overwrite,
+    save_vectors,
+    writable_folder,
+)
 from emosteer.cli.engine import EngineOptions
 from emosteer.cli.options import (
     AlphaListOpt,
@@ -109,7 +116,8 @@ def classify(
     table = Table("text", "label", "probabilities (top 3)")
     for text, r in zip(lines, ratings, strict=True):
         top = sorted(r.probs.items(), key=lambda kv: -kv[1])[:3]
-        table.add_row(text, r.label, ", ".join(f"{k} {v:.2f}" for k, v in top))
+        table.add_row(plain(text), plain(r.label),
+                      plain(", ".join(f"{k} {v:.2f}" for k, v in top)))
     console.print(table)
 
 
@@ -130,8 +138,11 @@ def _alphas(values: list[str] | None) -> tuple[tuple[float, ...] | None, bool]:
 
 def _runner(ev: ExperimentOptions, gen: GenerateOptions, experiment: str, *,
             emotions: list[str] | tuple[str, ...] | None = None,
-            alphas: tuple[float, ...] | None = None, auto: dict[str, Any] | None = None) -> Any:
-    """The cached Runner of an experiment; every check runs before the model loads."""
+            alphas: tuple[float, ...] | None = None, auto: dict[str, Any] | None = None,
+            src: VectorSource | None = None) -> Any:
+    """The cached Runner of an experiment; every check runs before the model loads, the
+    output folders' included (src.vectors when vectors are missing and will be extracted
+    there)."""
     ev.check()
     api = _api()
     base = api.EvalConfig()
@@ -141,6 +152,10 @@ def _runner(ev: ExperimentOptions, gen: GenerateOptions, experiment: str, *,
         auto=api.AutoAlpha(**auto) if auto else None), generation=gen.config(base.generation))
     if cfg.judge != base.judge:
         api.load_judge(cfg.judge)  # a bad spec fails before the model loads
+    writable_folder(ev.folder(experiment))
+    if src is not None and not all((src.vectors / f"{e}.safetensors").is_file()
+                                   for e in cfg.emotions):
+        writable_folder(src.vectors, "--vectors")
     m, tok = load(ev.model)
     ppl = api.Perplexity(*load(ev.ppl_model)) if ev.ppl_model else None
     return api.Runner(m, tok, cfg, ev.folder(experiment), ppl=ppl)
@@ -163,7 +178,7 @@ def _vectors(runner: Any, src: VectorSource, need_base: bool = False) -> dict:
             vector.check_model(runner.model)  # a vector of another model fails before any answer
         return vectors
     refuse_overwrite(folder, [f.name for f in files.values()], overwrite=False)
-    console.print(f"no vectors in {folder}: extracting {', '.join(emotions)} from "
+    console.print(f"no vectors in {plain(folder)}: extracting {plain(', '.join(emotions))} from "
                   f"{src.extract_limit} emotion_query questions each (never evaluated on)")
     result = run(runner.model, runner.tokenizer,
                  ExtractConfig(emotions=emotions, limit=src.extract_limit))
@@ -180,11 +195,11 @@ def _finish(result: Any, what: str) -> None:
     scope = "per cell" if what == "mix" else "mean over emotions"
     table = Table("row", "target", *metrics, title=f"{what} ({scope})")
     for r in rows:
-        table.add_row(f"{r['variant']} {r['label']}", r["target"],
+        table.add_row(plain(f"{r['variant']} {r['label']}"), plain(r["target"]),
                       *[api.fmt(r.get(m), m) for m in metrics])
     console.print(table)
-    console.print(f"report: {result.files['html']} (markdown: {result.files['markdown']}, "
-                  f"rows: {result.files['summary']})")
+    console.print(plain(f"report: {result.files['html']} (markdown: "
+                        f"{result.files['markdown']}, rows: {result.files['summary']})"))
 
 
 def _resumable(runner: Any, run: Any, *args: Any, **kwargs: Any) -> Any:
@@ -217,7 +232,7 @@ def alpha_sweep(
     """
     chosen, calibrate = _alphas(alphas)
     runner = _runner(ev, gen, "alpha-sweep", emotions=emotions, alphas=chosen,
-                     auto=auto.given())
+                     auto=auto.given(), src=src)
     vectors = _vectors(runner, src, need_base="centered" in (variants or ()))
     ev.attach(runner, ev.model, src.vectors)
     result = _resumable(runner, _api().experiments.alpha_sweep, vectors, **given(
@@ -248,7 +263,7 @@ def mix(
     grid = numbers(weights, "--weights")
     if grid is not None and 0.0 not in grid:
         grid = [0.0, *grid]  # the additivity gap needs each emotion alone
-    runner = _runner(ev, gen, "mix", emotions=names)
+    runner = _runner(ev, gen, "mix", emotions=names, src=src)
     vectors = _vectors(runner, src)
     ev.attach(runner, ev.model, src.vectors)
     result = _resumable(runner, _api().experiments.mix_experiment, vectors, names[0],
@@ -270,7 +285,7 @@ def base(
     chosen, calibrate = _alphas(alphas)
     if calibrate:
         raise BadInputError("experiment base takes numbers only: 'auto' is for alpha-sweep")
-    runner = _runner(ev, gen, "base", alphas=chosen)  # the five emotions: EvalConfig's
+    runner = _runner(ev, gen, "base", alphas=chosen, src=src)  # EvalConfig's five emotions
     vectors = _vectors(runner, src, need_base=True)
     ev.attach(runner, ev.model, src.vectors)
     _finish(_resumable(runner, _api().experiments.base, vectors), "base")

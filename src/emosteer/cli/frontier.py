@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console, load
+from emosteer.cli.common import console, load, plain, writable_folder
 from emosteer.cli.options import (
     EXTRACT_LIMIT,
     EmotionsOpt,
@@ -100,6 +100,9 @@ def frontier(
     cfg = search.config()
     for spec in cfg.judges:
         load_judge(spec)  # a bad spec fails before the model loads
+    writable_folder(out)
+    if extract:
+        writable_folder(vectors, "--vectors")
     m, tok = load(model)
     if extract:
         _extract_missing(m, tok, cfg, vectors, extract_limit, gen)
@@ -122,7 +125,7 @@ def _extract_missing(model: Any, tokenizer: Any, cfg: FrontierConfig, vectors: P
     built = build_vectors(model, tokenizer, cfg.methods, vectors, replace(
         base, generation=gen.config(base.generation)))
     for name, folder in built.items():
-        console.print(f"extracted {name} -> {folder}")
+        console.print(plain(f"extracted {name} -> {folder}"))
 
 
 def _print_result(result: Any, cfg: FrontierConfig) -> None:
@@ -131,6 +134,6 @@ def _print_result(result: Any, cfg: FrontierConfig) -> None:
 
     console.print(f"held out: EPS by {' / '.join(cfg.judges)} at each method's chosen setting")
     console.print(summary_table(result, cfg.judges, cfg.emotions), markup=False)
-    console.print(f"report: {result.files['html']} (markdown: {result.files['markdown']}, "
-                  f"rows: {result.files['summary']}, every setting: "
-                  f"{result.files['calibration']})")
+    console.print(plain(f"report: {result.files['html']} (markdown: "
+                        f"{result.files['markdown']}, rows: {result.files['summary']}, every "
+                        f"setting: {result.files['calibration']})"))

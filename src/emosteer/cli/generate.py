@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console, load, vectors_in
+from emosteer.cli.common import console, load, plain, vectors_in
 from emosteer.cli.meter import MeterFileOpt
 from emosteer.cli.options import (
     VECTORS,
@@ -175,12 +175,13 @@ def _by_vector(questions: list[str], model: str, vector: Path | None, mix: list[
             shown.run(m, tok, questions, steer(m, steering, a, **options),
                       f"alpha {a:g}, {steering.emotion}", system, cfg)
         return
-    table = Table("question", "alpha", f"answer steered by {steering.emotion}", show_lines=True)
+    table = Table("question", "alpha", f"answer steered by {plain(steering.emotion)}",
+                  show_lines=True)
     for a in strengths or [library_default(generate_text, "alpha")]:
         answers = generate_text(m, tok, questions, steering, a, system=system, cfg=cfg,
                                 **options)
         for q, text in zip(questions, answers, strict=True):
-            table.add_row(q, f"{a:g}", text)
+            table.add_row(plain(q), f"{a:g}", plain(text))
     console.print(table)
 
 
@@ -202,11 +203,11 @@ def _by_circuit(questions: list[str], model: str, path: Path, emotion: str | Non
             shown.run(m, tok, questions, modulate(m, circuit, emotion, strength, **options),
                       f"{emotion} circuit, strength {strength:g}", system, cfg)
         return
-    table = Table("question", "strength", f"answer through the {emotion} circuit",
+    table = Table("question", "strength", f"answer through the {plain(emotion)} circuit",
                   show_lines=True)
     for strength in strengths or [library_default(modulate, "strength")]:
         with modulate(m, circuit, emotion, strength, **options):
             answers = generate_text(m, tok, questions, system=system, cfg=cfg)
         for q, text in zip(questions, answers, strict=True):
-            table.add_row(q, f"{strength:g}", text)
+            table.add_row(plain(q), f"{strength:g}", plain(text))
     console.print(table)

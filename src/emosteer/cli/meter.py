@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from emosteer.cli.common import console, load
+from emosteer.cli.common import clean, console, load
 from emosteer.cli.options import ModelOpt, texts, utf8
 
 if TYPE_CHECKING:
@@ -55,19 +55,19 @@ def render(readings: Readings, title: str | None = None) -> Group:
 
     text = Text()
     for token, emotion in zip(readings.tokens, readings.dominant(FLOOR), strict=True):
-        text.append(token, style=f"bold {COLOURS.get(emotion, 'white')}" if emotion else "")
+        text.append(clean(token), style=f"bold {COLOURS.get(emotion, 'white')}" if emotion else "")
     legend = Text("colour: the emotion reading highest on the token, when it reaches "
                   f"{FLOOR:g}; ", style="dim")
     for emotion in readings.emotions:
-        legend.append(f"{emotion} ", style=COLOURS.get(emotion, "white"))
+        legend.append(f"{clean(emotion)} ", style=COLOURS.get(emotion, "white"))
     table = Table(box=None, show_header=False, padding=(0, 1))
     means = readings.mean()
     for i, emotion in enumerate(readings.emotions):
         column = [float(v) for v in readings.values[:, i]]
-        table.add_row(Text(emotion, style=COLOURS.get(emotion, "white")),
+        table.add_row(Text(clean(emotion), style=COLOURS.get(emotion, "white")),
                       Text(sparkline(column), style=COLOURS.get(emotion, "white")),
                       f"mean {means[emotion]:.2f}", f"max {max(column, default=0.0):.2f}")
-    parts = [Text(title, style="bold")] if title else []
+    parts = [Text(clean(title), style="bold")] if title else []
     note = ([Text(f"mean: over the tokens after the first {readings.warmup}, "
                   "read before the model had read enough to tell", style="dim")]
             if 0 < readings.warmup < len(readings.tokens) else [])

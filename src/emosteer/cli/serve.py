@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console, load, vectors_in
+from emosteer.cli.common import console, load, plain, vectors_in
 from emosteer.cli.engine import engine_name
 from emosteer.cli.options import (
     VECTORS,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from emosteer.vectors import EmotionVector
 
 VLLM_KEY_ENV = "VLLM_API_KEY"  # vLLM's server requires 'Bearer KEY' on /v1 when it is set
+KEY_ENV = "EMOSTEER_API_KEY"  # --api-key's variable
 
 
 def served_vectors(folder: Path | None) -> tuple[Path, dict[str, EmotionVector]]:
@@ -69,7 +70,7 @@ class ServerOptions(OptionGroup):
     port: Annotated[int | None, typer.Option(
         min=0, max=65535, help="(default: ServeConfig.port)")] = None
     api_key: Annotated[str | None, typer.Option(
-        envvar="EMOSTEER_API_KEY", show_envvar=True,
+        envvar=KEY_ENV, show_envvar=True,
         help="require 'Authorization: Bearer KEY' on /v1/*; set $EMOSTEER_API_KEY instead, "
              "so the key does not show in `ps`")] = None
     max_tokens: Annotated[int | None, typer.Option(
@@ -109,6 +110,17 @@ class ServerOptions(OptionGroup):
             allow_origins=tuple(self.allow_origin) if self.allow_origin else None,
             allowed_hosts=tuple(self.allow_host) if self.allow_host else None))
 
+    def check_key(self) -> None:
+        """Refuse an empty key, given as --api-key '' or as $EMOSTEER_API_KEY='' (which the
+        option parser would otherwise read as no key at all: the API served with none)."""
+        env = os.environ.get(KEY_ENV)
+        if self.api_key is not None and not self.api_key.strip():
+            raise BadInputError("--api-key is empty: pass a key, or leave the option out to "
+                                "serve without one")
+        if self.api_key is None and env is not None and not env.strip():
+            raise BadInputError(f"${KEY_ENV} is set but empty: set it to a key, or unset it "
+                                "to serve without one")
+
     def builtin_only(self) -> list[str]:
         """The options given that only --engine builtin reads, as flags."""
         shared = ("host", "port", "api_key")
@@ -141,6 +153,7 @@ def serve(
     and call it with the openai client: extra_body={"emotion": {"joy": 1.5}}. On vLLM:
     [bold]emosteer serve --engine vllm -- --tensor-parallel-size 2[/bold]
     """
+    srv.check_key()
     if engine == "vllm":
         sys.exit(_serve_vllm(model, vectors, force, srv, list(vllm_args or [])))
     if vllm_args:
@@ -162,8 +175,8 @@ def serve(
     m, tok = load(model)
     for vector in found.values():
         vector.check_model(m, allow_other_model=force)
-    console.print(f"serving {model} with emotions {', '.join(found)} on "
-                  f"http://{cfg.host}:{cfg.port}/ (playground at /, API at /v1)"
+    console.print(f"serving {plain(model)} with emotions {plain(', '.join(found))} on "
+                  f"http://{plain(cfg.host)}:{cfg.port}/ (playground at /, API at /v1)"
                   f"{' with an API key' if cfg.api_key else ''}")
     uvicorn.run(create_app(m, tok, found, cfg, vectors_from=folder), host=cfg.host,
                 port=cfg.port, log_level="warning")
@@ -183,7 +196,7 @@ def _serve_vllm(model: str, vectors: Path | None, force: bool, srv: ServerOption
     where: dict[str, Any] = given(host=srv.host, port=srv.port)
     if srv.api_key:
         os.environ[VLLM_KEY_ENV] = srv.api_key  # vLLM reads it: the key stays out of `ps`
-    console.print(f"serving {model} on vLLM with emotions {', '.join(found)} on "
-                  f"http://{where.get('host', '127.0.0.1')}:{where.get('port', 8000)}/ "
+    console.print(f"serving {plain(model)} on vLLM with emotions {plain(', '.join(found))} "
+                  f"on http://{plain(where.get('host', '127.0.0.1'))}:{where.get('port', 8000)}/ "
                   f"(playground at /, API at /v1){' with an API key' if srv.api_key else ''}")
     return launcher.serve(model, folder, extra_vllm_args=vllm_args, force=force, **where)

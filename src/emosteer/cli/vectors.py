@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from emosteer.cli.common import console, load, refuse_overwrite, save_vectors
+from emosteer.cli.common import (
+    console,
+    load,
+    plain,
+    refuse_overwrite,
+    save_vectors,
+    writable_folder,
+)
 from emosteer.cli.engine import EngineOptions, on_device
 from emosteer.cli.options import (
     VECTORS,
@@ -18,11 +25,6 @@ from emosteer.cli.options import (
     given,
     with_groups,
 )
-
-if TYPE_CHECKING:
-
-    pass
-
 
 
 @with_groups
@@ -108,14 +110,15 @@ def extract(
     names = [f"{e}.safetensors" for e in (*cfg.emotions, "base")] + ["samples.jsonl"]
     eng.check()
     refuse_overwrite(out, names, overwrite)
+    writable_folder(out)
     gens = eng.generations(model, cfg)
     m, tok = load(model)
     result = run(m, tok, cfg, generations=on_device(gens, m))
     save_vectors(out, result.vectors, result.samples)
     n = sum(result.used.values())
-    console.print(f"extracted {', '.join(result.vectors)} from {n} queries in "
+    console.print(f"extracted {plain(', '.join(result.vectors))} from {n} queries in "
                   f"{result.seconds:.0f} s ({result.seconds / max(n, 1):.2f} s per query) -> "
-                  f"{out}/ (responses in {out}/samples.jsonl)")
+                  f"{plain(out)}/ (responses in {plain(out)}/samples.jsonl)")
 
 
 def info(file: Annotated[Path, typer.Argument(
@@ -129,9 +132,9 @@ def info(file: Annotated[Path, typer.Argument(
     from emosteer.vectors import EmotionVector
 
     vec = EmotionVector.load(file)
-    table = Table("key", "value", title=str(file))
+    table = Table("key", "value", title=plain(file))
     for key, value in sorted(vec.meta.items()):
-        table.add_row(key, value)
+        table.add_row(plain(key), plain(value))
     norms = vec.norms()
     table.add_row("layers", f"{len(norms)} ({vec.layers[0]}..{vec.layers[-1]})")
     table.add_row("norm by layer", " ".join(f"{n:.2f}" for n in norms.values()))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from emosteer.errors import EmosteerError
+from emosteer.errors import BadInputError, EmosteerError
 from emosteer.server.engine import Engine, Sampling
 from emosteer.server.errors import APIError, install_handlers
 from emosteer.server.guard import Guard
@@ -59,6 +59,11 @@ class ServeConfig:
     max_prompt_chars: int = 100_000
     allow_origins: tuple[str, ...] = ()  # web pages besides the playground that may call /v1
     allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost (e.g. a proxy's)
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise BadInputError("the API key is empty: pass a key, or None to serve without "
+                                "one")
 
 
 class Server:

@@ -3,18 +3,25 @@
 One ASGI middleware, in this order:
 1. Host allow-list when the server is bound to loopback: a page on evil.example that
    re-points its DNS name at 127.0.0.1 (DNS rebinding) sends `Host: evil.example`: refused.
+   The Host is parsed, never prefix-matched: `[::1]evil.example` is not `[::1]`.
 2. Origin: a browser names the page that sent a request; only the server's own origin (the
    playground) and `ServeConfig.allow_origins` pass.
-3. The API key on /v1/* when one is set (compared in constant time).
+3. The API key on /v1/* when one is set (compared in constant time). A browser's CORS
+   preflight (OPTIONS with Access-Control-Request-Method) from an allowed origin passes
+   without it: browsers never send credentials on a preflight.
 4. POST bodies: a JSON content type (a browser sends text/plain or form posts across origins
    without asking first), and at most `max_body_bytes` (413), counted as the bytes arrive, so
    a huge body is refused before it is held in memory, parsed or tokenized.
+
+A refusal sent to an origin of `allow_origins` carries Access-Control-Allow-Origin, so the
+page can read why (401, 413...), as it reads the routes' own errors.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -51,12 +58,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _host_name(host: str) -> str:
-    """'127.0.0.1:8000' -> '127.0.0.1'; '[::1]:8000' -> '[::1]'."""
+_PORT = re.compile(r"(:[0-9]{0,5})?")  # what may follow the name in a Host header
+
+
+def _host_name(host: str) -> str | None:
+    """The name of a Host header without its port, or None when it is malformed.
+
+    A bracketed IPv6 address is parsed and written in its short form; after the name only
+    ":<port>" may follow, so nothing that merely starts like an allowed name passes.
+
+    Example:
+        _host_name("[0:0::1]:8000")  # "[::1]"; _host_name("[::1]evil.example") is None
+    """
     host = host.strip().lower()
     if host.startswith("["):
-        return host[:host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        end = host.find("]")
+        try:
+            name = f"[{ipaddress.IPv6Address(host[1:end]).compressed}]" if end > 0 else ""
+        except ValueError:
+            return None
+        rest = host[end + 1:]
+    else:
+        name, sep, port = host.partition(":")
+        rest = sep + port
+    if not name or _PORT.fullmatch(rest) is None:
+        return None
+    return name
 
 
 def _is_json(content_type: str) -> bool:
@@ -81,7 +108,8 @@ class Guard:
         self.app = app
         self.cfg = cfg
         names = set(cfg.allowed_hosts) | (set(LOOPBACK_NAMES) if is_loopback(cfg.host) else set())
-        self.hosts = {_host_name(n) for n in names} or None  # None: any Host (bound publicly)
+        hosts = {_host_name(n) for n in names} - {None}
+        self.hosts = hosts or None  # None: any Host (bound publicly)
         self.origins = {o.rstrip("/").lower() for o in cfg.allow_origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,14 +128,23 @@ class Guard:
             else:
                 receive = _replay(body, receive)
         if error is not None:
-            await error.response()(scope, receive, send)
+            await error.response(self._cors(headers))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _cors(self, headers: Headers) -> dict[str, str] | None:
+        """The CORS headers of a refusal sent to an origin of allow_origins (else None)."""
+        origin = headers.get("origin")
+        if origin is None or not self.origins:
+            return None
+        if origin.rstrip("/").lower() not in self.origins and "*" not in self.origins:
+            return None
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     def refusal(self, method: str, path: str, headers: Headers) -> APIError | None:
         """The error that refuses this request before its body is read, or None."""
         host = headers.get("host", "")
-        if self.hosts is not None and _host_name(host) not in self.hosts:
+        if self.hosts is not None and (_host_name(host) or "") not in self.hosts:
             return APIError(400, f"Host {host!r} is not served here (this server answers to "
                             f"{', '.join(sorted(self.hosts))}; add a name with "
                             "--allow-host)", "invalid_host")
@@ -117,7 +154,9 @@ class Guard:
                             "start the server with --allow-origin to allow it",
                             "origin_not_allowed")
         key = self.cfg.api_key
-        if key and path.startswith("/v1/"):
+        preflight = (method == "OPTIONS" and origin is not None
+                     and "access-control-request-method" in headers)
+        if key and path.startswith("/v1/") and not preflight:
             header = headers.get("authorization", "")
             given = header[7:] if header.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), key.encode()):
