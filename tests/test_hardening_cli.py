@@ -190,3 +190,33 @@ def test_serve_refuses_an_empty_api_key(capsys, monkeypatch, how):
     for engine in ("builtin", "vllm"):
         err = one_line(capsys, *args, "--engine", engine)
         assert "empty" in err and ("--api-key" in err or "$EMOSTEER_API_KEY" in err), err
+
+
+# --- item 8: the model's context is checked before the model runs --------------------------
+@pytest.fixture
+def no_generation(monkeypatch):
+    from emosteer import generation, meter_read
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the model ran before the context check")
+
+    monkeypatch.setattr(generation, "generate", ran)
+    monkeypatch.setattr(meter_read, "token_projections", ran)
+
+
+def test_generate_checks_the_context_first(tiny, capsys, no_generation):
+    vector = ["--model", str(tiny / "tiny"), "--vector", str(tiny / "vecs" / "joy.safetensors")]
+    err = one_line(capsys, "generate", "sad " * 300, *vector)  # 1200 byte tokens > 1024
+    assert "question 1 is" in err and "context of 1024 tokens" in err, err
+    # fits alone, not with the answer: the new tokens count
+    err = one_line(capsys, "generate", "short", "x" * 950, *vector, "--max-new-tokens", "100",
+                   "--meter")
+    assert "question 2 is" in err and "+ 100 new tokens" in err, err
+
+
+def test_meter_checks_the_context_first(tiny, capsys, no_generation):
+    err = one_line(capsys, "meter", "sad " * 300, "--model", str(tiny / "tiny"))
+    assert "text 1 is 1201 tokens" in err and "1024" in err, err
+    err = one_line(capsys, "meter", "fine", "--question", "why? " * 220,
+                   "--model", str(tiny / "tiny"))
+    assert "text 1 is" in err and "1024" in err, err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from emosteer.models import forward_params
+from emosteer.errors import BadInputError
+from emosteer.models import context_length, forward_params
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,38 @@ def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nAssistant:"
+
+
+def check_context(model, counts: Sequence[int], new_tokens: int = 0, what: str = "prompt",
+                  hint: str = "shorten it") -> None:
+    """Refuse, before the model runs, a text whose tokens plus `new_tokens` do not fit in
+    the model's context (`models.context_length`): the check the server makes per request.
+
+    Args:
+        model: the model that would read the texts.
+        counts: the token count of each text (as the model would read it).
+        new_tokens: tokens to be generated after each.
+        what: the texts' name in the message ("question", "text"...).
+        hint: what to do, ending the message.
+
+    Example:
+        check_context(model, [len(tok(p)["input_ids"]) for p in prompts], 48, "question")
+    """
+    limit = context_length(model)
+    for i, n in enumerate(counts, 1):
+        if n + new_tokens > limit:
+            plus = f" + {new_tokens} new tokens" if new_tokens else ""
+            raise BadInputError(f"{what} {i} is {n} tokens{plus}, over this model's context "
+                                f"of {limit} tokens: {hint}")
+
+
+def prompt_tokens(tokenizer, prompts: Sequence[str]) -> list[int]:
+    """The token count of each prompt as `generate` reads it (no special tokens added).
+
+    Example:
+        prompt_tokens(tok, [chat_prompt(tok, "Hi", None)])  # [31]
+    """
+    return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
 def encode(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:

@@ -114,6 +114,16 @@ def model_shape(model: PreTrainedModel, arch: Architecture | None = None) -> dic
     }
 
 
+def context_length(model: PreTrainedModel, default: int = 2048) -> int:
+    """The most tokens (prompt and answer together) the model attends over: its config's
+    max_position_embeddings (n_positions for GPT-2), else `default`.
+
+    Example:
+        context_length(model)  # 8192 for the bundled SmolLM2
+    """
+    return int(getattr(model.config, "max_position_embeddings", None) or default)
+
+
 def forward_params(model: PreTrainedModel) -> frozenset[str]:
     """The argument names of model.forward: the one place that asks the model's signature."""
     cls = type(model)

@@ -135,6 +135,17 @@ def generate(
                    gen.config(), {**options, **given(layers=chosen)}, shown)
 
 
+def check_fits(m: Any, tok: Any, questions: list[str], system: str | None,
+               cfg: GenerateConfig) -> None:
+    """Refuse, before the model runs, a question whose chat prompt and answer would not fit
+    in the model's context (one line, exit 2, as the server answers a 400)."""
+    from emosteer.generation import chat_prompt, check_context, prompt_tokens
+
+    prompts = [chat_prompt(tok, q, system) for q in questions]
+    check_context(m, prompt_tokens(tok, prompts), cfg.max_new_tokens, "question",
+                  "shorten it (or lower --max-new-tokens)")
+
+
 @dataclass(frozen=True)
 class Shown:
     """How answers are shown: in a table, or (--meter) each metered while it is generated."""
@@ -170,6 +181,7 @@ def _by_vector(questions: list[str], model: str, vector: Path | None, mix: list[
     steering = (EmotionVector.load(vector) if vector is not None
                 else mix_vectors(vectors_in(folder), parse_mix(mix or [])))
     m, tok = load(model)
+    check_fits(m, tok, questions, system, cfg)
     if shown.metered:
         for a in strengths or [library_default(generate_text, "alpha")]:
             shown.run(m, tok, questions, steer(m, steering, a, **options),
@@ -198,6 +210,7 @@ def _by_circuit(questions: list[str], model: str, path: Path, emotion: str | Non
         raise BadInputError(f"--circuit needs --emotion: one of {', '.join(circuit.emotions)}")
     circuit.of(emotion)  # an unknown emotion fails before the model loads
     m, tok = load(model)
+    check_fits(m, tok, questions, system, cfg)
     if shown.metered:
         for strength in strengths or [library_default(modulate, "strength")]:
             shown.run(m, tok, questions, modulate(m, circuit, emotion, strength, **options),

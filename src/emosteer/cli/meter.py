@@ -88,12 +88,17 @@ def meter(
     As an answer: [bold]emosteer meter "It was awful." --question "How was the trip?"[/bold]
     """
     from emosteer.emotion_meter import load_meter
-    from emosteer.meter_read import read_texts
+    from emosteer.generation import check_context
+    from emosteer.meter_read import read_texts, sequence
 
     m, tok = load(model)
-    chosen = load_meter(m, meter_file)
     items: list = [t if question is None else
                    [{"role": "user", "content": question}, {"role": "assistant", "content": t}]
                    for t in text]
+    # the model's context, checked before it reads anything (as the server checks a prompt)
+    check_context(m, [len(prefix) + len(ids) for prefix, ids in
+                      (sequence(tok, item) for item in items)], what="text",
+                  hint="shorten it, or meter it in parts")
+    chosen = load_meter(m, meter_file)
     for readings in read_texts(m, tok, items, chosen):
         console.print(render(readings))

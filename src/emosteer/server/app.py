@@ -84,7 +84,7 @@ class Server:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  vectors: Mapping[str, EmotionVector], cfg: ServeConfig,
                  model_name: str | None = None, vectors_from: str | Path | None = None) -> None:
-        from emosteer.models import model_id
+        from emosteer.models import context_length, model_id
 
         sites = {v.site for v in vectors.values()}
         if len(sites) > 1:
@@ -94,8 +94,7 @@ class Server:
         self.site = next(iter(sites), None)
         self.vectors_from = vectors_from
         self.name = model_name or model_id(model)
-        self.limit = cfg.max_context or int(getattr(model.config, "max_position_embeddings",
-                                                    2048))
+        self.limit = cfg.max_context or context_length(model)
         self.engine = Engine(model, tokenizer, max_batch=cfg.max_batch,
                              batch_window=cfg.batch_window, max_queue=cfg.max_queue)
         self.page = resources.files("emosteer.server").joinpath("playground.html").read_text(
