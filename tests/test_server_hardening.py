@@ -412,3 +412,201 @@ def test_an_empty_api_key_is_refused(key):
 
     with pytest.raises(BadInputError, match="empty"):
         ServeConfig(api_key=key)
+
+
+# --- issue 28, item 2: one request's failure is its own ------------------------------------
+def test_a_tiny_temperature_is_greedy_on_both_parsers():
+    from emosteer.generation import GREEDY_BELOW
+    from emosteer.server.schemas import ChatRequest
+    from emosteer.vllm.spec import request_temperature
+
+    for tiny in (1e-40, 5e-324, GREEDY_BELOW / 2):
+        body = {"messages": [{"role": "user", "content": "Hi"}], "temperature": tiny}
+        assert ChatRequest.model_validate(body).temperature == 0.0
+        assert request_temperature(tiny) == 0.0
+    for kept in (0, 0.0, GREEDY_BELOW, 0.6, 2.0, None, "x", True, -1.0):
+        assert request_temperature(kept) == kept  # vLLM checks the rest itself
+
+
+def test_the_vllm_protocol_patch_makes_a_tiny_temperature_greedy(monkeypatch):
+    """The plugin's to_sampling_params wrapper, on a stand-in for vLLM's request class."""
+    from types import ModuleType, SimpleNamespace
+
+    from emosteer.vllm import plugin
+
+    class ChatCompletionRequest:
+        def __init__(self, temperature):
+            self.temperature, self.model_extra = temperature, {}
+
+        def to_sampling_params(self):
+            return SimpleNamespace(temperature=self.temperature, extra_args=None)
+
+    module = ModuleType("protocol")
+    module.ChatCompletionRequest = ChatCompletionRequest
+    monkeypatch.setattr(plugin, "bank", lambda: None)
+    plugin._patch_protocol(module)
+    assert ChatCompletionRequest(1e-40).to_sampling_params().temperature == 0.0
+    assert ChatCompletionRequest(0.7).to_sampling_params().temperature == 0.7
+    assert ChatCompletionRequest(None).to_sampling_params().temperature is None
+
+
+def test_the_issue_repro_a_tiny_temperature_fails_no_request(served):
+    """temperature 1e-40 used to be a 500 (inf/NaN probabilities) and to fail the request
+    batched with it: now it decodes greedily, and both answer."""
+    url = served["url"]
+    greedy = send(url, "/v1/chat/completions", chat("Hi", emotion={"joy": 1}))
+    answers: list = [None, None, None]
+    bodies = [chat("Hi", temperature=1e-40), chat("Hi", emotion={"joy": 1}),
+              chat("Hi", temperature=1e-40, stream=True)]
+
+    def ask(i):
+        if i < 2:
+            answers[i] = send(url, "/v1/chat/completions", bodies[i])
+            return
+        req = urllib.request.Request(url + "/v1/chat/completions", data=bodies[i],
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answers[i] = resp.read().decode()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    (s0, b0, _), (s1, b1, _), streamed = answers
+    assert s0 == 200 and s1 == 200, (b0, b1)
+    assert b1["choices"] == greedy[1]["choices"]
+    solo = send(url, "/v1/chat/completions", chat("Hi"))[1]
+    assert b0["choices"][0]["message"] == solo["choices"][0]["message"]  # greedy = temperature 0
+    assert '"error"' not in streamed and streamed.rstrip().endswith("data: [DONE]")
+
+
+class Collected:
+    """A job's events, and a flag set when it finishes (done or error)."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.finished = threading.Event()
+
+    def __call__(self, kind, payload) -> None:
+        self.events.append((kind, payload))
+        if kind in ("done", "error"):
+            self.finished.set()
+
+    def text(self) -> str:
+        return "".join(p for k, p in self.events if k == "delta")
+
+    def end(self):
+        return self.events[-1]
+
+
+class NaNSampling:
+    """Sampling whose processors turn the row's logits into NaN (its own step fails)."""
+
+    def __new__(cls, **kw):
+        from transformers import LogitsProcessorList
+
+        from emosteer.server import Sampling
+
+        class Poisoned(Sampling):
+            def processors(self):
+                return LogitsProcessorList([lambda ids, scores: scores * float("nan")])
+
+        return Poisoned(**kw)
+
+
+POISON = 7  # a prompt holding this token fails the forward pass (see engine_with)
+
+
+def engine_with(fail_forward):
+    """An engine over the tiny llama whose forward pass raises when fail_forward(input_ids)."""
+    from emosteer.server.engine import Engine
+
+    model = tiny_model("llama")
+
+    def hook(module, args, kwargs):
+        if fail_forward(kwargs["input_ids"]):
+            raise RuntimeError("forward failed")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return Engine(model, byte_tokenizer(), max_batch=8, batch_window=1.0)
+
+
+def run_jobs(engine, specs):
+    """Submit the jobs (prompt ids, Sampling) before the worker starts, so they share one
+    batch; wait for all; the collectors."""
+    from emosteer.server.engine import Job
+
+    seen = [Collected() for _ in specs]
+    for (ids, sampling), emit in zip(specs, seen, strict=True):
+        engine.submit(Job(list(ids), None, sampling, emit))
+    engine.start()
+    try:
+        for emit in seen:
+            assert emit.finished.wait(60)
+    finally:
+        engine.stop()
+    return seen
+
+
+def solo_text(ids, max_tokens) -> str:
+    from emosteer.server import Sampling
+
+    (alone,) = run_jobs(engine_with(lambda ids: False),
+                        [(ids, Sampling(max_tokens=max_tokens, temperature=0))])
+    return alone.text()
+
+
+def test_a_row_that_fails_its_own_step_fails_alone():
+    from emosteer.server import Sampling
+
+    good = Sampling(max_tokens=6, temperature=0)
+    a, b = [72, 105, 33], [87, 104, 121, 63]
+    engine = engine_with(lambda ids: False)
+    seen = run_jobs(engine, [(a, good), (a, NaNSampling(max_tokens=6, temperature=1.0)),
+                             (b, good)])
+    assert engine.stats["batches"] == 1 and engine.stats["max_batch_seen"] == 3
+    assert seen[1].end()[0] == "error" and "generation failed" in seen[1].end()[1]
+    for emit, ids in ((seen[0], a), (seen[2], b)):
+        assert emit.end()[0] == "done", emit.events
+        assert emit.text() == solo_text(ids, 6)
+    assert engine.stats["errors"] == 1
+
+
+def test_a_failed_forward_pass_retries_each_request_alone():
+    """The pass fails for any batch holding POISON: each request is retried alone, and only
+    the poisoned one fails."""
+    from emosteer.server import Sampling
+
+    good = Sampling(max_tokens=6, temperature=0)
+    a, b = [72, 105, 33], [87, 104, 121, 63]
+    engine = engine_with(lambda ids: bool((ids == POISON).any()))
+    seen = run_jobs(engine, [(a, good), ([72, POISON, 33], good), (b, good)])
+    assert engine.stats["retried"] == 3 and engine.stats["errors"] == 1
+    assert seen[1].end()[0] == "error" and "forward failed" in seen[1].end()[1]
+    for emit, ids in ((seen[0], a), (seen[2], b)):
+        assert emit.end()[0] == "done", emit.events
+        assert emit.text() == solo_text(ids, 6)
+
+
+def test_a_retried_request_continues_from_its_tokens():
+    """A batched pass that fails mid-answer (the third decoding step): each request goes
+    on alone after the tokens it has, none sent twice, none lost, within max_tokens."""
+    from emosteer.server import Sampling
+
+    calls = {"batched": 0}
+
+    def third_batched_pass(ids):
+        if ids.shape[0] > 1:
+            calls["batched"] += 1
+            return calls["batched"] == 3
+        return False
+
+    engine = engine_with(third_batched_pass)
+    prompts = [[72, 105, 33], [87, 104, 121, 63]]
+    seen = run_jobs(engine, [(p, Sampling(max_tokens=6, temperature=0)) for p in prompts])
+    assert engine.stats["retried"] == 2 and engine.stats["errors"] == 0
+    for emit, ids in zip(seen, prompts, strict=True):
+        assert emit.end() in (("done", "length"), ("done", "stop")), emit.events
+        assert len([k for k, _ in emit.events if k == "delta"]) >= 1
+        assert emit.text() == solo_text(ids, 6)

@@ -11,6 +11,21 @@ import torch
 from emosteer.errors import BadInputError
 from emosteer.models import context_length, forward_params
 
+# A positive temperature below this decodes greedily, on both servers: logits divided by a
+# temperature of 1e-40 overflow to inf and the probabilities to NaN; 1e-5 is vLLM's own
+# "temperature is zero" epsilon, and far above where float32 overflows (~1e-36 for logits of 100).
+GREEDY_BELOW = 1e-5
+
+
+def sampling_temperature(temperature: float) -> float:
+    """The temperature decoding uses: 0 (greedy) for any below GREEDY_BELOW, else as given.
+
+    Example:
+        >>> sampling_temperature(1e-40), sampling_temperature(0.6)
+        (0.0, 0.6)
+    """
+    return 0.0 if temperature < GREEDY_BELOW else temperature
+
 
 @dataclass(frozen=True)
 class GenerateConfig:

@@ -7,6 +7,12 @@ vector through `emosteer.steering.steer_rows`. A row that finishes leaves the ba
 cache rows are dropped); requests that arrive meanwhile form the next batch. Each request
 samples from its own seeded generator, so its tokens do not depend on its batch-mates.
 
+A failure fails only the request that caused it. One inside a row's own step (picking its
+token, emitting its text) ends that row with an error while the others decode on; one in the
+shared forward pass cannot be pinned on a row, so each unfinished request of the batch is
+retried alone, from the tokens it already has (its generator continues where it was): the
+request that fails alone gets the error, the others finish.
+
 A request that asks for the emotion meter gets ("meter", (token text, {emotion: reading}))
 before the text of each of its tokens. The meter's hooks are registered only for a batch that
 holds such a request, and before the steering hooks, so they read each site before it is
@@ -34,7 +40,7 @@ from transformers import (
 
 from emosteer.emotion_meter import Meter, as_dict, load_meter
 from emosteer.errors import EmosteerError
-from emosteer.generation import GenerateConfig, eos_ids
+from emosteer.generation import GREEDY_BELOW, GenerateConfig, eos_ids
 from emosteer.meter_read import metering
 from emosteer.models import cache_arg, cache_of, forward_params
 from emosteer.steering import steer_rows
@@ -45,7 +51,7 @@ _DEFAULTS = GenerateConfig()  # the one place for decoding defaults
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one request picks its tokens (temperature 0 = greedy).
+    """How one request picks its tokens (temperature 0, or below GREEDY_BELOW, = greedy).
 
     The knobs default to `emosteer.generation.GenerateConfig`'s, so the server decodes as
     the CLI and the experiments do.
@@ -61,13 +67,19 @@ class Sampling:
     seed: int | None = None  # None: a fresh random seed per request
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
 
+    @property
+    def greedy(self) -> bool:
+        """Argmax decoding: a temperature of 0 or below GREEDY_BELOW (dividing by 1e-40
+        would overflow the logits)."""
+        return self.temperature < GREEDY_BELOW
+
     def processors(self) -> LogitsProcessorList:
         """transformers' processors for these knobs, in generate()'s order: repetition
         penalty, then temperature and top-p (the warpers only when sampling)."""
         steps = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
             steps.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
-        if self.temperature > 0:
+        if not self.greedy:
             steps.append(TemperatureLogitsWarper(float(self.temperature)))
             if self.top_p < 1.0:
                 steps.append(TopPLogitsWarper(self.top_p))
@@ -89,6 +101,7 @@ class Job:
     finish_reason: str | None = None
     cancelled: bool = False  # set by the API when the client goes away
     meter: bool = False  # emit each token's emotion readings (the engine's meter must be set)
+    generator: torch.Generator | None = None  # its sampling stream, kept across a retry
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -131,7 +144,7 @@ class Engine:
         self._meter_error: str | None = None  # why there is none for this model
         self._thread: threading.Thread | None = None
         self.stats = {"batches": 0, "max_batch_seen": 0, "requests": 0, "tokens": 0,
-                      "errors": 0, "cancelled": 0}
+                      "errors": 0, "cancelled": 0, "retried": 0}
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,32 +196,56 @@ class Engine:
                     break
                 jobs.append(job)
             jobs = [j for j in jobs if not j.cancelled]
-            if not jobs:
-                continue
-            try:
-                self.run_batch(jobs)
-            except Exception as err:  # keep serving: fail this batch's requests only
-                self.stats["errors"] += 1
-                for job in jobs:
-                    if job.finish_reason is None:
-                        job.finish_reason = "error"
-                        job.emit("error", f"generation failed: {type(err).__name__}: {err}")
+            if jobs:
+                self.run(jobs)
+
+    def run(self, jobs: list[Job]) -> None:
+        """Decode `jobs` as one batch; if the batch fails, each unfinished job is retried
+        alone (from its tokens so far), so only the request that fails alone gets the error.
+        Never raises: the worker keeps serving."""
+        try:
+            self.run_batch(jobs)
+        except Exception as err:
+            left = [j for j in jobs if j.finish_reason is None]
+            if len(jobs) == 1:
+                for job in left:
+                    self._fail(job, err)
+                return
+            for job in left:
+                if job.cancelled:
+                    job.finish_reason = "cancelled"
+                    self.stats["cancelled"] += 1
+                    continue
+                self.stats["retried"] += 1
+                self.run([job])
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        self.stats["errors"] += 1
+        job.finish_reason = "error"
+        job.emit("error", f"generation failed: {type(err).__name__}: {err}")
 
     def run_batch(self, jobs: list[Job]) -> None:
-        """Prefill `jobs` as one left-padded batch, then decode until every row is done."""
+        """Prefill `jobs` as one left-padded batch, then decode until every row is done.
+
+        A job that already has tokens (a retry) continues after them. An error in one row's
+        step ends that row only; an error in the shared forward pass is raised (see `run`).
+        """
         self.stats["batches"] += 1
         self.stats["requests"] += len(jobs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs))
         device = self.model.device
-        width = max(len(j.prompt_ids) for j in jobs)
+        history = [[*j.prompt_ids, *j.tokens] for j in jobs]  # prompt + output (the penalty's)
+        width = max(len(h) for h in history)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)  # (batch, pos)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)  # (batch, pos)
-        for i, job in enumerate(jobs):
-            ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
-            mask[i, width - len(job.prompt_ids):] = 1
+        for i, h in enumerate(history):
+            ids[i, width - len(h):] = torch.tensor(h)
+            mask[i, width - len(h):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        history = [list(j.prompt_ids) for j in jobs]  # repetition penalty reads prompt + output
-        gens = [_generator(j.sampling.seed) for j in jobs]
+        for job in jobs:
+            if job.generator is None:
+                job.generator = _generator(job.sampling.seed)
+        gens = [j.generator for j in jobs]
         steps = [j.sampling.processors() for j in jobs]
         rows = list(range(len(jobs)))  # indices into jobs of the rows still in the batch
         cache = None
@@ -228,14 +265,20 @@ class Engine:
                 cache = cache_of(out)
                 now = readings.pop() if readings else None  # (batch, emotions) when metered
                 logits = out.logits[:, -1, :].float()  # (batch, vocab)
-                chosen = [_pick(logits[k:k + 1], history[r], steps[r], gens[r],
-                                greedy=jobs[r].sampling.temperature <= 0)
-                          for k, r in enumerate(rows)]
+                chosen: list[int] = []
                 keep = []
-                for k, (r, token) in enumerate(zip(rows, chosen, strict=False)):
-                    history[r].append(token)
-                    self.stats["tokens"] += 1
-                    if not self._advance(jobs[r], token, None if now is None else now[k]):
+                for k, r in enumerate(rows):
+                    try:  # this row's own step: a failure here is this request's alone
+                        token = _pick(logits[k:k + 1], history[r], steps[r], gens[r],
+                                      greedy=jobs[r].sampling.greedy)
+                        history[r].append(token)
+                        self.stats["tokens"] += 1
+                        done = self._advance(jobs[r], token, None if now is None else now[k])
+                    except Exception as err:
+                        self._fail(jobs[r], err)
+                        token, done = self.pad_id, True
+                    chosen.append(token)
+                    if not done:
                         keep.append(k)
                 if not keep:
                     break

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from emosteer.generation import sampling_temperature
 from emosteer.vectors import check_alpha
 
 __all__ = ["ChatRequest", "CompletionRequest", "Message", "StreamOptions", "TextPart",
@@ -71,7 +72,8 @@ def _within(name: str) -> Any:
     return Field(strict=True, allow_inf_nan=False, ge=low, le=high)
 
 
-Temperature = Annotated[float, _within("temperature")]
+# a positive temperature below generation.GREEDY_BELOW is greedy (0), as on vLLM's path
+Temperature = Annotated[float, _within("temperature"), AfterValidator(sampling_temperature)]
 TopP = Annotated[float, _within("top_p")]
 Penalty = Annotated[float, _within("repetition_penalty")]
 

@@ -9,6 +9,8 @@ With `$EMOSTEER_VECTORS` unset, `register` does nothing. With it set (a folder o
   body's own "emotion" field, as emosteer's server takes it) is parsed and checked: a bad one
   is an OpenAI-style 400 and the server keeps serving; a steered request gets a prefix-cache
   salt of its spec, so steered and unsteered KV blocks are never shared;
+- a request's positive temperature below generation.GREEDY_BELOW is greedy, as on emosteer's
+  own server (spec.request_temperature);
 - each worker adds the requests' mixes on their own tokens (worker.py);
 - a request with "meter": true gets per-token emotion readings, read in the workers by
   read-only hooks and attached to the response by the front-end (meter.py, meter_http.py).
@@ -30,7 +32,7 @@ from typing import Any
 from emosteer.errors import BadInputError, EmosteerError
 from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_model_id
 from emosteer.vllm.meter import FIELD
-from emosteer.vllm.spec import KEY, cache_salt, parse_emotion
+from emosteer.vllm.spec import KEY, cache_salt, parse_emotion, request_temperature
 
 log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
 RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"  # vLLM's switch; the plugin needs the V1 runner
@@ -120,6 +122,8 @@ def _patch_protocol(module: ModuleType) -> None:
     original = request_cls.to_sampling_params
 
     def to_sampling_params(self, *args, **kwargs):
+        if getattr(self, "temperature", None) is not None:
+            self.temperature = request_temperature(self.temperature)
         params = original(self, *args, **kwargs)
         body = (self.model_extra or {}).get(KEY)
         extra = params.extra_args or {}

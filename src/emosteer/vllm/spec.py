@@ -1,4 +1,5 @@
-"""A request's emotion mix: parsed, checked and given a prefix-cache salt. No vLLM import.
+"""A request's emotion mix: parsed, checked and given a prefix-cache salt; and its
+temperature under emosteer's greedy rule. No vLLM import.
 
 A request asks for steering with the same `"emotion"` field emosteer's own server takes:
 `{"joy": 1.5, "anger": -0.5}` (a weight per emotion; each weight is that emotion's alpha),
@@ -8,6 +9,9 @@ over HTTP the mix may also come as a JSON string: `vllm_xargs={"emotion": '{"joy
 The parsed form ("spec") is a plain `{name: weight}` dict, sorted, zero weights dropped: it
 travels in `SamplingParams.extra_args["emotion"]` to the workers. An empty spec is an
 unsteered request, so weight 0 is unsteered by construction (and shares its prefix cache).
+
+A positive temperature below `generation.GREEDY_BELOW` (1e-40, say) is greedy, as on
+emosteer's own server (vLLM alone would sample at 0.01 instead).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 from collections.abc import Mapping
 
 from emosteer.errors import BadAlphaError, BadInputError
+from emosteer.generation import sampling_temperature
 from emosteer.vectors import EmotionVector, check_alpha, mix
 
 KEY = "emotion"  # the request field and the SamplingParams.extra_args key
@@ -24,7 +29,7 @@ SALT_PREFIX = "emosteer-"  # marks the cache salts the plugin sets
 
 Spec = dict[str, float]  # emotion name -> weight (alpha), sorted by name, no zeros
 
-__all__ = ["KEY", "Spec", "cache_salt", "parse_emotion"]
+__all__ = ["KEY", "Spec", "cache_salt", "parse_emotion", "request_temperature"]
 
 
 def parse_emotion(value: object, vectors: Mapping[str, EmotionVector]) -> Spec:
@@ -82,6 +87,20 @@ def _weights(value: object) -> dict[str, float]:
                                 f"{weight!r}: send e.g. {{{json.dumps(name)}: 1.5}}")
         weights[name] = check_alpha(weight, f"weight for {name!r}")
     return weights
+
+
+def request_temperature(value: object) -> object:
+    """A request's "temperature" under emosteer's rule: a positive number below
+    GREEDY_BELOW becomes 0 (greedy), as `schemas.Temperature` makes it on the built-in
+    server; anything else is returned as given, for vLLM to check.
+
+    Example:
+        >>> request_temperature(1e-40), request_temperature(0.7), request_temperature(None)
+        (0.0, 0.7, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return sampling_temperature(value) if value > 0 else value
 
 
 def cache_salt(spec: Spec, fingerprint: str, salt: str | None = None) -> str | None:
