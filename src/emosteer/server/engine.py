@@ -242,10 +242,11 @@ class Engine:
             ids[i, width - len(h):] = torch.tensor(h)
             mask[i, width - len(h):] = 1
         ids, mask = ids.to(device), mask.to(device)
+        gens = []
         for job in jobs:
             if job.generator is None:
                 job.generator = _generator(job.sampling.seed)
-        gens = [j.generator for j in jobs]
+            gens.append(job.generator)
         steps = [j.sampling.processors() for j in jobs]
         rows = list(range(len(jobs)))  # indices into jobs of the rows still in the batch
         cache = None

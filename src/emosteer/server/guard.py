@@ -108,7 +108,7 @@ class Guard:
         self.app = app
         self.cfg = cfg
         names = set(cfg.allowed_hosts) | (set(LOOPBACK_NAMES) if is_loopback(cfg.host) else set())
-        hosts = {_host_name(n) for n in names} - {None}
+        hosts = {h for h in map(_host_name, names) if h is not None}
         self.hosts = hosts or None  # None: any Host (bound publicly)
         self.origins = {o.rstrip("/").lower() for o in cfg.allow_origins}
 
