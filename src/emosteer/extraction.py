@@ -19,6 +19,7 @@ The other methods change one step each (ExtractConfig):
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +32,14 @@ from emosteer.bands import Band, banded, parse_band  # noqa: F401 (parse_band: c
 from emosteer.capture import masked_means
 from emosteer.contrast import read_pairs  # noqa: F401 (it lived here: old imports work)
 from emosteer.errors import BadInputError, UnknownEmotionError
-from emosteer.generation import Batch, GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.generation import (
+    Batch,
+    GenerateConfig,
+    chat_prompt,
+    decode_responses,
+    generate,
+    render_chat,
+)
 from emosteer.models import Architecture, Site, model_shape
 from emosteer.progress import progress_bar
 from emosteer.scales import add_squares, norm_scaled, site_stats, square_norms
@@ -44,10 +52,11 @@ if TYPE_CHECKING:
 Method = Literal["mean_diff", "pca", "trained"]  # mean of offsets, principal direction, optimised
 Filter = Literal["none", "judge"]  # every answer, or only the ones the judge confirms
 Scale = Literal["raw", "norm", "spread"]  # as read, or a fraction of the site's norm / spread
+Answers = Literal["generated", "written", "prefill", "fewshot"]  # where the answers come from
 
 _CHOICES = {"site": ("attn", "residual"), "positions": ("response", "all"),
             "context": ("own", "neutral"), "method": get_args(Method),
-            "filter": get_args(Filter), "scale": get_args(Scale)}
+            "filter": get_args(Filter), "scale": get_args(Scale), "answers": get_args(Answers)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,11 @@ class ExtractConfig:
     dataset: str = "emotion_query"  # our EmotionQuery: 100 questions per emotion; "sev": the
     # SEV discovery scenes, the emotion asked for in the reply request (data.elicitation)
     limit: int | None = None  # queries per emotion (seeded sample); None takes all 100
+    answers: Answers = "generated"  # the paper: the model answers under each prompt;
+    # "written": the answers we wrote (data/written_answers.jsonl), both read teacher-forced
+    # under the neutral prompt, no generation; "prefill": the model continues our answer's
+    # first sentence (emotional or neutral); "fewshot": two of our exchanges precede the
+    # question (emotional or neutral), the model answers
     site: Site = "attn"  # the authors read and add at the self-attention output (notes.md)
     positions: str = "response"  # paper: mean over the T response tokens; "all" adds the prompt
     context: str = "own"  # read each response under its own prompt; "neutral": re-read the
@@ -108,6 +122,12 @@ class ExtractConfig:
         if self.rounds < 1 or self.min_confirmed < 0:
             raise BadInputError(f"rounds={self.rounds}, min_confirmed={self.min_confirmed}: "
                                 "use rounds >= 1 and min_confirmed >= 0")
+        if self.answers != "generated" and self.dataset != "emotion_query":
+            raise BadInputError(f"answers={self.answers!r} reads the answers we wrote to "
+                                "emotion_query: use dataset='emotion_query'")
+        if self.answers == "written" and (self.rounds > 1 or self.method == "trained"):
+            raise BadInputError("answers='written' has one fixed answer pair per question: "
+                                "use rounds=1 and a method other than 'trained'")
         if self.rounds > 1 and self.filter != "judge":
             raise BadInputError("rounds > 1 answers again until the judge has confirmed "
                                 "min_confirmed answers: it needs filter='judge'")
@@ -214,7 +234,7 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         if made < len(gens) and (gens[made].emotion, gens[made].queries) != (emotion, chunk):
             del gens[made:]  # an earlier extraction answered again elsewhere: answer anew
         if made == len(gens):
-            gens.append(_generate(model, tokenizer, emotion, chunk, cfg))
+            gens.append(_answers(model, tokenizer, emotion, chunk, cfg))
         samples.extend(_read(model, tokenizer, gens[made], cfg, arch, totals[emotion],
                              squares, judge))
         made += 1
@@ -240,12 +260,89 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                       stats["spread"], details)
 
 
-def _generate(model, tokenizer, emotion: str, chunk: list[data.Query],
-              cfg: ExtractConfig) -> Generated:
-    """Neutral rows, then emotion rows, of the same queries, in one generate() call."""
-    prompts = [chat_prompt(tokenizer, *data.elicitation(cfg.dataset, q.question, asked))
-               for asked in (None, emotion) for q in chunk]
-    return Generated(emotion, list(chunk), generate(model, tokenizer, prompts, cfg.generation))
+def _answers(model, tokenizer, emotion: str, chunk: list[data.Query],
+             cfg: ExtractConfig) -> Generated:
+    """Neutral rows, then emotion rows, of the same queries: generated, written, or begun by
+    us (prefill, few-shot) and generated on."""
+    if cfg.answers == "written":
+        return Generated(emotion, list(chunk), _written_batch(model, tokenizer, chunk))
+    written = data.written_answers() if cfg.answers != "generated" else {}
+    prompts, openings = [], []
+    for asked in (None, emotion):
+        for q in chunk:  # prefill, few-shot: our text carries the emotion, not the prompt
+            user, system = data.elicitation(cfg.dataset, q.question,
+                                            asked if cfg.answers == "generated" else None)
+            messages = [{"role": "system", "content": system}] if system else []
+            if cfg.answers == "fewshot":
+                messages += _examples(written, q, asked is not None)
+            prompt = render_chat(tokenizer, [*messages, {"role": "user", "content": user}])
+            opening = ""
+            if cfg.answers == "prefill":
+                answer = written[q.id]
+                opening = _first_sentence(answer.emotional if asked else answer.neutral)
+            prompts.append(prompt + opening)
+            openings.append(opening)
+    batch = generate(model, tokenizer, prompts, cfg.generation)
+    if cfg.answers == "prefill":  # our opening is part of the answer that is read
+        batch = _opening_in_response(tokenizer, batch, openings)
+    return Generated(emotion, list(chunk), batch)
+
+
+def _written_batch(model, tokenizer, chunk: list[data.Query]) -> Batch:
+    """Our neutral answers, then our emotional ones, each after the neutral prompt (left
+    padded, answers right padded): a Batch as generate() makes, read teacher-forced."""
+    written = data.written_answers()
+    missing = [q.id for q in chunk if q.id not in written]
+    if missing:
+        raise BadInputError(f"no written answers for {', '.join(missing[:3])}: "
+                            "data/written_answers.jsonl answers every emotion_query question")
+    prompts = [tokenizer(chat_prompt(tokenizer, *data.elicitation("emotion_query", q.question,
+                                                                     None)),
+                         add_special_tokens=False)["input_ids"] for q in chunk] * 2
+    texts = [written[q.id].neutral for q in chunk] + [written[q.id].emotional for q in chunk]
+    answers = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    p, a = max(map(len, prompts)), max(map(len, answers))
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.full((len(texts), p + a), pad, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    resp = torch.zeros_like(ids)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        ids[i, p - len(prompt):p] = torch.tensor(prompt)
+        ids[i, p:p + len(answer)] = torch.tensor(answer)
+        att[i, p - len(prompt):p + len(answer)] = 1
+        resp[i, p:p + len(answer)] = 1
+    device = model.device
+    return Batch(ids.to(device), att.to(device), resp.to(device), p)
+
+
+def _first_sentence(text: str) -> str:
+    """The answer's first sentence, with its end mark ("Ugh, not again! The..." -> "Ugh, not
+    again!")."""
+    ends = [i for i, c in enumerate(text) if c in ".!?" and (i + 1 == len(text)
+                                                             or text[i + 1] == " ")]
+    return text[:ends[0] + 1] if ends else text
+
+
+def _examples(written: dict[str, data.WrittenAnswer], query: data.Query,
+              emotional: bool) -> list[dict[str, str]]:
+    """Two exchanges from our written answers to other questions of the same emotion."""
+    pool = [q for q in data.load_queries("emotion_query", [query.emotion])
+            if q.id != query.id and q.id in written]
+    picked = random.Random(query.id).sample(pool, 2)
+    return [m for q in picked for m in (
+        {"role": "user", "content": q.question},
+        {"role": "assistant",
+         "content": written[q.id].emotional if emotional else written[q.id].neutral})]
+
+
+def _opening_in_response(tokenizer, batch: Batch, openings: list[str]) -> Batch:
+    """Mark each row's prefilled opening (the last tokens of its prompt) as response."""
+    resp = batch.response_mask.clone()
+    p = batch.prompt_len
+    for i, opening in enumerate(openings):
+        n = len(tokenizer(opening, add_special_tokens=False)["input_ids"]) if opening else 0
+        resp[i, p - n:p] = 1
+    return Batch(batch.input_ids, batch.attention_mask, resp, p)
 
 
 def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Totals,
@@ -253,7 +350,10 @@ def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Tota
     """Add one batch's offsets (and squared site norms of its neutral rows) to the totals."""
     n, batch = len(gen.queries), gen.batch
     texts = decode_responses(tokenizer, batch)
-    read = _reread_under_neutral(batch, n) if cfg.context == "neutral" else batch
+    # a prefilled opening sits in the prompt columns: re-reading would swap it for the neutral
+    # one (and both sides already share the neutral system prompt)
+    read = (_reread_under_neutral(batch, n) if cfg.context == "neutral"
+            and cfg.answers != "prefill" else batch)
     mask = read.response_mask if cfg.positions == "response" else read.attention_mask
     neutral = mask.clone()
     neutral[n:] = 0  # the site norms are measured on neutral answers only
@@ -391,6 +491,10 @@ def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int,
             "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items()),
             "site_norms": ",".join(f"{x:.6g}" for x in stats["norm"]),
             "site_spreads": ",".join(f"{x:.6g}" for x in stats["spread"]), **extra}
+    if cfg.answers != "generated":  # our answers: name the file and its hash too
+        written = data.dataset_info("written_answers")
+        meta.update(answers=cfg.answers, answers_dataset=f"{written.name}:{written.version}",
+                    answers_sha256=written.sha256)
     return EmotionVector({layer: mean[layer] for layer in range(mean.shape[0])}, meta)
 
 

@@ -11,7 +11,7 @@ import torch
 from emosteer.errors import BadInputError
 from emosteer.hooks import hooked, retuple, untuple
 from emosteer.models import Architecture, site_modules
-from emosteer.vectors import MAX_ALPHA, EmotionVector, check_alpha, increments
+from emosteer.vectors import MAX_ALPHA, EmotionVector, check_alpha, increments, scaled
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -26,7 +26,7 @@ Mode = Literal["hook", "fold"]  # a forward hook, or alpha * EV folded into a bi
 def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
           layers: Literal["all"] | Iterable[int] = "all", positions: Positions = "all",
           arch: Architecture | None = None, allow_other_model: bool = False,
-          mode: Mode = "hook") -> Iterator[None]:
+          mode: Mode = "hook", preserve_norm: bool = False) -> Iterator[None]:
     """Steer every forward pass inside the block; the model is restored on exit, errors included.
 
     Args:
@@ -45,6 +45,9 @@ def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
             steering costs nothing per step. fold computes the same outputs as hook (up to
             float rounding), needs site "attn" and positions "all", and restores the weights
             bit for bit on exit.
+        preserve_norm: rescale each steered position to the norm it had before the addition
+            (norm-preserving steering: the vector turns the state, the length stays); hook
+            mode only.
 
     Example:
         with emosteer.steer(model, joy, alpha=1.5):
@@ -55,6 +58,9 @@ def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
         raise BadInputError(f"positions={positions!r}: use 'all' or 'generated'")
     if mode not in ("hook", "fold"):
         raise BadInputError(f"mode={mode!r}: use 'hook' or 'fold'")
+    if mode == "fold" and preserve_norm:
+        raise BadInputError("preserve_norm rescales each position after the addition: use "
+                            "mode='hook'")
     if mode == "fold" and (vector.site != "attn" or positions != "all"):
         raise BadInputError(
             f"mode='fold' needs site 'attn' and positions 'all' (got site {vector.site!r}, "
@@ -68,6 +74,7 @@ def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
         raise BadInputError(f"layers {missing} are not in vector {vector.emotion!r}")
     param = next(model.parameters())
     deltas = _site_deltas(vector, chosen)
+    scaled(deltas, alpha, f"vector {vector.emotion!r}")  # alpha * EV beyond float32: refused
     if mode == "fold":
         with _folded(modules, {layer: alpha * deltas[layer] for layer in chosen}
                      if alpha != 0.0 else {}):
@@ -77,7 +84,8 @@ def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
     if alpha != 0.0:
         for layer in chosen:
             delta = (alpha * deltas[layer]).to(_device_of(modules[layer], param.device))  # (d,)
-            hooks[modules[layer]] = _adder(delta, param.dtype, positions == "generated")
+            hooks[modules[layer]] = _adder(delta, param.dtype, positions == "generated",
+                                           preserve_norm)
     with hooked(model, hooks):
         yield
 
@@ -148,8 +156,14 @@ def _site_deltas(vector: EmotionVector, layers: list[int]) -> dict[int, torch.Te
     return increments(chosen) if vector.site == "residual" else chosen
 
 
-def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
-    """A forward hook adding delta to a module's hidden-state output."""
+def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool,
+           keep_norm: torch.Tensor | bool = False):
+    """A forward hook adding delta to a module's hidden-state output.
+
+    keep_norm (True, or a (batch, 1, 1) bool mask of rows) rescales each steered position
+    back to the norm it had before the addition: the direction turns, the length stays
+    (vllm-lens's norm_match). Rows outside the mask are multiplied by exactly 1.
+    """
     if dtype == torch.float16:  # add in float32 and clamp, so the sum cannot overflow to inf
         limit = torch.finfo(torch.float16).max
 
@@ -167,15 +181,33 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
         def add_(hidden: torch.Tensor) -> None:
             hidden.add_(cast)
 
+    def factor(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """before / after norms, where keep_norm holds (1 elsewhere), in float32."""
+        ratio = before / after.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if isinstance(keep_norm, torch.Tensor):
+            ratio = torch.where(keep_norm.to(ratio.device), ratio, torch.ones_like(ratio))
+        return ratio
+
     def hook(module, args, output):
         hidden = untuple(output)  # (batch, pos, d_model)
         if not (hidden.requires_grad and torch.is_grad_enabled()):
-            add_(hidden[:, -1:] if last_only else hidden)  # one in-place add, no new tensor
+            target = hidden[:, -1:] if last_only else hidden
+            before = target.float().norm(dim=-1, keepdim=True) if keep_norm is not False \
+                else None
+            add_(target)  # one in-place add, no new tensor
+            if before is not None:
+                target.copy_((target.float() * factor(before, target)).to(target.dtype))
             return output
         if last_only:  # autograd: keep the module's output intact
-            hidden = torch.cat([hidden[:, :-1], add(hidden[:, -1:])], dim=1)
+            new = add(hidden[:, -1:])
+            if keep_norm is not False:
+                new = new * factor(hidden[:, -1:].float().norm(dim=-1, keepdim=True), new)
+            hidden = torch.cat([hidden[:, :-1], new.to(hidden.dtype)], dim=1)
         else:
-            hidden = add(hidden)
+            new = add(hidden)
+            if keep_norm is not False:
+                new = new * factor(hidden.float().norm(dim=-1, keepdim=True), new)
+            hidden = new.to(hidden.dtype)
         return retuple(output, hidden)
 
     return hook
@@ -184,7 +216,8 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool):
 @contextmanager
 def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
                arch: Architecture | None = None, allow_other_model: bool = False,
-               positions: Positions | Sequence[Positions] = "all") -> Iterator[None]:
+               positions: Positions | Sequence[Positions] = "all",
+               preserve_norm: bool | Sequence[bool] = False) -> Iterator[None]:
     """Steer each row of a batch by its own vector (alpha already applied; None = unsteered).
 
     Row i of every forward pass inside the block gets rows[i] added at the vectors' site, so
@@ -196,6 +229,8 @@ def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
         arch: overrides the architecture table entry.
         allow_other_model: accept vectors made for another model id of the same shape.
         positions: "all" or "generated" (as in `steer`), for every row or one per row.
+        preserve_norm: keep each steered position's norm (as in `steer`), for every row or
+            one per row.
 
     Example:
         with steer_rows(model, [joy * 1.5, None, anger]):
@@ -221,12 +256,18 @@ def steer_rows(model: PreTrainedModel, rows: list[EmotionVector | None],
     zero = torch.zeros(d)
     per_row = [_site_deltas(v, v.layers) if v is not None else {} for v in rows]
     newest = torch.tensor([w == "generated" for w in where])[:, None, None]  # (batch, 1, 1)
+    keep = [preserve_norm] * len(rows) if isinstance(preserve_norm, bool) else \
+        list(preserve_norm)
+    if len(keep) != len(rows):
+        raise BadInputError(f"preserve_norm has {len(keep)} values for {len(rows)} rows")
+    kept: torch.Tensor | bool = torch.tensor(keep)[:, None, None] if any(keep) else False
     hooks = []  # (module, hook) pairs: a layer gets one adder per kind of position it steers
     for layer in layers:
         delta = torch.stack([row.get(layer, zero) for row in per_row])[:, None, :]
         # (batch, 1, d_model)
         device = _device_of(modules[layer], param.device)
-        hooks += [(modules[layer], _adder(part.to(device), param.dtype, last_only=last))
+        hooks += [(modules[layer], _adder(part.to(device), param.dtype, last_only=last,
+                                          keep_norm=kept))
                   for part, last in ((delta.masked_fill(newest, 0.0), False),
                                      (delta.masked_fill(~newest, 0.0), True))
                   if part.any()]

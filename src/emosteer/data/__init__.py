@@ -17,6 +17,7 @@ DATASETS = {  # name -> version; bump the version whenever a file changes
     "emotion_query_plus": "1.0",  # 250 emotion + 150 neutral questions, for evaluation only
     "emotion_corpus": "1.1",  # labelled sentences for the embedded emotion judge
     "sev": "1.0",  # scenario skeletons with one event per valence, for emotion circuits
+    "written_answers": "1.0",  # an emotional and a neutral answer we wrote per emotion_query
 }
 VALENCES = ("positive", "neutral", "negative")
 
@@ -119,6 +120,28 @@ def sample(queries: list[Query], limit: int | None, seed: int = 0,
                           key=lambda q: q.id)
         out.extend(rows)
     return out
+
+
+@dataclass(frozen=True)
+class WrittenAnswer:
+    """Two answers we wrote to one emotion_query question: in its emotion, and neutral."""
+
+    id: str  # the emotion_query id it answers
+    emotional: str
+    neutral: str
+
+
+def written_answers() -> dict[str, WrittenAnswer]:
+    """emotion_query id -> the answers we wrote to it (extraction's answers="written").
+
+    The two answers tell the same facts in the first person, 2-4 sentences each; only the
+    emotion differs, so their difference carries the emotion and not the content.
+
+    Example:
+        written_answers()["eq-anger-001"].emotional
+    """
+    return {r["id"]: WrittenAnswer(r["id"], r["emotional"], r["neutral"])
+            for r in _rows("written_answers")}
 
 
 def held_out_flags(ids: list[str], share: float = 0.2, seed: int = 0) -> list[bool]:

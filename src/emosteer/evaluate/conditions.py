@@ -35,6 +35,7 @@ class Condition:
         label: how the row is named in tables.
         positions: "all" steers every position; "generated" only the newest of each forward
             step, so the prompt is read unsteered (`steer`).
+        preserve_norm: norm-preserving addition (`steer`).
 
     Example:
         Condition("raw", 2.0, ("joy",), vectors["joy"], label="2")
@@ -47,6 +48,7 @@ class Condition:
     system: str | None = None
     label: str = ""
     positions: Positions = "all"
+    preserve_norm: bool = False  # rescale each steered position to its norm before the add
 
     def steering(self) -> EmotionVector | None:
         """The vector as added (alpha applied), or None when nothing is added."""
@@ -60,6 +62,8 @@ class Condition:
         key = {"vector": vector_digest(added), "system": self.system}
         if self.positions != "all" and added is not None:  # "all": the keys as before
             key["positions"] = self.positions
+        if self.preserve_norm and added is not None:
+            key["preserve_norm"] = True
         return key
 
     def describe(self) -> dict:
@@ -67,7 +71,8 @@ class Condition:
         return {"variant": self.variant, "alpha": self.alpha, "label": self.label,
                 "vector": self.vector.emotion if self.vector is not None else None,
                 "system": self.system,
-                **({"positions": self.positions} if self.positions != "all" else {})}
+                **({"positions": self.positions} if self.positions != "all" else {}),
+                **({"preserve_norm": True} if self.preserve_norm else {})}
 
 
 def vector_digest(vector: EmotionVector | None) -> str | None:

@@ -58,6 +58,8 @@ class Method:
             None when the method reuses another method's folder.
         positions: "all" steers the prompt and the answer; "generated" only each newest
             position, so the prompt is read unsteered (`steer`).
+        preserve_norm: each steered position is rescaled to its norm before the addition.
+        with_prompt: the emotion is also asked for in the system prompt (prompt + steer).
 
     Example:
         Method("band", (1.0, 2.0), folder="mean_diff", bands=((0.0, 0.5), (0.5, 1.0)))
@@ -70,6 +72,8 @@ class Method:
     prompt: bool = False
     extract: Mapping[str, Any] | None = field(default_factory=dict)
     positions: Positions = "all"
+    preserve_norm: bool = False
+    with_prompt: bool = False
 
     @property
     def source(self) -> str:
@@ -78,6 +82,16 @@ class Method:
 
 
 THIRDS: tuple[Band, ...] = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0))
+
+
+def at_depth(*depths: float) -> tuple[Band, ...]:
+    """One-layer bands at fractions of the depth (0.4: layer 12 of 30)."""
+    return tuple((d, d + 0.01) for d in depths)
+
+
+WRITTEN = {"answers": "written", "limit": 100}  # our answers to all 100 questions per emotion
+RESIDUAL = {**WRITTEN, "site": "residual", "scale": "norm", "norm_fraction": 0.1}
+# one residual layer, strength s adds 0.1 * s x the layer's RMS token norm (the dose)
 METHODS: tuple[Method, ...] = (
     # the paper's; on the bundled model alpha 1 already costs ~1.35x PPL (docs/results.md)
     Method("mean_diff", (0.5, 0.75, 1.0)),
@@ -108,6 +122,22 @@ METHODS: tuple[Method, ...] = (
     Method("trained_ctx_100", (0.25, 0.5, 0.75, 1.0, 1.5),
            extract={**RECOMMENDED, "limit": 100, "method": "trained"}),
     Method("prompt", prompt=True, extract=None),
+    # issue 29: the answers we wrote (data/written_answers.jsonl), read teacher-forced under the
+    # neutral prompt, at the attention output of every layer ...
+    Method("written", (0.25, 0.5, 0.75, 1.0), extract=WRITTEN),
+    # minus the mean of the five (EV_base): what every emotional answer shares is removed
+    Method("written_centered", (1.0, 2.0, 3.0), extract={**WRITTEN, "center": True}),
+    Method("written_keepnorm", (0.5, 1.0), folder="written", extract=None, preserve_norm=True),
+    # ... and the field's recipe: one residual layer at 20-70% of the depth, a relative dose
+    Method("written_residual", (1.2,), extract=RESIDUAL,
+           bands=at_depth(0.2, 0.3, 0.4, 0.5, 0.6, 0.7)),
+    Method("written_residual_keepnorm", (1.2,), folder="written_residual", extract=None,
+           bands=at_depth(0.4), preserve_norm=True),
+    # prompt + steer: the emotion asked for in the system prompt, with a smaller vector
+    Method("written_prompt", (0.25,), folder="written", extract=None, with_prompt=True),
+    # the model continues our answer's first sentence; two of our exchanges before the question
+    Method("prefill", (0.5, 1.0, 1.5), extract={"answers": "prefill", "limit": 40}),
+    Method("fewshot", (0.5, 1.0, 1.5), extract={"answers": "fewshot", "limit": 40}),
 )
 """The methods of issue 15, each with its grid of strengths (and bands); the grids follow
 scripts/pilot_methods.py and docs/results.md, where the PPL bound sits; `filtered` filters with
@@ -129,6 +159,7 @@ class FrontierConfig:
     judges: tuple[str, ...] = ("embedded-a", "embedded-b")  # disjoint training halves
     max_ppl_ratio: float = 1.3  # fluency bound: geometric-mean PPL at most 1.3x unsteered
     min_topic: float = 0.9  # the answer keeps to its question (unsteered scores ~0.97)
+    max_repetition: float = 0.1  # share of repeated word trigrams (unsteered: 0 here)
 
     def __post_init__(self) -> None:
         if not self.judges:
@@ -149,19 +180,22 @@ def eval_config(cfg: FrontierConfig, **changes: Any) -> EvalConfig:
 
 
 # --- the selection rule ------------------------------------------------------------------------
-def feasible(row: Mapping[str, Any], max_ppl_ratio: float = 1.3, min_topic: float = 0.9) -> bool:
-    """True when a setting keeps PPL within the bound and its answers on topic.
+def feasible(row: Mapping[str, Any], max_ppl_ratio: float = 1.3, min_topic: float = 0.9,
+             max_repetition: float = 0.1) -> bool:
+    """True when a setting keeps PPL within the bound, its answers on topic and out of loops
+    (a row without a repetition measure passes that bound).
 
     Example:
-        feasible({"ppl_ratio": 1.2, "topic": 0.95})  # True
+        feasible({"ppl_ratio": 1.2, "topic": 0.95, "repetition": 0.0})  # True
     """
     ratio, topic = row.get("ppl_ratio"), row.get("topic")
     return (ratio is not None and ratio <= max_ppl_ratio
-            and topic is not None and topic >= min_topic)
+            and topic is not None and topic >= min_topic
+            and (row.get("repetition") or 0.0) <= max_repetition)
 
 
 def choose(rows: Sequence[Mapping[str, Any]], max_ppl_ratio: float = 1.3, min_topic: float = 0.9,
-           score: str = "eps") -> Mapping[str, Any] | None:
+           score: str = "eps", max_repetition: float = 0.1) -> Mapping[str, Any] | None:
     """The setting with the highest `score` among the feasible ones, or None when none is.
 
     Ties go to the lower PPL ratio, then to the smaller strength.
@@ -171,12 +205,14 @@ def choose(rows: Sequence[Mapping[str, Any]], max_ppl_ratio: float = 1.3, min_to
         max_ppl_ratio: the fluency bound.
         min_topic: the topic bound.
         score: the key maximised.
+        max_repetition: the repetition cap.
 
     Example:
         choose([{"eps": 0.6, "ppl_ratio": 1.5, "topic": 0.95, "strength": 2},
                 {"eps": 0.4, "ppl_ratio": 1.1, "topic": 0.97, "strength": 1}])  # strength 1
     """
-    ok = [r for r in rows if feasible(r, max_ppl_ratio, min_topic) and r.get(score) is not None]
+    ok = [r for r in rows if feasible(r, max_ppl_ratio, min_topic, max_repetition)
+          and r.get(score) is not None]
     if not ok:
         return None
     return max(ok, key=lambda r: (r[score], -r["ppl_ratio"], -abs(r.get("strength", 0.0))))
@@ -238,10 +274,13 @@ def settings_of(method: Method, emotion: str, vector: EmotionVector | None) -> l
         layers = band_layers(vector.layers, band)
         name = "all" if band is None else band_name(layers)
         chosen = vector if band is None else vector.select(layers)
+        system = data.system_prompt(emotion) if method.with_prompt else None
         out += [Setting(method.name, emotion, float(s), name,
-                        Condition(method.name, float(s), (emotion,), chosen,
-                                  label=f"{s:g}" + ("" if band is None else f" {name}"),
-                                  positions=method.positions))
+                        Condition(method.name, float(s), (emotion,), chosen, system=system,
+                                  label=f"{s:g}" + ("" if band is None else f" {name}")
+                                  + (" + prompt" if system else ""),
+                                  positions=method.positions,
+                                  preserve_norm=method.preserve_norm))
                 for s in method.strengths]
     return out
 
@@ -326,9 +365,10 @@ def frontier(runner: JudgesRunner, vectors_dir: str | Path | None,
     calibration = _run_split(runner, grid, calib)
     chosen: dict[str, list[Setting]] = {}
     for (method, emotion), rows in by_method_and_emotion(calibration).items():
-        pick = choose(rows, cfg.max_ppl_ratio, cfg.min_topic) or rows[0]  # rows[0]: strength 0
+        bounds = (cfg.max_ppl_ratio, cfg.min_topic)
+        pick = choose(rows, *bounds, max_repetition=cfg.max_repetition) or rows[0]  # strength 0
         for r in rows:
-            r["feasible"] = feasible(r, cfg.max_ppl_ratio, cfg.min_topic)
+            r["feasible"] = feasible(r, *bounds, cfg.max_repetition)
             r["chosen"] = r is pick
         setting = next(s for s in grid[method] if s.emotion == emotion
                        and (s.strength, s.band) == (pick["strength"], pick["band"]))

@@ -94,5 +94,6 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 def _answers_key(cfg: ExtractConfig) -> tuple:
-    """What decides an extraction's answers: its queries and how they were generated."""
-    return cfg.dataset, cfg.emotions, cfg.limit, cfg.generation
+    """What decides an extraction's answers: its queries, where the answers come from and how
+    they were generated."""
+    return cfg.dataset, cfg.emotions, cfg.limit, cfg.answers, cfg.generation

@@ -125,4 +125,16 @@ def measure(runner: JudgesRunner, condition: Condition, target: str, queries: Se
                            and row["ppl_ratio"] is not None else None)
     topics = [a["topic"] for a in annotated if a.get("topic") is not None]
     row["topic"], row["topic_se"] = _mean(topics), _se(topics)
+    row["repetition"] = _mean([repeated_trigrams(t) for t in runner.answers(condition, queries)])
     return row
+
+
+def repeated_trigrams(text: str) -> float:
+    """The share of an answer's word trigrams that already occurred in it (0: no loop).
+
+    Example:
+        repeated_trigrams("I am sad. I am sad. I am sad.")  # 0.57
+    """
+    words = text.lower().split()
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0

@@ -192,15 +192,16 @@ class Runner:
         positions = [c.positions for c, _, _ in batch]
         t0 = time.perf_counter()
         if self.engine is not None:
-            if any(p != "all" for p in positions):
-                raise BadInputError("steering generated positions only needs the built-in "
-                                    "generation: run without the vLLM engine")
+            if any(p != "all" for p in positions) or any(c.preserve_norm for c, _, _ in batch):
+                raise BadInputError("steering generated positions only, or keeping norms, needs "
+                                    "the built-in generation: run without the vLLM engine")
             texts = self.engine.answer([q.question for _, q, _ in batch],
                                        [c.system for c, _, _ in batch], rows, cfg)
         else:
             prompts = [chat_prompt(self.tokenizer, q.question, c.system) for c, q, _ in batch]
             torch.manual_seed(int(digest([key for _, _, key in batch])[:8], 16) ^ cfg.seed)
-            with steer_rows(self.model, rows, positions=positions):
+            with steer_rows(self.model, rows, positions=positions,
+                            preserve_norm=[c.preserve_norm for c, _, _ in batch]):
                 out = generate(self.model, self.tokenizer, prompts, cfg)
             texts = decode_responses(self.tokenizer, out)
         seconds = (time.perf_counter() - t0) / len(batch)
