@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
-from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
+from emosteer.errors import BadInputError, EmosteerError, VectorFileError
 from emosteer.files import write_text
 from emosteer.models import model_shape
-from emosteer.vectors import made_for, shape_differences
+from emosteer.vectors import MAX_LAYERS, check_fits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -47,6 +47,10 @@ __all__ = ["Meter", "Readings", "as_dict", "load_meter", "provenance"]
 
 FORMAT_VERSION = "1"  # "link" and "warmup" came later: a file without them means sigmoid, 0
 LINKS = ("sigmoid", "softmax")
+MAX_CALIBRATION = 1e6  # |mean|, std, |weight|, |bias|: fitted ones stay far below (the shipped
+# meter's within 30); a crafted 1e38 would overflow the logits
+MAX_Z = 1e6  # standardised features are clamped here: no float32 overflow in the logits
+MAX_FILE = 64 << 20  # bytes of a meter file (the shipped one is 40 kB; the vectors sit beside)
 SHIPPED = Path(__file__).parent / "data"  # meter-<model>.json files, one per bundled model
 # what `meter` reads with: a Meter, a meter file, vectors, or None (the shipped meter)
 Directions: TypeAlias = "Meter | Mapping[str, EmotionVector] | str | Path | None"
@@ -142,6 +146,14 @@ class Meter:
                 self.mean.shape != (f,) or self.std.shape != (f,):
             raise BadInputError(f"calibration shapes {tuple(self.weight.shape)} do not fit "
                                 f"{n} emotions x {len(band)} layers (link {self.link})")
+        for key in ("mean", "std", "weight", "bias"):
+            values = getattr(self, key)
+            if not values.is_floating_point() or not torch.isfinite(values).all() or \
+                    float(values.abs().max()) > MAX_CALIBRATION:
+                raise BadInputError(f"calibration {key} holds values that are not finite "
+                                    f"numbers within +-{MAX_CALIBRATION:g}")
+        if float(self.std.min()) <= 0:
+            raise BadInputError("calibration std holds a value <= 0: each is a spread")
         for key, value in (("emotions", names), ("site", sites.pop()), ("layers", band),
                            ("directions", directions), ("vectors", MappingProxyType(
                                dict(self.vectors)))):
@@ -166,9 +178,10 @@ class Meter:
         first = vectors[names[0]].meta
         card = {k: first[k] for k in ("model_id", "architecture", "hidden_size", "num_layers")
                 if k in first}
+        selected = {e: vectors[e].select(band) for e in names}  # a layer missing: one error
         card["vectors"] = {e: provenance(vectors[e], band) for e in names}
-        return cls({e: vectors[e].select(band) for e in names}, torch.zeros(n * width),
-                   torch.ones(n * width), weight, torch.zeros(n), card)
+        return cls(selected, torch.zeros(n * width), torch.ones(n * width), weight,
+                   torch.zeros(n), card)
 
     def band(self) -> dict[int, torch.Tensor]:
         """{layer: (emotions, d_model) unit directions}."""
@@ -179,12 +192,17 @@ class Meter:
         return torch.stack([projections[layer] for layer in self.layers], dim=-2).flatten(-2)
 
     def calibrate(self, features: torch.Tensor) -> torch.Tensor:
-        """0-1 readings (..., emotions) from features (..., layers * emotions)."""
-        z = (features.float().cpu() - self.mean) / self.std
+        """0-1 readings (..., emotions) from features (..., layers * emotions); always finite:
+        a position whose features are not (the model's state overflowed) reads 0."""
+        x = features.float().cpu()
+        ok = torch.isfinite(x).all(-1, keepdim=True)  # (..., 1)
+        z = ((torch.where(ok, x, 0.0) - self.mean) / self.std).clamp(-MAX_Z, MAX_Z)
         logits = z @ self.weight.T + self.bias
         if self.link == "softmax":
-            return torch.softmax(logits, -1)[..., :len(self.emotions)]
-        return torch.sigmoid(logits)
+            readings = torch.softmax(logits, -1)[..., :len(self.emotions)]
+        else:
+            readings = torch.sigmoid(logits)
+        return torch.where(ok, readings, 0.0)
 
     def check_model(self, model: PreTrainedModel) -> None:
         """Raise VectorMismatchError if the meter was fitted for another model."""
@@ -193,15 +211,9 @@ class Meter:
 
     def check_shape(self, shape: Mapping[str, str], fix: str, force: bool = False) -> None:
         """Raise VectorMismatchError if the meter was fitted for another model than `shape`'s
-        (model_shape); the message ends "fit one {fix}"."""
-        diffs = shape_differences({k: str(v) for k, v in self.card.items()}, shape, force)
-        if int(shape["hidden_size"]) != self.directions.shape[-1]:
-            diffs.append(f"direction length {self.directions.shape[-1]} vs hidden_size "
-                         f"{shape['hidden_size']}")
-        if diffs:
-            raise VectorMismatchError(
-                f"the emotion meter {made_for(self.card, shape)} ({'; '.join(diffs)}): "
-                f"fit one {fix}")
+        (model_shape), or its band does not fit it; the message ends "fit one {fix}"."""
+        check_fits(shape, self.card, self.directions.shape[-1], self.layers,
+                   "the emotion meter", f"fit one {fix}", allow_other_model=force)
 
     def matches(self, vectors: Mapping[str, EmotionVector]) -> bool:
         """True when `vectors` hold exactly the directions this meter was fitted with."""
@@ -249,30 +261,68 @@ class Meter:
         if not path.is_file():
             raise VectorFileError(f"meter file {path} does not exist: {hint}")
         try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-            if body.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format_version {body.get('format_version')!r}, expected "
-                                 f"{FORMAT_VERSION!r}")
-            emotions, layers = list(body["emotions"]), [int(i) for i in body["layers"]]
-            cal = {k: torch.tensor(v, dtype=torch.float32) for k, v in body["calibration"].items()}
-            card = dict(body["card"])
-            link, warmup = body.get("link", "sigmoid"), body.get("warmup", 0)
-            fitted = {e: card["vectors"][e]["band_sha256"] for e in emotions}
-            folder = path.parent / body["vectors"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise VectorFileError(f"{path} is not an emosteer meter file ({err}): {hint}") from None
-        if not all(torch.isfinite(t).all() for t in cal.values()):
-            raise VectorFileError(f"{path} holds NaN or infinite values: {hint}")
-        found = dict(vectors) if vectors is not None else load_vectors(folder)
-        draft = cls.from_vectors(found, layers, emotions)
-        if any(draft.card["vectors"][e]["band_sha256"] != fitted[e] for e in emotions):
-            raise VectorFileError(f"the vectors for meter {path} are not the ones it was fitted "
-                                  f"with: {hint}")
+            if path.stat().st_size > MAX_FILE:
+                raise ValueError(f"{path.stat().st_size} bytes, more than {MAX_FILE}")
+            body = _parse(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as err:
+            why = f"no {err.args[0]!r} field" if isinstance(err, KeyError) else str(err)
+            raise VectorFileError(f"{path} is not an emosteer meter file ({why}): {hint}") from None
+        emotions, layers, card = body["emotions"], body["layers"], body["card"]
         try:
-            return cls(draft.vectors, cal["mean"], cal["std"], cal["weight"], cal["bias"], card,
-                       link, warmup)
-        except BadInputError as err:
+            found = dict(vectors) if vectors is not None else load_vectors(
+                path.parent / body["vectors"])
+            draft = cls.from_vectors(found, layers, emotions)
+            if any(draft.card["vectors"][e]["band_sha256"] != card["vectors"][e]["band_sha256"]
+                   for e in emotions):
+                raise VectorFileError(f"the vectors for meter {path} are not the ones it was "
+                                      f"fitted with: {hint}")
+            mean, std, weight, bias = body["calibration"]
+            return cls(draft.vectors, mean, std, weight, bias, card, body["link"], body["warmup"])
+        except VectorFileError:
+            raise
+        except EmosteerError as err:
             raise VectorFileError(f"{path} is not an emosteer meter file ({err}): {hint}") from None
+
+
+def _parse(body: Any) -> dict[str, Any]:
+    """A meter file's JSON, every field checked for its type and range (a ValueError or
+    TypeError naming the first that is not): emotions, layers, the calibration as tensors in
+    Meter's order (mean, std, weight, bias), card, link, warmup, vectors (a folder)."""
+    if not isinstance(body, dict):
+        raise TypeError(f"a JSON {type(body).__name__}, not an object")
+    if body.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"format_version {body.get('format_version')!r}, expected "
+                         f"{FORMAT_VERSION!r}")
+    emotions, layers = body["emotions"], body["layers"]
+    if not isinstance(emotions, list) or not emotions or len(set(map(str, emotions))) != \
+            len(emotions) or not all(isinstance(e, str) and e for e in emotions):
+        raise ValueError("emotions must be a list of distinct names")
+    if not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers) \
+            or not all(type(i) is int and 0 <= i < MAX_LAYERS for i in layers):
+        raise ValueError(f"layers must be distinct whole numbers 0..{MAX_LAYERS - 1}")
+    cal = body["calibration"]
+    if not isinstance(cal, dict):
+        raise TypeError("calibration must be an object")
+    tensors = []
+    for key in ("mean", "std", "weight", "bias"):
+        if not isinstance(cal[key], list) or not all(
+                type(x) in (int, float) or (isinstance(x, list) and all(
+                    type(y) in (int, float) for y in x)) for x in cal[key]):
+            raise ValueError(f"calibration {key} must be a list of numbers (weight: of rows)")
+        tensors.append(torch.tensor(cal[key], dtype=torch.float32))
+    card, link, warmup = body["card"], body.get("link", "sigmoid"), body.get("warmup", 0)
+    if not isinstance(card, dict) or not isinstance(card.get("vectors"), dict) or not all(
+            isinstance(card["vectors"].get(e), dict) and isinstance(
+                card["vectors"][e].get("band_sha256"), str) for e in emotions):
+        raise ValueError("card.vectors must name each emotion's band_sha256")
+    if link not in LINKS:
+        raise ValueError(f"meter link {link!r}: use {' or '.join(LINKS)}")
+    if type(warmup) is not int or not 0 <= warmup <= 1 << 20:
+        raise ValueError(f"meter warmup {warmup!r}: use a whole number >= 0")
+    if not isinstance(body["vectors"], str):
+        raise TypeError("vectors must name a folder")
+    return {"emotions": emotions, "layers": layers, "calibration": tensors, "card": card,
+            "link": link, "warmup": warmup, "vectors": body["vectors"]}
 
 
 def provenance(vector: EmotionVector, layers: Sequence[int]) -> dict[str, str]:

@@ -34,7 +34,16 @@ import numpy as np
 import torch
 
 from emosteer.errors import BadInputError, VectorFileError
-from emosteer.vectors import EmotionVector, check_alpha, increments
+from emosteer.gguf_file import read_gguf_file
+from emosteer.vectors import (
+    EmotionVector,
+    check_alpha,
+    check_finite,
+    check_range,
+    checked_directions,
+    increments,
+    scaled,
+)
 
 GGUF_ARCH = "controlvector"
 _SITE_NOTE = ("emosteer vector read at the self-attention output (site attn); llama.cpp adds "
@@ -64,6 +73,7 @@ def export_gguf(vector: EmotionVector, path: str | Path, scale: float = 1.0) -> 
     if not kept:
         raise BadInputError(f"vector {vector.emotion!r} has no layer >= 1: llama.cpp cannot "
                             "steer the output of layer 0")
+    kept = scaled(kept, scale, f"vector {vector.emotion!r}")  # inf is refused, never written
     with atomic_path(path) as tmp:
         _write_gguf(gguf.GGUFWriter(str(tmp), GGUF_ARCH), vector, kept, dropped, scale)
     return path
@@ -84,7 +94,7 @@ def _write_gguf(writer: Any, vector: EmotionVector, kept: dict[int, torch.Tensor
     for key, value in extra.items():
         writer.add_string(f"emosteer.{key}", str(value))
     for layer, direction in kept.items():
-        writer.add_tensor(f"direction.{layer}", (direction * scale).numpy().astype(np.float32))
+        writer.add_tensor(f"direction.{layer}", direction.numpy().astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -99,23 +109,27 @@ def read_gguf(path: str | Path) -> EmotionVector:
     by emosteer comes back at the site it was read at.
     """
     path = Path(path)
-    reader, strings = _open_control_vector(path)
-    directions = _gguf_directions(reader, path)
-    sizes = {v.numel() for v in directions.values()}
-    if len(sizes) > 1:
-        raise VectorFileError(f"{path}: directions have different lengths {sorted(sizes)}")
-    if any(not torch.isfinite(v).all() for v in directions.values()):
-        raise VectorFileError(f"{path} contains NaN or infinite values")
+    strings, tensors = read_gguf_file(path, _is_direction)
+    arch = strings.get("general.architecture")
+    if arch != GGUF_ARCH:
+        raise VectorFileError(f"{path} is a GGUF of architecture {arch!r}, not a control "
+                              f"vector ({GGUF_ARCH!r}): pass a file written by `emosteer "
+                              "export`, repeng's export_gguf or llama.cpp's cvector-generator")
     ours = {k[len("emosteer."):]: v for k, v in strings.items() if k.startswith("emosteer.")}
     site = ours.get("site", "residual")
     if site not in ("attn", "residual"):
         raise VectorFileError(f"{path}: unknown emosteer.site {site!r}")
-    if site == "residual":
+    fix = "re-export it (`emosteer export`, repeng's export_gguf)"
+    directions = checked_directions(tensors, _DIRECTION, str(path), fix, {
+        "site": site, **{k: ours[k] for k in ("hidden_size", "num_layers") if k in ours}})
+    if site == "residual":  # the running sum is what the file steers by: it must fit too
         directions = cumulative(directions)
+        check_range(directions, str(path), fix)
     meta: dict[str, str] = {"emotion": ours.get("emotion", path.stem),
             "architecture": ours.get("architecture", strings.get(f"{GGUF_ARCH}.model_hint",
                                                                  "unknown")),
-            "hidden_size": str(sizes.pop()), "site": site, "source": f"gguf:{path.name}"}
+            "hidden_size": str(next(iter(directions.values())).numel()), "site": site,
+            "source": f"gguf:{path.name}"}
     for key in ("model_id", "num_layers", "method", "dataset", "dataset_sha256"):
         if key in ours:
             meta[key] = ours[key]
@@ -126,44 +140,12 @@ def read_gguf(path: str | Path) -> EmotionVector:
     return EmotionVector(directions, meta)
 
 
-def _open_control_vector(path: Path) -> tuple[Any, dict[str, str]]:
-    """The GGUF reader of a control-vector file and its non-empty string keys."""
-    import gguf
-
-    if not path.is_file():
-        raise VectorFileError(f"{path} does not exist: check the path")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as err:  # the reader raises several types for a corrupt file
-        raise VectorFileError(f"{path} is not a readable GGUF file ({err})") from err
-    strings = {name: text for name, f in reader.fields.items()
-               if (text := _field_str(f)) is not None and text}
-    arch = strings.get("general.architecture")
-    if arch != GGUF_ARCH:
-        raise VectorFileError(f"{path} is a GGUF of architecture {arch!r}, not a control "
-                              f"vector ({GGUF_ARCH!r}): pass a file written by `emosteer "
-                              "export`, repeng's export_gguf or llama.cpp's cvector-generator")
-    return reader, strings
+_DIRECTION = "direction."  # llama.cpp's tensor name prefix: direction.<layer>
 
 
-def _gguf_directions(reader: Any, path: Path) -> dict[int, torch.Tensor]:
-    """The `direction.<layer>` tensors as float32 vectors, each checked to be 1-D float."""
-    directions: dict[int, torch.Tensor] = {}
-    for tensor in reader.tensors:
-        prefix, _, index = tensor.name.partition(".")
-        if prefix != "direction":
-            continue
-        if not index.isdigit():
-            raise VectorFileError(f"{path}: tensor {tensor.name!r} is not direction.<layer>")
-        data = np.asarray(tensor.data)
-        if data.dtype not in (np.float32, np.float16) or data.size != int(np.prod(data.shape)) \
-                or data.ndim != 1:
-            raise VectorFileError(f"{path}: {tensor.name} is {data.dtype} {data.shape}, "
-                                  "expected a 1-D float vector")
-        directions[int(index)] = torch.from_numpy(data.astype(np.float32).copy())
-    if not directions:
-        raise VectorFileError(f"{path} holds no direction.<layer> tensors")
-    return directions
+def _is_direction(name: str) -> bool:
+    """A tensor read_gguf reads (and checks): direction.<anything>; others are skipped."""
+    return name.partition(".")[0] == _DIRECTION[:-1]
 
 
 def cumulative(additions: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tensor]:
@@ -172,15 +154,8 @@ def cumulative(additions: dict[int, torch.Tensor] | Any) -> dict[int, torch.Tens
     for layer in sorted(additions):
         total = additions[layer] if total is None else total + additions[layer]
         out[layer] = total
+    check_finite(out, "the running sum of the residual directions", "scale the directions down")
     return out
-
-
-def _field_str(f: Any) -> str | None:
-    import gguf
-
-    if not f.types or f.types[0] != gguf.GGUFValueType.STRING:
-        return None
-    return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
 
 
 # --- repeng --------------------------------------------------------------------------------------

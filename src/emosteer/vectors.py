@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -16,6 +17,7 @@ from emosteer.emotions import VECTOR_EMOTIONS
 from emosteer.errors import (
     BadAlphaError,
     BadInputError,
+    EmosteerError,
     UnknownEmotionError,
     VectorFileError,
     VectorMismatchError,
@@ -29,6 +31,11 @@ if TYPE_CHECKING:
 FORMAT_VERSION = "1"
 EMOTIONS = VECTOR_EMOTIONS  # the paper's five basic emotions
 MAX_ALPHA = 100.0  # the paper sweeps -1..4; beyond 100x every model emits noise
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+MAX_VALUE = FLOAT32_MAX / MAX_ALPHA  # a file's values: every allowed alpha keeps them finite
+MAX_LAYERS = 1 << 16  # the highest layer number a file may name: far above any model's depth
+SITES = ("attn", "residual")  # models.Site
+_INDEX = re.compile(r"0|[1-9][0-9]*", re.ASCII)  # a layer number as save() writes it
 _SHAPE_KEYS = ("model_id", "architecture", "hidden_size", "num_layers", "site")
 _TENSOR_PREFIX = "layer."
 
@@ -78,6 +85,10 @@ class EmotionVector:
     def __post_init__(self) -> None:
         clean = {int(k): v.detach().to("cpu", torch.float32).reshape(-1).clone()
                  for k, v in self.directions.items()}  # our own copy: callers can't alter it
+        if len({v.numel() for v in clean.values()}) > 1:
+            raise BadInputError(f"directions of different lengths "
+                                f"{sorted({v.numel() for v in clean.values()})}: every layer's "
+                                "direction has the model's hidden size")
         object.__setattr__(self, "directions", MappingProxyType(dict(sorted(clean.items()))))
         object.__setattr__(self, "meta", {str(k): str(v) for k, v in self.meta.items()})
 
@@ -127,7 +138,9 @@ class EmotionVector:
         zero = torch.zeros(self.hidden_size or other.hidden_size)
         directions = {k: self.directions.get(k, zero) + sign * other.directions.get(k, zero)
                       for k in layers}
-        meta = {**other.meta, **self.meta, "emotion": f"({self.emotion} {op} {other.emotion})"}
+        label = f"({self.emotion} {op} {other.emotion})"
+        check_finite(directions, f"vector {label}", "use smaller weights")
+        meta = {**other.meta, **self.meta, "emotion": label}
         return EmotionVector(directions, meta)
 
     def __add__(self, other: EmotionVector) -> EmotionVector:
@@ -140,7 +153,7 @@ class EmotionVector:
         if not isinstance(scale, (int, float)):
             return NotImplemented
         meta = {**self.meta, "emotion": f"{_fmt(scale)}*{self.emotion}"}
-        return EmotionVector({k: v * float(scale) for k, v in self.directions.items()}, meta)
+        return EmotionVector(scaled(self.directions, scale, f"vector {self.emotion!r}"), meta)
 
     __rmul__ = __mul__
 
@@ -169,7 +182,7 @@ class EmotionVector:
             raise BadAlphaError("calibrated strength 0 would ship a vector that does nothing")
         total = strength * float(self.meta.get("calibrated_strength", 1.0))
         meta = {**self.meta, **provenance, "calibrated_strength": f"{total:g}"}
-        return EmotionVector({k: v * strength for k, v in self.directions.items()}, meta)
+        return EmotionVector(scaled(self.directions, strength, f"vector {self.emotion!r}"), meta)
 
     def equal(self, other: EmotionVector) -> bool:
         """Bit-identical directions and metadata."""
@@ -182,20 +195,10 @@ class EmotionVector:
         """Raise VectorMismatchError naming both sides if this vector was made for another model."""
         from emosteer.models import model_shape
 
-        shape = model_shape(model, arch)
-        diffs = shape_differences(self.meta, shape, allow_other_model)
-        if int(shape["hidden_size"]) != self.hidden_size and not any("hidden" in d for d in diffs):
-            diffs.append(f"direction length {self.hidden_size} vs hidden_size "
-                         f"{shape['hidden_size']}")
-        if self.layers and self.layers[-1] >= int(shape["num_layers"]):
-            diffs.append(f"layer {self.layers[-1]} vs {shape['num_layers']} layers")
-        if diffs:
-            raise VectorMismatchError(
-                f"vector {self.emotion!r} {made_for(self.meta, shape)} "
-                f"({'; '.join(dict.fromkeys(diffs))}): extract a vector for this model with "
-                "`emosteer extract --model ...`"
-                + ("" if allow_other_model or any("model_id" not in d for d in diffs) else
-                   ", or pass --force / allow_other_model=True if the weights are the same"))
+        check_fits(model_shape(model, arch), self.meta, self.hidden_size, self.layers,
+                   f"vector {self.emotion!r}", "extract a vector for this model with `emosteer "
+                   "extract --model ...`", "pass --force / allow_other_model=True",
+                   allow_other_model)
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -207,20 +210,18 @@ class EmotionVector:
     def load(cls, path: str | Path) -> EmotionVector:
         """Read a file written by save(); refuse anything else with a clear message."""
         path = Path(path)
-        meta, tensors = read_safetensors(path, "vector", "emosteer extract")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise VectorFileError(f"{path} is not an emosteer vector file (format_version "
-                                  f"{meta.get('format_version')!r}, expected {FORMAT_VERSION!r})"
-                                  ": re-create it with `emosteer extract`, or use `emosteer "
-                                  "import` for files from other tools")
-        bad = [k for k in tensors if not k.startswith(_TENSOR_PREFIX) or tensors[k].ndim != 1]
-        if bad or not tensors:
-            raise VectorFileError(f"{path} holds unexpected tensors {bad[:3]}: "
-                                  "re-create it with `emosteer extract`")
-        directions = {int(k[len(_TENSOR_PREFIX):]): v for k, v in tensors.items()}
-        if any(not torch.isfinite(v).all() for v in directions.values()):
-            raise VectorFileError(f"{path} contains NaN or infinite values: re-extract it")
-        return cls(directions, meta)
+        fix = "re-create it with `emosteer extract`"
+
+        def header(meta: Mapping[str, str], names: Sequence[str]) -> None:
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise VectorFileError(
+                    f"{path} is not an emosteer vector file (format_version "
+                    f"{meta.get('format_version')!r}, expected {FORMAT_VERSION!r}): {fix}, or "
+                    "use `emosteer import` for files from other tools")
+            check_names(names, _TENSOR_PREFIX, str(path), fix, meta)
+
+        meta, tensors = read_safetensors(path, "vector", "emosteer extract", header)
+        return cls(checked_directions(tensors, _TENSOR_PREFIX, str(path), fix, meta), meta)
 
 
 SHIPPED = Path(__file__).parent / "data" / "vectors"  # vectors shipped per bundled model
@@ -325,9 +326,17 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
     return Path(path)
 
 
-def read_safetensors(path: Path, what: str, maker: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_safetensors(path: Path, what: str, maker: str,
+                     header: Callable[[Mapping[str, str], Sequence[str]], None] | None = None,
+                     ) -> tuple[dict, dict[str, torch.Tensor]]:
     """(string metadata, tensors) of a safetensors file, or a VectorFileError saying how to
-    re-create it (`maker`, e.g. "emosteer extract"). Safetensors never runs code: no pickle."""
+    re-create it (`maker`, e.g. "emosteer extract"). Safetensors never runs code: no pickle,
+    and it checks every offset in the header against the file's length before reading.
+
+    Args:
+        header: called with (metadata, tensor names) before any tensor is read; it raises an
+            EmosteerError to refuse the file (e.g. a model's weights passed as a vector).
+    """
     from safetensors import safe_open
 
     if path.is_dir():
@@ -338,10 +347,166 @@ def read_safetensors(path: Path, what: str, maker: str) -> tuple[dict, dict[str,
                               f"it with `{maker}`")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {}), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            meta, names = dict(f.metadata() or {}), list(f.keys())
+            if header is not None:
+                header(meta, names)
+            return meta, {key: f.get_tensor(key) for key in names}
+    except EmosteerError:
+        raise
     except Exception as err:  # safetensors raises several types for corrupt headers
         raise VectorFileError(f"{path} is not a readable safetensors file ({err}): "
                               f"re-create it with `{maker}`") from err
+
+
+def check_names(names: Iterable[str], prefix: str, where: str, fix: str,
+                meta: Mapping[str, str] | None = None) -> dict[str, int]:
+    """{tensor name: layer} for names `<prefix><layer>`, or a VectorFileError naming the first
+    other name (`layer.abc`, `layer.²`, `layer.01`), a layer past the file's num_layers or
+    MAX_LAYERS, or a metadata site, hidden_size or num_layers that is not one."""
+    meta = meta or {}
+    if meta.get("site", SITES[0]) not in SITES:
+        raise VectorFileError(f"{where}: unknown site {meta['site']!r} (expected "
+                              f"{' or '.join(SITES)}): {fix}")
+    depth = _whole(meta, "num_layers", where, fix) if "num_layers" in meta else MAX_LAYERS
+    if "hidden_size" in meta:
+        _whole(meta, "hidden_size", where, fix)
+    layers = {}
+    for name in names:
+        index = name[len(prefix):] if name.startswith(prefix) else ""
+        if not _INDEX.fullmatch(index):
+            raise VectorFileError(f"{where}: tensor {name!r} is not {prefix}<layer> (a layer "
+                                  f"number such as {prefix}3): {fix}")
+        if int(index) >= min(depth, MAX_LAYERS):
+            raise VectorFileError(f"{where}: tensor {name} is past the last layer "
+                                  f"({min(depth, MAX_LAYERS) - 1}): {fix}")
+        layers[name] = int(index)
+    if not layers:
+        raise VectorFileError(f"{where} holds no {prefix}<layer> tensors: {fix}")
+    return layers
+
+
+def checked_directions(tensors: Mapping[str, torch.Tensor], prefix: str, where: str, fix: str,
+                       meta: Mapping[str, str] | None = None) -> dict[int, torch.Tensor]:
+    """The one check every vector file gets when it is read (EmotionVector.load, GGUF import):
+    tensor names (check_names), each a non-empty 1-D float vector, all of one length (the
+    metadata's hidden_size when it has one), every value finite and within +-MAX_VALUE (so
+    alpha up to MAX_ALPHA cannot overflow float32). Returns {layer: float32 vector}.
+
+    Args:
+        tensors: the file's tensors by name, e.g. {"layer.0": ..., "layer.1": ...}.
+        prefix: "layer." (emosteer) or "direction." (llama.cpp).
+        where: how messages name the file; fix: what they say to do.
+        meta: the file's metadata (site, hidden_size and num_layers are checked).
+
+    Example:
+        checked_directions({"layer.0": torch.ones(4)}, "layer.", "joy.safetensors", "re-extract")
+    """
+    meta = meta or {}
+    layers = check_names(tensors, prefix, where, fix, meta)
+    out: dict[int, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.ndim != 1 or tensor.numel() == 0:
+            raise VectorFileError(f"{where}: {name} is {str(tensor.dtype).removeprefix('torch.')}"
+                                  f" of shape {tuple(tensor.shape)}, expected a 1-D float "
+                                  f"vector: {fix}")
+        wide = tensor.detach().to("cpu", torch.float64)
+        _check_range(wide, name, where, fix)
+        out[layers[name]] = wide.to(torch.float32)
+    sizes = {layer: v.numel() for layer, v in sorted(out.items())}
+    if len(set(sizes.values())) > 1:
+        first = next(iter(sizes))
+        odd = next(k for k, n in sizes.items() if n != sizes[first])
+        raise VectorFileError(f"{where}: directions have different lengths (layer {first}: "
+                              f"{sizes[first]}, layer {odd}: {sizes[odd]}): {fix}")
+    width = next(iter(sizes.values()))
+    if "hidden_size" in meta and width != int(meta["hidden_size"]):
+        raise VectorFileError(f"{where}: directions of length {width} but hidden_size "
+                              f"{meta['hidden_size']} in its metadata: {fix}")
+    return dict(sorted(out.items()))
+
+
+def check_range(directions: Mapping[int, torch.Tensor], where: str, fix: str) -> None:
+    """Raise VectorFileError unless every value is finite and within +-MAX_VALUE (so alpha up
+    to MAX_ALPHA cannot overflow float32); checked_directions does this for every file."""
+    for layer, v in directions.items():
+        _check_range(v, f"layer {layer}", where, fix)
+
+
+def _check_range(values: torch.Tensor, name: str, where: str, fix: str) -> None:
+    if not torch.isfinite(values).all():
+        raise VectorFileError(f"{where} contains NaN or infinite values ({name}): {fix}")
+    peak = float(values.abs().max())
+    if peak > MAX_VALUE:
+        raise VectorFileError(f"{where}: {name} holds values up to {peak:.3g}: steered at "
+                              f"alpha {MAX_ALPHA:g} it would overflow float32 (a vector's "
+                              f"values stay within {MAX_VALUE:.3g}): {fix}")
+
+
+def _whole(meta: Mapping[str, str], key: str, where: str, fix: str) -> int:
+    """meta[key] as a whole number above 0 (at most 12 digits), or a VectorFileError."""
+    text = str(meta[key])
+    if not _INDEX.fullmatch(text) or len(text) > 12 or text == "0":
+        raise VectorFileError(f"{where}: metadata {key} {text[:40]!r} is not a whole number: "
+                              f"{fix}")
+    return int(text)
+
+
+def check_fits(shape: Mapping[str, str], meta: Mapping[str, Any], hidden_size: int,
+               layers: Sequence[int], what: str, fix: str, force: str | None = None,
+               allow_other_model: bool = False) -> None:
+    """The one check that directions fit a model (vectors, the vLLM bank, the meter): the
+    metadata's model id, architecture, width and depth against `shape` (model_shape or
+    vllm.bank.config_shape), the directions' length against its hidden_size and every layer
+    against its layer count. Raises VectorMismatchError naming both sides.
+
+    Args:
+        shape: the model's model_id, architecture, hidden_size, num_layers.
+        meta: what the file records (model_id is skipped when allow_other_model).
+        hidden_size: the directions' length; layers: the layers they steer or read.
+        what: how the message names them ("vector 'joy'"); fix: what it says to do.
+        force: how to accept another model id of the same shape, said when only it differs.
+
+    Example:
+        check_fits(model_shape(model), joy.meta, joy.hidden_size, joy.layers, "vector 'joy'",
+                   "extract a vector for this model")
+    """
+    diffs = shape_differences({k: str(v) for k, v in meta.items()}, shape, allow_other_model)
+    if int(shape["hidden_size"]) != hidden_size and not any("hidden" in d for d in diffs):
+        diffs.append(f"direction length {hidden_size} vs hidden_size {shape['hidden_size']}")
+    if layers and max(layers) >= int(shape["num_layers"]):
+        diffs.append(f"layer {max(layers)} vs {shape['num_layers']} layers")
+    if layers and min(layers) < 0:
+        diffs.append(f"layer {min(layers)} is negative")
+    if diffs:
+        only_id = all(d.startswith("model_id") for d in diffs)
+        raise VectorMismatchError(
+            f"{what} {made_for(meta, shape)} ({'; '.join(dict.fromkeys(diffs))}): {fix}"
+            + (f", or {force} if the weights are the same"
+               if force and only_id and not allow_other_model else ""))
+
+
+def check_finite(directions: Mapping[int, torch.Tensor], what: str, fix: str) -> None:
+    """Raise BadInputError if a direction holds inf or NaN (a product or sum overflowed
+    float32), naming `what` and saying `fix`."""
+    for layer, v in directions.items():
+        if not torch.isfinite(v).all():
+            raise BadInputError(f"{what} overflows float32 at layer {layer} (its largest value "
+                                f"is beyond {FLOAT32_MAX:.3g}): {fix}, or re-create the vector")
+
+
+def scaled(directions: Mapping[int, torch.Tensor], scale: float,
+           what: str) -> dict[int, torch.Tensor]:
+    """{layer: scale * direction}, refused with a BadInputError when a product overflows
+    float32: every place a scale or alpha multiplies a vector goes through here.
+
+    Example:
+        scaled(joy.directions, 2.0, "vector 'joy'")
+    """
+    if not math.isfinite(float(scale)):
+        raise BadInputError(f"{what} cannot be scaled by {scale}: use a finite number")
+    out = {k: v * float(scale) for k, v in directions.items()}
+    check_finite(out, f"{what} times {_fmt(float(scale))}", "use a smaller scale")
+    return out
 
 
 def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> EmotionVector:
@@ -379,6 +544,7 @@ def increments(shifts: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     for layer in sorted(shifts):
         out[layer] = shifts[layer] if previous is None else shifts[layer] - previous
         previous = shifts[layer]
+    check_finite(out, "the per-layer increments of a residual vector", "scale it down")
     return out
 
 

@@ -11,6 +11,20 @@ from emosteer.cli.common import console
 from emosteer.cli.options import OutFileOpt, finite, given, utf8
 from emosteer.errors import BadInputError
 
+OverwriteOpt = Annotated[bool, typer.Option(
+    help="replace the --out file if it exists (refused otherwise)")]
+
+
+def refuse_overwrite(out: Path, overwrite: bool) -> None:
+    """Raise unless `out` is not an existing file, or overwrite is True.
+
+    Example:
+        refuse_overwrite(Path("joy.gguf"), overwrite=False)
+    """
+    if out.is_file() and not overwrite:
+        raise BadInputError(f"{out} already exists: pass --overwrite to replace it, or "
+                            "choose another --out")
+
 
 def export(
     file: Annotated[Path, typer.Argument(
@@ -22,6 +36,7 @@ def export(
         parser=finite, help="multiply the vector (llama.cpp can also scale it with "
                             "--control-vector-scaled FILE:SCALE)"
                             " (default: export_gguf's scale)")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a vector in another tool's layout.
 
@@ -33,6 +48,7 @@ def export(
 
     if fmt != "gguf":
         raise BadInputError(f"unknown --format {fmt!r}: use gguf")
+    refuse_overwrite(out, overwrite)
     vector = EmotionVector.load(file)
     export_gguf(vector, out, **given(scale=scale))
     note = (" (read at the attention output; llama.cpp adds it to the residual stream after "
@@ -50,6 +66,7 @@ def import_(
         "--out", "-o", dir_okay=False, help="the emosteer vector file to write")],
     emotion: Annotated[str | None, typer.Option(
         callback=utf8, help="name to record (default: the file's)")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Read another tool's vector file into an emosteer vector (.safetensors).
 
@@ -57,6 +74,7 @@ def import_(
     """
     from emosteer.interop import read_gguf
 
+    refuse_overwrite(out, overwrite)
     vector = read_gguf(file)
     if emotion:
         vector = vector.renamed(emotion)

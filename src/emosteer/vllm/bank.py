@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
+from emosteer.errors import BadInputError, VectorFileError
 from emosteer.models import DEFAULT_MODEL_ID, cache_dir
 from emosteer.vectors import (
     DEFAULT_VECTORS,
+    FLOAT32_MAX,
+    MAX_ALPHA,
     EmotionVector,
+    check_fits,
     load_vectors,
-    made_for,
-    shape_differences,
 )
 
 VECTORS_ENV = "EMOSTEER_VECTORS"  # the folder of <emotion>.safetensors to serve
@@ -56,6 +57,13 @@ class VectorBank:
                 f"vectors {other} in {folder} were read at site "
                 f"{vectors[other[0]].site!r}; the vLLM plugin adds at the attention output "
                 "projection only: extract them with `emosteer extract --site attn`")
+        peak = sum(max(float(v.abs().max()) for v in vector.directions.values())
+                   for vector in vectors.values())  # what one request can add, per alpha
+        if peak * MAX_ALPHA > FLOAT32_MAX:
+            raise VectorFileError(
+                f"the vectors in {folder} hold values summing to {peak:.3g}: a request mixing "
+                f"them at alpha {MAX_ALPHA:g} would overflow float32; re-extract them, or serve "
+                "fewer at once")
         digest = hashlib.sha256()
         for path in sorted(folder.glob("*.safetensors")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -83,20 +91,10 @@ class VectorBank:
         if allow_other_model is None:
             allow_other_model = os.environ.get(FORCE_ENV, "") == "1"
         for name, vector in self.vectors.items():
-            diffs = shape_differences(vector.meta, shape, allow_other_model)
-            if vector.hidden_size != int(shape["hidden_size"]):
-                diffs.append(f"direction length {vector.hidden_size} vs hidden_size "
-                             f"{shape['hidden_size']}")
-            if vector.layers and vector.layers[-1] >= int(shape["num_layers"]):
-                diffs.append(f"layer {vector.layers[-1]} vs {shape['num_layers']} layers")
-            if diffs:
-                only_id = all(d.startswith("model_id") for d in diffs)
-                raise VectorMismatchError(
-                    f"vector {name!r} in {self.folder} {made_for(vector.meta, shape)} "
-                    f"({'; '.join(dict.fromkeys(diffs))}): extract vectors for the served "
-                    "model with `emosteer extract --model ...`"
-                    + (f", or set {FORCE_ENV}=1 (--force) if the weights are the same"
-                       if only_id else ""))
+            check_fits(shape, vector.meta, vector.hidden_size, vector.layers,
+                       f"vector {name!r} in {self.folder}", "extract vectors for the served "
+                       "model with `emosteer extract --model ...`", f"set {FORCE_ENV}=1 (--force)",
+                       allow_other_model)
 
     def stacked(self, num_layers: int) -> torch.Tensor:
         """(num_layers, emotions, hidden) float32: vectors[k].directions[l] at [l, k], zeros
