@@ -183,3 +183,44 @@ def test_repetition_is_the_share_of_repeated_trigrams_and_caps_the_choice():
     fine = {"eps": 0.5, "ppl_ratio": 1.1, "topic": 0.95, "repetition": 0.0, "strength": 1}
     assert not feasible(looped) and feasible(fine)
     assert choose([looped, fine]) is fine
+
+
+def _dosed(max_dose: str | None = "0.5") -> EmotionVector:
+    meta = {"model_id": "tiny-llama", "hidden_size": "64", "num_layers": "2", "site": "attn",
+            "emotion": "anger", "site_norms": "10,20"}
+    if max_dose is not None:
+        meta["max_dose"] = max_dose
+    return EmotionVector({0: torch.full((64,), 0.25), 1: torch.full((64,), 0.25)}, meta)
+
+
+def test_the_relative_dose_is_the_largest_layer_against_its_norm():
+    from emosteer.dose import relative_dose
+
+    vector = _dosed()  # each layer is 2 long: 0.2 of layer 0's norm, 0.1 of layer 1's
+    assert relative_dose(vector) == pytest.approx(0.2)
+    assert relative_dose(vector, -2.0) == pytest.approx(0.4)
+    assert relative_dose(EmotionVector({0: torch.ones(4)}, {"emotion": "x"})) is None
+
+
+def test_steer_refuses_or_clamps_a_dose_past_max_dose():
+    from emosteer.dose import check_dose
+    from emosteer.errors import BadAlphaError
+
+    model, vector = tiny_model("llama"), _dosed()
+    assert check_dose(vector, 2.5) == 2.5  # 0.5: at the limit
+    with pytest.raises(BadAlphaError, match=r"past 0.50.*alpha\| <= 2.50"):
+        check_dose(vector, 3.0)
+    assert check_dose(vector, -5.0, clamp=True) == pytest.approx(-2.5)
+    assert check_dose(_dosed(None), 50.0) == 50.0  # no recorded limit: only MAX_ALPHA holds
+    with pytest.raises(BadAlphaError):
+        with steer(model, vector, alpha=3.0):
+            pass
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        with steer(model, vector, alpha=30.0, clamp_dose=True):
+            clamped = model(ids).logits
+        with steer(model, vector, alpha=2.5):
+            limit = model(ids).logits
+    assert torch.allclose(clamped, limit, atol=1e-6)
+    with pytest.raises(BadInputError, match="max_dose"):
+        check_dose(_dosed("nan"), 1.0)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from emosteer.dose import check_dose
 from emosteer.errors import BadInputError
 from emosteer.hooks import hooked, retuple, untuple
 from emosteer.models import Architecture, site_modules
@@ -26,7 +27,8 @@ Mode = Literal["hook", "fold"]  # a forward hook, or alpha * EV folded into a bi
 def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
           layers: Literal["all"] | Iterable[int] = "all", positions: Positions = "all",
           arch: Architecture | None = None, allow_other_model: bool = False,
-          mode: Mode = "hook", preserve_norm: bool = False) -> Iterator[None]:
+          mode: Mode = "hook", preserve_norm: bool = False,
+          clamp_dose: bool = False) -> Iterator[None]:
     """Steer every forward pass inside the block; the model is restored on exit, errors included.
 
     Args:
@@ -48,12 +50,14 @@ def steer(model: PreTrainedModel, vector: EmotionVector, alpha: float = 1.0,
         preserve_norm: rescale each steered position to the norm it had before the addition
             (norm-preserving steering: the vector turns the state, the length stays); hook
             mode only.
+        clamp_dose: a vector that records where the model's text breaks (metadata max_dose,
+            `emosteer.dose`) refuses an alpha past it; clamp_dose lowers |alpha| to it instead.
 
     Example:
         with emosteer.steer(model, joy, alpha=1.5):
             print(emosteer.generate_text(model, tok, ["How did the exam go?"]))
     """
-    alpha = check_alpha(alpha)
+    alpha = check_dose(vector, check_alpha(alpha), clamp_dose)
     if positions not in ("all", "generated"):
         raise BadInputError(f"positions={positions!r}: use 'all' or 'generated'")
     if mode not in ("hook", "fold"):
