@@ -8,9 +8,19 @@ from contextlib import contextmanager
 
 @contextmanager
 def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar with ETA; yields advance(n). Nothing is shown when disabled."""
+    """A rich progress bar with ETA; yields advance(n). Nothing is shown when disabled.
+
+    Where output goes to a file (no terminal: rich would show nothing), it prints a line
+    "what: done/total, elapsed, eta" every 10% or every minute instead.
+    """
     if not enabled or total == 0:
         yield lambda k: None
+        return
+    import sys
+
+    if not sys.stderr.isatty():
+        with _progress_lines(what, total) as advance:
+            yield advance
         return
     from rich.progress import (
         BarColumn,
@@ -26,3 +36,25 @@ def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int
     task = bar.add_task(what, total=total)
     with bar:
         yield lambda k: bar.advance(task, k)
+
+
+@contextmanager
+def _progress_lines(what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Progress as plain lines on stderr, for logs."""
+    import sys
+    import time
+
+    start = last = time.perf_counter()
+    done = shown = 0
+
+    def advance(k: int) -> None:
+        nonlocal done, shown, last
+        done += k
+        now = time.perf_counter()
+        if done >= total or done - shown >= total / 10 or now - last >= 60:
+            eta = (now - start) / done * (total - done) if done else 0.0
+            print(f"{what}: {done}/{total}, {now - start:.0f} s, eta {eta:.0f} s",
+                  file=sys.stderr, flush=True)
+            shown, last = done, now
+
+    yield advance
