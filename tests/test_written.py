@@ -224,3 +224,16 @@ def test_steer_refuses_or_clamps_a_dose_past_max_dose():
     assert torch.allclose(clamped, limit, atol=1e-6)
     with pytest.raises(BadInputError, match="max_dose"):
         check_dose(_dosed("nan"), 1.0)
+
+
+def test_the_extract_cli_takes_answers(extract_configs, capsys):
+    from emosteer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "--out", "/nonexistent/never-written", "--answers", "written",
+              "--filter", "none"])
+    capsys.readouterr()
+    assert extract_configs[-1].answers == "written"
+    with pytest.raises(SystemExit) as stop:
+        main(["extract", "--out", "/nonexistent/never-written", "--answers", "dreamt"])
+    assert stop.value.code == 2 and "answers" in capsys.readouterr().err

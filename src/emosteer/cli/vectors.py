@@ -25,6 +25,7 @@ from emosteer.cli.options import (
     given,
     with_groups,
 )
+from emosteer.errors import BadInputError
 
 
 @with_groups
@@ -49,6 +50,12 @@ def extract(
         help="emotion_query (questions, the emotion asked for in the system prompt) or sev "
              "(SEV discovery scenes, asked for in the reply request)"
              " (default: ExtractConfig.dataset)")] = None,
+    answers: Annotated[str | None, typer.Option(
+        help="generated (the model answers under the emotion prompt, the paper), written (the "
+             "answers we wrote, data/written_answers.jsonl, read teacher-forced: no "
+             "generation), prefill (the model continues our answer's first sentence) or "
+             "fewshot (two of our exchanges before the question) (default: "
+             "ExtractConfig.answers)")] = None,
     context: Annotated[str | None, typer.Option(
         help="own: each response under its own prompt; neutral: re-read the emotional "
              "response under the neutral prompt (default: ExtractConfig.context)")] = None,
@@ -104,11 +111,15 @@ def extract(
     cfg = replace(base, **given(
         emotions=tuple(emotions) if emotions else None, limit=limit, dataset=dataset, site=site,
         positions=positions, context=context, method=method, center=center, filter=filter_,
+        answers=answers,
         min_confirmed=min_confirmed, rounds=rounds, band_width=band_width, scale=scale,
         norm_fraction=norm_fraction), **more,
         generation=gen.config(base.generation))
     names = [f"{e}.safetensors" for e in (*cfg.emotions, "base")] + ["samples.jsonl"]
     eng.check()
+    if eng.engine == "vllm" and cfg.answers != "generated":
+        raise BadInputError(f"--answers {cfg.answers} begins or replaces the answers itself: "
+                            "run it without --engine vllm")
     refuse_overwrite(out, names, overwrite)
     writable_folder(out)
     gens = eng.generations(model, cfg)
