@@ -298,6 +298,8 @@ class Frontier:
         skipped: methods left out, with the reason.
         queries: "calibration" and "held_out" -> the question ids used (disjoint).
         files: report files by name (after `frontier_report.write`).
+        examples: "method|emotion" -> held-out answers with each judge's label, so a number
+            can be read.
 
     Example:
         result = frontier(runner, "runs/frontier/vectors")
@@ -309,6 +311,8 @@ class Frontier:
     skipped: dict[str, str]
     queries: dict[str, list[str]]
     files: dict[str, Path] = field(default_factory=dict)
+    examples: dict[str, list[dict]] = field(default_factory=dict)  # "method|emotion" -> the
+    # first EXAMPLES held-out answers of its chosen setting, with each judge's label
 
 
 def plan(cfg: FrontierConfig, vectors_dir: str | Path | None
@@ -386,8 +390,30 @@ def frontier(runner: JudgesRunner, vectors_dir: str | Path | None,
         calibrated = [r for r in calibration if r["chosen"] and
                       (r["method"], r["emotion"]) == (row["method"], row["emotion"])]
         row["feasible_on_calibration"] = calibrated[0]["feasible"] if calibrated else True
+    examples = {f"{row['method']}|{row['emotion']}": _examples(
+        runner, next(s for s in [*reference.get(row["method"], []), *chosen.get(row["method"], [])]
+                     if s.emotion == row["emotion"]).condition, held[:EXAMPLES])
+        for row in held_out}
     return Frontier(calibration, held_out, skipped,
-                    {"calibration": [q.id for q in calib], "held_out": [q.id for q in held]})
+                    {"calibration": [q.id for q in calib], "held_out": [q.id for q in held]},
+                    examples=examples)
+
+
+EXAMPLES = 10  # held-out answers per method and emotion printed in the report
+
+
+def _examples(runner: JudgesRunner, condition: Condition, queries: Sequence[Query]
+              ) -> list[dict]:
+    """Each question, the answer and the label each judge gave it."""
+    out = []
+    for q, answer in zip(queries, runner.answers(condition, queries), strict=True):
+        notes = runner.annotations_of(runner.gen_key(condition, q))
+        labels = {}
+        for spec, name in runner.judge_names().items():
+            probs = (notes.get(name) or {}).get("probs") or {}
+            labels[spec] = max(probs, key=probs.__getitem__) if probs else None
+        out.append({"id": q.id, "question": q.question, "answer": answer, "labels": labels})
+    return out
 
 
 def _run_split(runner: JudgesRunner, grid: Mapping[str, Sequence[Setting]],

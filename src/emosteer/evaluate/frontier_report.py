@@ -108,9 +108,33 @@ def emotion_table(result: Frontier, judges: Sequence[str], emotion: str) -> str:
                      *[pm(r.get(f"eps:{j}"), r.get(f"eps_se:{j}")) for j in judges],
                      report.fmt(r.get(f"tec:{judges[0]}"), "tec"),
                      pm(r.get("ppl_ratio"), r.get("ppl_ratio_se")),
-                     pm(r.get("topic"), r.get("topic_se"))])
+                     pm(r.get("topic"), r.get("topic_se")), _repetition(r)])
     return markdown_table(["method", "chosen setting", *[f"EPS {j}" for j in judges],
-                           f"TEC {judges[0]}", "PPL ratio", "topic"], rows)
+                           f"TEC {judges[0]}", "PPL ratio", "topic", "repetition"], rows)
+
+
+def _repetition(row: Mapping) -> str:
+    value = row.get("repetition")
+    return "-" if value is None else f"{value:.2f}"
+
+
+def examples_table(result: Frontier, judges: Sequence[str], emotion: str) -> str:
+    """The first held-out answers of each method's chosen setting for one emotion, with the
+    label each judge read (so anyone can see what an EPS means).
+
+    Example:
+        examples_table(result, cfg.judges, "anger")
+    """
+    rows = []
+    for key, answers in result.examples.items():
+        method, _, which = key.partition("|")
+        if which != emotion:
+            continue
+        for a in answers:
+            text = " ".join(a["answer"].split()).replace("|", "\\|")
+            rows.append([method, a["id"], text,
+                         " / ".join(str(a["labels"].get(j)) for j in judges)])
+    return markdown_table(["method", "question", "answer", " / ".join(judges)], rows)
 
 
 def calibration_table(result: Frontier, judges: Sequence[str], emotion: str) -> str:
@@ -128,9 +152,10 @@ def calibration_table(result: Frontier, judges: Sequence[str], emotion: str) -> 
                      report.fmt(r.get("eps"), "eps"),
                      *[report.fmt(r.get(f"eps:{j}"), "eps") for j in judges],
                      report.fmt(r.get("ppl_ratio"), "ppl"), report.fmt(r.get("topic"), "topic"),
-                     "✓" if r.get("chosen") and r["band"] != "-" else ""])
+                     _repetition(r), "✓" if r.get("chosen") and r["band"] != "-" else ""])
     return markdown_table(["method", "setting", "EPS (mean of judges)",
-                           *[f"EPS {j}" for j in judges], "PPL ratio", "topic", "chosen"], rows)
+                           *[f"EPS {j}" for j in judges], "PPL ratio", "topic", "repetition",
+                           "chosen"], rows)
 
 
 def _first(result: Frontier) -> str:
@@ -237,6 +262,8 @@ def write(result: Frontier, cfg: FrontierConfig, out: str | Path, judges: Sequen
                 *[Section(f"held out: {e}", emotion_table(result, judges, e))
                   for e in emotions],
                 Section("Pareto plots", figures=tuple(plots)),
+                *[Section(f"held-out answers: {e}", examples_table(result, judges, e))
+                  for e in emotions if any(k.endswith(f"|{e}") for k in result.examples)],
                 *[Section(f"calibration: {e}", calibration_table(result, judges, e))
                   for e in emotions]]
     files.update(report.write_report(out, "emosteer experiment: frontier", sections))
@@ -250,8 +277,9 @@ def _settings(result: Frontier, cfg: FrontierConfig, judges: Sequence[str], extr
              f"setting; {len(result.queries['held_out'])} held-out questions (disjoint, "
              "never used to choose) report it",
              f"- rule: per method and emotion, the highest EPS (mean of {', '.join(judges)}) "
-             f"with PPL ratio ≤ {cfg.max_ppl_ratio:g} and topic ≥ {cfg.min_topic:g} on the "
-             "calibration split; strength 0 (unsteered) is always a candidate",
+             f"with PPL ratio ≤ {cfg.max_ppl_ratio:g}, topic ≥ {cfg.min_topic:g} and repeated "
+             f"trigrams ≤ {cfg.max_repetition:g} on the calibration split; strength 0 "
+             "(unsteered) is always a candidate",
              "- ± is one standard error: EPS and topic from the per-answer values, the PPL "
              "ratio from the per-question differences of log PPL against the unsteered answers",
              "- methods: " + "; ".join(_grid(m) for m in cfg.methods
@@ -265,4 +293,6 @@ def _grid(method: Method) -> str:
         return f"{method.name} (the emotion asked for in the system prompt)"
     strengths = ", ".join(f"{s:g}" for s in method.strengths)
     bands = "" if method.bands == (None,) else f" x {len(method.bands)} layer bands"
-    return f"{method.name} (vectors {method.source}/, strengths {strengths}{bands})"
+    extra = (" + the emotion's system prompt" if method.with_prompt else "") + (
+        ", norm kept" if method.preserve_norm else "")
+    return f"{method.name} (vectors {method.source}/, strengths {strengths}{bands}{extra})"
