@@ -237,3 +237,22 @@ def test_the_extract_cli_takes_answers(extract_configs, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["extract", "--out", "/nonexistent/never-written", "--answers", "dreamt"])
     assert stop.value.code == 2 and "answers" in capsys.readouterr().err
+
+
+def test_a_mix_past_a_vectors_max_dose_is_refused_as_both_servers_parse_it():
+    from emosteer.errors import BadAlphaError
+    from emosteer.vectors import mix
+    from emosteer.vllm.spec import parse_emotion
+
+    vectors = {"anger": _dosed(), "joy": _dosed(None).renamed("joy")}
+    assert mix(vectors, {"anger": 2.5, "joy": 40.0}).meta["emotion"] == "2.5*anger + 40*joy"
+    with pytest.raises(BadAlphaError, match="max_dose"):
+        mix(vectors, {"anger": 3.0})
+    with pytest.raises(BadAlphaError, match="max_dose"):
+        parse_emotion({"anger": -3.0}, vectors)
+    from emosteer.server.errors import APIError
+    from emosteer.server.routes import _steering
+
+    with pytest.raises(APIError) as refused:
+        _steering({"anger": 3.0}, vectors)
+    assert refused.value.status == 400 and "max_dose" in str(refused.value)

@@ -514,7 +514,8 @@ def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> E
 
     Args:
         vectors: emotion name -> vector (e.g. `Extraction.vectors`).
-        weights: emotion name -> weight; each weight is checked like an alpha.
+        weights: emotion name -> weight; each weight is checked like an alpha, and against
+            the vector's max_dose where it records one (`emosteer.dose`).
 
     Example:
         calm_joy = mix(vectors, {"joy": 1.0, "anger": -0.5})  # = joy - 0.5 * anger
@@ -525,7 +526,11 @@ def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> E
     if unknown:
         raise UnknownEmotionError(
             f"unknown emotion {unknown[0]!r}: available are {', '.join(sorted(vectors))}")
+    from emosteer.dose import check_dose
+
     checked = {name: check_alpha(w, f"weight for {name!r}") for name, w in weights.items()}
+    for name, w in checked.items():  # past a vector's recorded max_dose its text breaks
+        check_dose(vectors[name], w)
     items = [vectors[name] * w for name, w in checked.items()]
     total = items[0]
     for item in items[1:]:
