@@ -4,7 +4,7 @@
 chosen ones on the held-out questions. A wide grid (six depths x doses x sites) on all 60
 calibration questions costs about an hour on 2 CPU cores; this script answers the grid on a
 smaller calibration sample (never a held-out question), prints every row and writes
-`<out>/screen.jsonl`, so the frontier proper can be run on the settings that survive. The
+`<out>/screen-<methods>.jsonl`, so the frontier proper can be run on the settings that survive. The
 answers are cached in `<out>` like the frontier's: the frontier run in the same folder reuses
 them.
 
@@ -51,7 +51,8 @@ def main() -> None:
     rows = F._run_split(runner, grid, queries)
     for r in rows:
         r["feasible"] = F.feasible(r, cfg.max_ppl_ratio, cfg.min_topic, cfg.max_repetition)
-    write_text(f"{args.out}/screen.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(f"{args.out}/screen-{'-'.join(args.method)}.jsonl",
+               "".join(json.dumps(r) + "\n" for r in rows))
     a, b = cfg.judges
     for (method, emotion), group in F.by_method_and_emotion(rows).items():
         for r in group[1:]:
