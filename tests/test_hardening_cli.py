@@ -220,3 +220,17 @@ def test_meter_checks_the_context_first(tiny, capsys, no_generation):
     err = one_line(capsys, "meter", "fine", "--question", "why? " * 220,
                    "--model", str(tiny / "tiny"))
     assert "text 1 is" in err and "1024" in err, err
+
+
+def test_export_and_import_print_hostile_metadata_as_text(tiny, capsys, wide, tmp_path):
+    gguf = tmp_path / "bogus.gguf"
+    code, out, err = run(capsys, "export", str(tiny / "vecs" / "bogus.safetensors"),
+                         "--out", str(gguf))
+    assert code == 0 and "[/bogus]" in out, err
+    code, out, err = run(capsys, "import", str(gguf), "--out", str(tmp_path / "back.safetensors"),
+                         "--emotion", "[/again]")
+    assert code == 0 and "[/again]" in out, err
+    no_control(out)
+    assert "/proc/x" in one_line(capsys, "export", str(tiny / "vecs" / "joy.safetensors"),
+                                 "--out", "/proc/x/joy.gguf")
+    assert "/proc/x" in one_line(capsys, "import", str(gguf), "--out", "/proc/x/a.safetensors")

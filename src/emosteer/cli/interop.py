@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emosteer.cli.common import console
+from emosteer.cli.common import console, plain, writable_folder
 from emosteer.cli.options import OutFileOpt, finite, given, utf8
 from emosteer.errors import BadInputError
 
@@ -49,12 +49,13 @@ def export(
     if fmt != "gguf":
         raise BadInputError(f"unknown --format {fmt!r}: use gguf")
     refuse_overwrite(out, overwrite)
+    writable_folder(out.parent)
     vector = EmotionVector.load(file)
     export_gguf(vector, out, **given(scale=scale))
     note = (" (read at the attention output; llama.cpp adds it to the residual stream after "
             "each layer, and layer 0 is dropped: see docs/serving.md)"
             if vector.site == "attn" else "")
-    console.print(f"wrote {out}: llama.cpp control vector of {vector.emotion!r}, "
+    console.print(f"wrote {plain(out)}: llama.cpp control vector of {plain(repr(vector.emotion))}, "
                   f"{len([k for k in vector.layers if k >= 1])} layers{note}")
 
 
@@ -75,10 +76,12 @@ def import_(
     from emosteer.interop import read_gguf
 
     refuse_overwrite(out, overwrite)
+    writable_folder(out.parent)
     vector = read_gguf(file)
     if emotion:
         vector = vector.renamed(emotion)
     vector.save(out)
-    console.print(f"wrote {out}: {vector.emotion!r}, {len(vector.layers)} layers "
-                  f"({vector.layers[0]}..{vector.layers[-1]}), site {vector.site}, for "
-                  f"{vector.meta.get('architecture')} models of width {vector.hidden_size}")
+    console.print(f"wrote {plain(out)}: {plain(repr(vector.emotion))}, {len(vector.layers)} "
+                  f"layers ({vector.layers[0]}..{vector.layers[-1]}), site {plain(vector.site)}, "
+                  f"for {plain(vector.meta.get('architecture'))} models of width "
+                  f"{vector.hidden_size}")
