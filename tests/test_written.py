@@ -63,7 +63,7 @@ def test_written_answers_refuse_what_they_cannot_do():
     with pytest.raises(BadInputError, match="emotion_query"):
         ExtractConfig(dataset="sev", answers="written")
     with pytest.raises(BadInputError, match="one fixed answer pair"):
-        ExtractConfig(answers="written", method="trained")
+        ExtractConfig(answers="written", rounds=2, filter="judge")
 
 
 def test_prefill_reads_our_opening_as_part_of_the_answer():

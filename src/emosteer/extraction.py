@@ -125,9 +125,9 @@ class ExtractConfig:
         if self.answers != "generated" and self.dataset != "emotion_query":
             raise BadInputError(f"answers={self.answers!r} reads the answers we wrote to "
                                 "emotion_query: use dataset='emotion_query'")
-        if self.answers == "written" and (self.rounds > 1 or self.method == "trained"):
+        if self.answers == "written" and self.rounds > 1:
             raise BadInputError("answers='written' has one fixed answer pair per question: "
-                                "use rounds=1 and a method other than 'trained'")
+                                "use rounds=1")
         if self.rounds > 1 and self.filter != "judge":
             raise BadInputError("rounds > 1 answers again until the judge has confirmed "
                                 "min_confirmed answers: it needs filter='judge'")

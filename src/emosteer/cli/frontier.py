@@ -42,8 +42,8 @@ class SearchOptions(OptionGroup):
         help="a method (mean_diff, centered, band, band_auto, norm, filtered, filtered_ctx, "
              "filtered_ctx_100, filtered_ctx_more, filtered_ctx_100_generated, "
              "filtered_ctx_100_band, trained, trained_ctx_100, prompt, written, "
-             "written_centered, written_keepnorm, written_residual, written_residual_keepnorm, "
-             "written_prompt, prefill, fewshot); repeat for several "
+             "written_centered, written_trained, written_keepnorm, written_residual, "
+             "written_residual_keepnorm, written_prompt, prefill, fewshot); repeat for several "
              "(default: frontier.METHODS, all)")] = None
     emotions: EmotionsOpt = None
     calibration_limit: Annotated[int | None, typer.Option(

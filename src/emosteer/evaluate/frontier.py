@@ -127,6 +127,9 @@ METHODS: tuple[Method, ...] = (
     Method("written", (0.25, 0.5, 0.75, 1.0), extract=WRITTEN),
     # minus the mean of the five (EV_base): what every emotional answer shares is removed
     Method("written_centered", (1.0, 2.0, 3.0), extract={**WRITTEN, "center": True}),
+    # the written vector optimised (train.py) to prefer our emotional answer over our neutral
+    # one, teacher-forced, with the KL on fluency (BiPO / RePS; no judge in the loss)
+    Method("written_trained", (0.5, 1.0, 1.5), extract={**WRITTEN, "method": "trained"}),
     Method("written_keepnorm", (0.5, 1.0), folder="written", extract=None, preserve_norm=True),
     # ... and the field's recipe: one residual layer at 20-70% of the depth, a relative dose
     Method("written_residual", (1.2,), extract=RESIDUAL,
