@@ -122,6 +122,9 @@ METHODS: tuple[Method, ...] = (
     Method("trained_ctx_100", (0.25, 0.5, 0.75, 1.0, 1.5),
            extract={**RECOMMENDED, "limit": 100, "method": "trained"}),
     Method("prompt", prompt=True, extract=None),
+    # the vectors shipped from 2026-12-02 (filtered_ctx_100, calibrated: alpha 1 is their
+    # chosen strength), copied from the package into <vectors>/filtered_ctx_100_shipped/
+    Method("filtered_ctx_100_shipped", (1.0,), extract=None),
     # issue 29: the answers we wrote (data/written_answers.jsonl), read teacher-forced under the
     # neutral prompt, at the attention output of every layer ...
     Method("written", (0.25, 0.5, 0.75, 1.0), extract=WRITTEN),
