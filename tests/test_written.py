@@ -256,3 +256,20 @@ def test_a_mix_past_a_vectors_max_dose_is_refused_as_both_servers_parse_it():
     with pytest.raises(APIError) as refused:
         _steering({"anger": 3.0}, vectors)
     assert refused.value.status == 400 and "max_dose" in str(refused.value)
+
+
+def test_the_runner_batches_attn_and_residual_rows_apart(tmp_path):
+    from emosteer.evaluate.conditions import Condition, evaluation_queries
+    from emosteer.evaluate.runner import EvalConfig, Runner
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    meta = {"model_id": "tiny-llama", "hidden_size": "64", "num_layers": "2", "emotion": "joy"}
+    attn = EmotionVector({0: torch.randn(64), 1: torch.randn(64)}, {**meta, "site": "attn"})
+    res = EmotionVector({0: torch.randn(64), 1: torch.randn(64)}, {**meta, "site": "residual"})
+    runner = Runner(model, tok, EvalConfig(limit=1, generation=GenerateConfig(
+        max_new_tokens=3, batch_size=4)), tmp_path, progress=False)
+    conditions = [Condition("a", 1.0, ("joy",), attn), Condition("r", 1.0, ("joy",), res),
+                  Condition("unsteered", 0.0, ("joy",))]
+    queries = evaluation_queries(1)[:2]
+    runner.generate(conditions, queries)  # one batch of 4 would mix the sites: refused before
+    assert all(len(runner.answers(c, queries)) == 2 for c in conditions)

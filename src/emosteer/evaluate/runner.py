@@ -174,7 +174,17 @@ class Runner:
         missing = [item for item in {key: (c, q, key) for c, q, key in items}.values()
                    if item[2] not in self.generations]  # a cached answer is never redone
         size = self.engine.batch_size if self.engine else self.cfg.generation.batch_size
-        todo = [missing[i:i + size] for i in range(0, len(missing), size)]
+        # a batch steers at one site (steer_rows): attn and residual rows go in separate
+        # batches; unsteered rows go with the first site's
+        groups: dict[str, list] = {}
+        for item in missing:
+            added = item[0].steering()
+            groups.setdefault(added.site if added is not None else "", []).append(item)
+        plain = groups.pop("", [])
+        first = sorted(groups)[0] if groups else ""
+        groups[first] = plain + groups.get(first, [])
+        todo = [g[i:i + size] for _, g in sorted(groups.items())
+                for i in range(0, len(g), size)]
         start = time.perf_counter()
         with progress_bar(self.progress, "generating", sum(len(b) for b in todo)) as advance:
             for batch in todo:
