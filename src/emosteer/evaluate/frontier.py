@@ -127,26 +127,29 @@ METHODS: tuple[Method, ...] = (
     Method("filtered_ctx_100_shipped", (1.0,), extract=None),
     # issue 29: the answers we wrote (data/written_answers.jsonl), read teacher-forced under the
     # neutral prompt, at the attention output of every layer ...
-    Method("written", (0.25, 0.5, 0.75, 1.0), extract=WRITTEN),
+    Method("written", (0.5,), extract=WRITTEN),
     # minus the mean of the five (EV_base): what every emotional answer shares is removed
-    Method("written_centered", (1.0, 2.0, 3.0), extract={**WRITTEN, "center": True}),
+    Method("written_centered", (2.0,), extract={**WRITTEN, "center": True}),
     # the written vector optimised (train.py) to prefer our emotional answer over our neutral
     # one, teacher-forced, with the KL on fluency (BiPO / RePS; no judge in the loss)
-    Method("written_trained", (0.5, 1.0, 1.5), extract={**WRITTEN, "method": "trained"}),
-    Method("written_keepnorm", (0.5, 1.0), folder="written", extract=None, preserve_norm=True),
+    Method("written_trained", (0.25,), extract={**WRITTEN, "method": "trained"}),
+    Method("written_keepnorm", (0.5,), folder="written", extract=None, preserve_norm=True),
     # ... and the field's recipe: one residual layer at 20-70% of the depth, a relative dose
-    Method("written_residual", (1.2,), extract=RESIDUAL,
-           bands=at_depth(0.2, 0.3, 0.4, 0.5, 0.6, 0.7)),
+    Method("written_residual", (1.2,), extract=RESIDUAL, bands=at_depth(0.2, 0.5)),
     Method("written_residual_keepnorm", (1.2,), folder="written_residual", extract=None,
            bands=at_depth(0.4), preserve_norm=True),
     # prompt + steer: the emotion asked for in the system prompt, with a smaller vector
     Method("written_prompt", (0.25,), folder="written", extract=None, with_prompt=True),
+    Method("filtered_ctx_100_shipped_prompt", (0.5,), folder="filtered_ctx_100_shipped",
+           extract=None, with_prompt=True),
     # the model continues our answer's first sentence; two of our exchanges before the question
     Method("prefill", (0.5, 1.0, 1.5), extract={"answers": "prefill", "limit": 40}),
     Method("fewshot", (0.5, 1.0, 1.5), extract={"answers": "fewshot", "limit": 40}),
 )
-"""The methods of issue 15, each with its grid of strengths (and bands); the grids follow
-scripts/pilot_methods.py and docs/results.md, where the PPL bound sits; `filtered` filters with
+"""The methods of issues 15 and 29, each with its grid of strengths (and bands); the grids follow
+scripts/pilot_methods.py and docs/results.md, where the PPL bound sits (the written_* grids:
+the best setting within the bounds of the wider grid that scripts/frontier_screen.py tried on
+fewer calibration questions, docs/frontier.md); `filtered` filters with
 judge A, so judge B never saw anything it chose."""
 
 
