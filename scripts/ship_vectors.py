@@ -57,7 +57,10 @@ def layers_of(band: str, vector: EmotionVector) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frontier", type=Path, default=Path("runs/frontier"))
-    parser.add_argument("--method", required=True)
+    parser.add_argument("--method", help="the frontier method to ship")
+    parser.add_argument("--dose-only", action="store_true",
+                        help="keep the shipped vectors; only run --dose-sweep on them and "
+                             "record max_dose (the frontier folder holds the answer cache)")
     parser.add_argument("--out", type=Path, default=DEFAULT_VECTORS)
     parser.add_argument("--seeds", default="", help="rebuild with these seeds, ship the median")
     parser.add_argument("--seed-limit", type=int, default=80)
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--break-ppl", type=float, default=2.5)
     parser.add_argument("--break-repetition", type=float, default=0.2)
     args = parser.parse_args(argv)
+    if args.dose_only:
+        return record_max_dose(args)
+    if not args.method:
+        parser.error("--method is required (or --dose-only)")
     spec = next(m for m in METHODS if m.name == args.method)
     chosen = {r["emotion"]: r for r in read_jsonl(args.frontier / "calibration.jsonl")
               if r["method"] == args.method and r.get("chosen")}
@@ -120,6 +127,35 @@ def main(argv: list[str] | None = None) -> None:
             record["emotions"][emotion]["held_out_of"] = "the shipped (median) build"
     for emotion, vector in shipped.items():
         vector.save(args.out / f"{emotion}.safetensors")
+    write_text(args.out / "provenance.json", json.dumps(record, indent=1) + "\n")
+
+
+def record_max_dose(args) -> None:
+    """--dose-only: the shipped vectors, each with max_dose from a sweep; provenance.json
+    gains the sweep. The directions are unchanged (the meter stays valid)."""
+    import emosteer
+    from emosteer.vectors import load_vectors
+
+    if not args.dose_sweep:
+        raise SystemExit("--dose-only needs --dose-sweep, e.g. --dose-sweep 2,3,4")
+    model, tok = emosteer.load_model("default")
+    cfg = F.FrontierConfig()
+    runner = JudgesRunner(model, tok, F.eval_config(cfg), args.frontier, cfg.judges[1:])
+    spec = F.Method("shipped", (1.0,))  # plain addition at every position
+    alphas = [float(a) for a in args.dose_sweep.split(",")]
+    record = json.loads((args.out / "provenance.json").read_text())
+    record["dose_sweep"] = {}
+    vectors = load_vectors(args.out)
+    for emotion, vector in vectors.items():
+        if emotion == "base":
+            continue
+        vector, record["dose_sweep"][emotion] = with_max_dose(runner, spec, emotion, vector,
+                                                              alphas, args)
+        vector.save(args.out / f"{emotion}.safetensors")
+    record["dose_rule"] = (f"max_dose: the relative dose of the largest alpha in 1, "
+                           f"{args.dose_sweep} whose answers to {len(calibration_queries(3))} "
+                           f"calibration questions kept PPL <= {args.break_ppl:g}x unsteered "
+                           f"and repeated trigrams <= {args.break_repetition:g}")
     write_text(args.out / "provenance.json", json.dumps(record, indent=1) + "\n")
 
 
