@@ -59,7 +59,7 @@ class Condition:
     def key(self) -> dict:
         """What names the answers in the cache: the added directions and the system prompt."""
         added = self.steering()
-        key = {"vector": vector_digest(added), "system": self.system}
+        key: dict[str, object] = {"vector": vector_digest(added), "system": self.system}
         if self.positions != "all" and added is not None:  # "all": the keys as before
             key["positions"] = self.positions
         if self.preserve_norm and added is not None:
