@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -230,7 +231,7 @@ def with_max_dose(runner, spec, emotion: str, vector: EmotionVector, alphas: lis
           flush=True)
     if dose is None:
         return vector, {"sweep": sweep, "max_dose": None}
-    meta = {**vector.meta, "max_dose": f"{dose:.4g}"}
+    meta = {**vector.meta, "max_dose": f"{math.ceil(dose * 1e4) / 1e4:g}"}  # never below it
     return EmotionVector(vector.directions, meta), {"sweep": sweep, "max_alpha": largest,
                                                     "max_dose": dose}
 

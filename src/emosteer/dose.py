@@ -80,4 +80,4 @@ def check_dose(vector: EmotionVector, alpha: float, clamp: bool = False) -> floa
     raise BadAlphaError(
         f"alpha {alpha:g} adds {dose:.2f} x the stream's norm with {vector.emotion!r}, past "
         f"{limit:.2f}, where this model's text breaks (max_dose): use |alpha| <= "
-        f"{limit / per_unit:.2f}, or clamp it (clamp_dose=True, --clamp-dose)")
+        f"{limit / per_unit:.2f}, or let steer() clamp it (clamp_dose=True)")
