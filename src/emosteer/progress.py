@@ -10,8 +10,9 @@ from contextlib import contextmanager
 def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar with ETA; yields advance(n). Nothing is shown when disabled.
 
-    Where output goes to a file (no terminal: rich would show nothing), it prints a line
-    "what: done/total, elapsed, eta" every 10% or every minute instead.
+    Where stderr goes to a file or a pipe (no terminal: rich would show nothing), it prints a
+    line "what: done/total, elapsed, eta" every 10% or every minute instead; an in-memory
+    stream (a test capturing output) gets nothing.
     """
     if not enabled or total == 0:
         yield lambda k: None
@@ -19,7 +20,7 @@ def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int
     import sys
 
     if not sys.stderr.isatty():
-        with _progress_lines(what, total) as advance:
+        with _progress_lines(what, total) if _writes_to_a_file() else _silent() as advance:
             yield advance
         return
     from rich.progress import (
@@ -58,3 +59,20 @@ def _progress_lines(what: str, total: int) -> Iterator[Callable[[int], None]]:
             shown, last = done, now
 
     yield advance
+
+
+def _writes_to_a_file() -> bool:
+    """True when stderr is backed by a file descriptor (a log file or a pipe)."""
+    import os
+    import sys
+
+    try:
+        os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+    return True
+
+
+@contextmanager
+def _silent() -> Iterator[Callable[[int], None]]:
+    yield lambda k: None
