@@ -14,13 +14,14 @@ def progress_bar(enabled: bool, what: str, total: int) -> Iterator[Callable[[int
     line "what: done/total, elapsed, eta" every 10% or every minute instead; an in-memory
     stream (a test capturing output) gets nothing.
     """
-    if not enabled or total == 0:
-        yield lambda k: None
-        return
     import sys
 
-    if not sys.stderr.isatty():
-        with _progress_lines(what, total) if _writes_to_a_file() else _silent() as advance:
+    terminal = sys.stderr.isatty()
+    if not enabled or total == 0 or not (terminal or _writes_to_a_file()):
+        yield lambda k: None
+        return
+    if not terminal:
+        with _progress_lines(what, total) as advance:
             yield advance
         return
     from rich.progress import (
@@ -71,8 +72,3 @@ def _writes_to_a_file() -> bool:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         return False
     return True
-
-
-@contextmanager
-def _silent() -> Iterator[Callable[[int], None]]:
-    yield lambda k: None
