@@ -185,33 +185,33 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool,
         def add_(hidden: torch.Tensor) -> None:
             hidden.add_(cast)
 
-    def factor(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """before / after norms, where keep_norm holds (1 elsewhere), in float32."""
-        ratio = before / after.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    def norm(hidden: torch.Tensor) -> torch.Tensor | None:
+        """Each position's norm before the addition, when it is to be kept."""
+        return hidden.float().norm(dim=-1, keepdim=True) if keep_norm is not False else None
+
+    def kept(new: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+        """`new` rescaled to the norms `before` where keep_norm holds (x exactly 1 elsewhere)."""
+        if before is None:
+            return new
+        ratio = before / new.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
         if isinstance(keep_norm, torch.Tensor):
             ratio = torch.where(keep_norm.to(ratio.device), ratio, torch.ones_like(ratio))
-        return ratio
+        return new.float() * ratio
 
     def hook(module, args, output):
         hidden = untuple(output)  # (batch, pos, d_model)
         if not (hidden.requires_grad and torch.is_grad_enabled()):
             target = hidden[:, -1:] if last_only else hidden
-            before = target.float().norm(dim=-1, keepdim=True) if keep_norm is not False \
-                else None
+            before = norm(target)
             add_(target)  # one in-place add, no new tensor
             if before is not None:
-                target.copy_((target.float() * factor(before, target)).to(target.dtype))
+                target.copy_(kept(target, before).to(target.dtype))
             return output
         if last_only:  # autograd: keep the module's output intact
-            new = add(hidden[:, -1:])
-            if keep_norm is not False:
-                new = new * factor(hidden[:, -1:].float().norm(dim=-1, keepdim=True), new)
-            hidden = torch.cat([hidden[:, :-1], new.to(hidden.dtype)], dim=1)
+            new = kept(add(hidden[:, -1:]), norm(hidden[:, -1:])).to(hidden.dtype)
+            hidden = torch.cat([hidden[:, :-1], new], dim=1)
         else:
-            new = add(hidden)
-            if keep_norm is not False:
-                new = new * factor(hidden.float().norm(dim=-1, keepdim=True), new)
-            hidden = new.to(hidden.dtype)
+            hidden = kept(add(hidden), norm(hidden)).to(hidden.dtype)
         return retuple(output, hidden)
 
     return hook
