@@ -44,7 +44,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def settings_from(provenance: Path, method: str) -> dict[str, dict]:
+    """emotion -> the calibration row (strength, band, scores) a shipped provenance.json
+    recorded for `method`."""
+    record = json.loads(provenance.read_text())
+    if record.get("method") != method:
+        raise SystemExit(f"{provenance} records method {record.get('method')!r}, not {method!r}")
+    return {e: {**row.get("calibration", {}), "strength": row["strength"], "band": row["band"]}
+            for e, row in record["emotions"].items()}
 
 
 def layers_of(band: str, vector: EmotionVector) -> list[int]:
@@ -64,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
                              "record max_dose (the frontier folder holds the answer cache)")
     parser.add_argument("--out", type=Path, default=DEFAULT_VECTORS)
     parser.add_argument("--seeds", default="", help="rebuild with these seeds, ship the median")
+    parser.add_argument("--settings-from", type=Path,
+                        help="a provenance.json whose strengths and bands to use where the "
+                             "frontier's calibration.jsonl chose none for --method (rebuilding "
+                             "the shipped recipe after its frontier folder is gone)")
     parser.add_argument("--seed-limit", type=int, default=80)
     parser.add_argument("--calibration-limit", type=int, default=5)
     parser.add_argument("--dose-sweep", default="", help="alphas of the break-point sweep")
@@ -77,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     spec = next(m for m in METHODS if m.name == args.method)
     chosen = {r["emotion"]: r for r in read_jsonl(args.frontier / "calibration.jsonl")
               if r["method"] == args.method and r.get("chosen")}
+    if not chosen and args.settings_from:
+        chosen = settings_from(args.settings_from, args.method)
+    if not chosen:
+        raise SystemExit(f"no chosen setting for {args.method} in {args.frontier}/"
+                         "calibration.jsonl: run the frontier with it, or pass --settings-from")
     held = {r["emotion"]: r for r in read_jsonl(args.frontier / "summary.jsonl")
             if r["method"] == args.method}
     record: dict = {"method": args.method, "frontier": str(args.frontier),

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from emosteer.errors import EmosteerError
+from emosteer.protocol import parse_emotion
 from emosteer.server.schemas import ChatRequest, CompletionRequest, describe
 from emosteer.vectors import EmotionVector
-from emosteer.vllm.spec import parse_emotion, request_temperature
+from emosteer.vllm.spec import request_temperature
 
 VECTORS = {name: EmotionVector({0: torch.ones(4)}, {"emotion": name, "site": "attn"})
            for name in ("joy", "anger")}

@@ -176,7 +176,7 @@ def test_models_lists_provenance_and_the_openai_client_parses_it(served):
 
 
 def test_shipped_vectors_are_named_as_shipped():
-    from emosteer.server.provenance import describe
+    from emosteer.protocol import describe_vectors as describe
 
     shipped = load_vectors("default")
     about = describe(shipped, DEFAULT_VECTORS, "attn")

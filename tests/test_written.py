@@ -241,8 +241,8 @@ def test_the_extract_cli_takes_answers(extract_configs, capsys):
 
 def test_a_mix_past_a_vectors_max_dose_is_refused_as_both_servers_parse_it():
     from emosteer.errors import BadAlphaError
+    from emosteer.protocol import parse_emotion
     from emosteer.vectors import mix
-    from emosteer.vllm.spec import parse_emotion
 
     vectors = {"anger": _dosed(), "joy": _dosed(None).renamed("joy")}
     assert mix(vectors, {"anger": 2.5, "joy": 40.0}).meta["emotion"] == "2.5*anger + 40*joy"

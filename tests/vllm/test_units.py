@@ -21,9 +21,10 @@ from emosteer.errors import (
 )
 from emosteer.hooks import hooked
 from emosteer.models import DEFAULT_MODEL_ID, cache_dir
+from emosteer.protocol import parse_emotion, parse_meter
 from emosteer.vllm.bank import VectorBank, served_model_id
-from emosteer.vllm.meter import ID_KEY, MeterReader, parse_meter
-from emosteer.vllm.spec import cache_salt, parse_emotion
+from emosteer.vllm.meter import ID_KEY, MeterReader
+from emosteer.vllm.spec import cache_salt
 from emosteer.vllm.worker import Steerer
 
 SHAPE = {"model_id": DEFAULT_MODEL_ID, "architecture": "llama", "hidden_size": "576",

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from emosteer import protocol
 from emosteer.errors import BadInputError, EmosteerError
 from emosteer.server.engine import Engine, Sampling
 from emosteer.server.errors import APIError, install_handlers
@@ -97,8 +97,7 @@ class Server:
         self.limit = cfg.max_context or context_length(model)
         self.engine = Engine(model, tokenizer, max_batch=cfg.max_batch,
                              batch_window=cfg.batch_window, max_queue=cfg.max_queue)
-        self.page = resources.files("emosteer.server").joinpath("playground.html").read_text(
-            "utf-8")
+        self.page = protocol.playground_page()
         # one thread: the event loop never tokenizes (a long prompt would stall /health)
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="emosteer-tokenize")
         self.verdicts = Verdicts()  # the judge loads on the first `"judge": true`

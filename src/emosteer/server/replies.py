@@ -22,21 +22,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from emosteer.protocol import mean_readings
 from emosteer.server.engine import Job
 from emosteer.server.errors import APIError
 
-__all__ = ["Reply", "collect", "mean_readings", "stream", "usage"]
-
-
-def mean_readings(readings: list[dict[str, float]]) -> dict[str, float] | None:
-    """The mean per emotion of some tokens' readings, rounded; None for no tokens.
-
-    Example:
-        mean_readings([{"joy": 0.2}, {"joy": 0.6}])  # {"joy": 0.4}
-    """
-    if not readings:
-        return None
-    return {e: round(sum(r[e] for r in readings) / len(readings), 4) for e in readings[0]}
+__all__ = ["Reply", "collect", "stream", "usage"]
 
 
 def usage(n_prompt: int, n_completion: int) -> dict[str, int]:

@@ -11,15 +11,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from emosteer.errors import EmosteerError, UnknownEmotionError
+from emosteer import protocol
+from emosteer.emotion_meter import Meter
+from emosteer.errors import EmosteerError
 from emosteer.generation import render_chat
 from emosteer.server.app import ServeConfig, Server
 from emosteer.server.engine import Job, Sampling
 from emosteer.server.errors import APIError
-from emosteer.server.provenance import describe
 from emosteer.server.replies import Reply, Verdict, collect, stream
 from emosteer.server.schemas import ChatRequest, CompletionRequest
-from emosteer.steering import MAX_ALPHA
 from emosteer.vectors import EmotionVector, mix
 
 __all__ = ["router"]
@@ -47,14 +47,12 @@ async def health(server: Served) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def models(server: Served) -> dict[str, Any]:
-    meter, warmup = _meter_emotions(server)
-    about = {**describe(server.vectors, server.vectors_from, server.site), "meter": meter,
-             "judge": "embedded" if server.verdicts.installed() else None}
-    return {"object": "list", "data": [{
-        "id": server.name, "object": "model", "created": 0, "owned_by": "emosteer",
-        "emotions": sorted(server.vectors), "site": server.site, "max_alpha": MAX_ALPHA,
-        "max_tokens": server.cfg.max_tokens, "context_length": server.limit,
-        "meter": meter, "meter_warmup": warmup, "emosteer": about}]}
+    fields = protocol.model_fields(
+        server.vectors, site=server.site, max_tokens=server.cfg.max_tokens,
+        context_length=server.limit, meter=_meter(server), folder=server.vectors_from,
+        judge=server.verdicts.installed())
+    return {"object": "list", "data": [{"id": server.name, "object": "model", "created": 0,
+                                        "owned_by": "emosteer", **fields}]}
 
 
 @router.post("/v1/chat/completions")
@@ -131,28 +129,22 @@ async def _verdict(server: Server, question: str) -> Verdict:
     return rate
 
 
-def _meter_emotions(server: Server) -> tuple[list[str] | None, int | None]:
-    """The emotions the meter reads (`"meter": true` works) and how many first readings its
-    text-level mean leaves out (Meter.warmup), or (None, None) when there is no meter."""
+def _meter(server: Server) -> Meter | None:
+    """The meter `"meter": true` reads with, or None when there is none."""
     try:
-        m = server.engine.ready_meter()
+        return server.engine.ready_meter()
     except EmosteerError:
-        return None, None
-    return list(m.emotions), m.warmup
+        return None
 
 
 def _steering(weights: Mapping[str, float] | None,
               vectors: Mapping[str, EmotionVector]) -> EmotionVector | None:
     """The request's emotion mix as one vector (weights are alphas); None when plain."""
-    weights = {k: w for k, w in (weights or {}).items() if w != 0.0 or k not in vectors}
-    if not weights:
-        return None
     try:
-        return mix(vectors, weights)
-    except UnknownEmotionError as err:
-        raise APIError(400, str(err), "unknown_emotion", "emotion") from None
+        spec = protocol.steering_spec(weights, vectors)
+        return mix(vectors, spec) if spec else None
     except EmosteerError as err:
-        raise APIError(400, str(err), "invalid_emotion", "emotion") from None
+        raise APIError(400, str(err), protocol.error_code(err), "emotion") from None
 
 
 def _sampling(body: ChatRequest | CompletionRequest, cfg: ServeConfig, limit: int,

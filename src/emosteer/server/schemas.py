@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from emosteer import protocol
 from emosteer.generation import sampling_temperature
-from emosteer.vectors import check_alpha
 
 __all__ = ["ChatRequest", "CompletionRequest", "Message", "StreamOptions", "TextPart",
            "describe"]
@@ -24,7 +24,6 @@ RANGES = {"temperature": (0.0, 2.0),  # OpenAI's range
           "top_p": (0.0, 1.0),
           "repetition_penalty": (0.5, 2.0)}  # 1.0 = off; beyond 2 the text breaks up
 UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "functions", "echo", "logit_bias")
-MAX_EMOTIONS = 64  # names in one mix; a served folder holds a handful
 
 
 def _utf8(text: str) -> str:
@@ -53,17 +52,13 @@ def _single_prompt(value: Any) -> Any:
     return value
 
 
-def _shorthand(value: Any) -> Any:
-    return {value: 1.0} if isinstance(value, str) else value  # "joy" = {"joy": 1}
-
-
 Text = Annotated[str, Field(strict=True), AfterValidator(_utf8)]
 Count = Annotated[int, Field(strict=True, ge=1)] | None
 Unsupported = Annotated[Any, AfterValidator(_absent)]
 Off = Annotated[float, Field(strict=True, ge=0, le=0)] | None  # only 0 (= not used) passes
-Weight = Annotated[float, Field(strict=True), AfterValidator(check_alpha)]  # an alpha
-Emotion = Annotated[Annotated[dict[str, Weight], Field(max_length=MAX_EMOTIONS)] | None,
-                    BeforeValidator(_shorthand)]
+# parsed and checked by the contract both engines share (protocol.py)
+Emotion = Annotated[dict[str, float] | None, BeforeValidator(protocol.emotion_weights)]
+Meter = Annotated[bool, BeforeValidator(protocol.parse_meter)]
 Stop = Annotated[Annotated[list[Text], Field(max_length=4)] | None, BeforeValidator(_one_or_list)]
 
 
@@ -131,7 +126,7 @@ class _Request(BaseModel):
     top_p: TopP | None = None
     repetition_penalty: Penalty | None = None
     stream: StrictBool = False
-    meter: StrictBool = False  # per-token emotion readings in the answer (off: no cost)
+    meter: Meter = False  # per-token emotion readings in the answer (off: no cost)
     judge: StrictBool = False  # the embedded judge's verdict on the whole answer (off: no cost)
     stream_options: StreamOptions | None = None
 
@@ -183,7 +178,9 @@ def describe(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None, str]
     if field == "messages":
         return "invalid_messages", "messages", _messages_error(loc, errors)
     if field == "emotion":
-        return _emotion_error(loc, err)
+        return _emotion_error(err)
+    if field == "meter":
+        return "invalid_type", "meter", _reason(err)
     if field in RANGES:
         low, high = RANGES[field]
         return "invalid_value", field, (f"'{field}' must be a number in [{low:g}, {high:g}], "
@@ -209,15 +206,12 @@ def _messages_error(loc: tuple, errors: Sequence[Mapping[str, Any]]) -> str:
             '{"type": "text", "text": ...} parts')
 
 
-def _emotion_error(loc: tuple, err: Mapping[str, Any]) -> tuple[str, str | None, str]:
-    if len(loc) < 2:
-        return "invalid_emotion", "emotion", ("'emotion' must be an object such as "
-                                              f'{{"joy": 1.5, "anger": -0.5}} (at most '
-                                              f"{MAX_EMOTIONS} names)")
-    key = loc[1]
-    if err.get("type") == "value_error":
-        return "invalid_alpha", "emotion", f"emotion {key!r}: {_reason(err)}"
-    return "invalid_alpha", "emotion", f"emotion weight for {key!r} must be a number"
+def _emotion_error(err: Mapping[str, Any]) -> tuple[str, str | None, str]:
+    error = (err.get("ctx") or {}).get("error")
+    if isinstance(error, Exception):  # raised by protocol.emotion_weights
+        return protocol.error_code(error), "emotion", str(error)
+    return "invalid_emotion", "emotion", ('\'emotion\' must be an object such as {"joy": 1.5, '
+                                          '"anger": -0.5} or an emotion name')
 
 
 def _reason(err: Mapping[str, Any]) -> str:
@@ -260,7 +254,6 @@ _FIELDS = {
     "stop": _rule("invalid_value", "'stop' must be a string or a list of up to 4 strings"),
     "seed": _rule("invalid_value", "'seed' must be an integer"),
     "stream": _rule("invalid_type", "'stream' must be true or false"),
-    "meter": _rule("invalid_type", "'meter' must be true or false"),
     "judge": _rule("invalid_type", "'judge' must be true or false"),
     "stream_options": _rule("invalid_type", "'stream_options' must be an object such as "
                             '{{"include_usage": true}}'),

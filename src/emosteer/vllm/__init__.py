@@ -30,7 +30,7 @@ _EXPORTS = {
     "as_mix": "emosteer.vllm.generate",
     "register": "emosteer.vllm.plugin",
     "VectorBank": "emosteer.vllm.bank",
-    "parse_emotion": "emosteer.vllm.spec",
+    "parse_emotion": "emosteer.protocol",
     "cache_salt": "emosteer.vllm.spec",
 }
 

@@ -39,26 +39,12 @@ from emosteer.vllm.bank import FORCE_ENV, VectorBank
 log = logging.getLogger("vllm.emosteer")
 
 METER_ENV = "EMOSTEER_METER"  # a meter JSON file to read with (default: the shipped one)
-FIELD = "meter"  # the request body's field
 ID_KEY = "emosteer_meter"  # SamplingParams.extra_args key: the id readings are kept under
 RPC = "emosteer_meter_readings"  # the worker method the front-end calls (collective_rpc)
 KEEP = 4096  # at most this many requests' readings wait in a worker (oldest dropped first)
 
-__all__ = ["FIELD", "ID_KEY", "METER_ENV", "RPC", "MeterPlan", "MeterReader", "meter_file",
-           "parse_meter", "served_meter"]
-
-
-def parse_meter(value: object) -> bool:
-    """The request's "meter" field: true or false (null: false); anything else is refused.
-
-    Example:
-        >>> parse_meter(True)
-        True
-    """
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    raise BadInputError(f"'meter' must be true or false, not {json.dumps(value, default=str)}:"
-                        ' send "meter": true for per-token emotion readings')
+__all__ = ["ID_KEY", "METER_ENV", "RPC", "MeterPlan", "MeterReader", "meter_file",
+           "served_meter"]
 
 
 def meter_file(bank: VectorBank) -> Path | None:

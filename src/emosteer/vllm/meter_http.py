@@ -28,7 +28,8 @@ import torch
 
 from emosteer.emotion_meter import as_dict
 from emosteer.errors import EmosteerError
-from emosteer.vllm.meter import FIELD, ID_KEY, RPC, parse_meter, served_meter
+from emosteer.protocol import METER, mean_readings, parse_meter
+from emosteer.vllm.meter import ID_KEY, RPC, served_meter
 
 __all__ = ["metered", "patch_async_llm", "patch_chat_serving", "patch_completion_serving"]
 
@@ -41,7 +42,7 @@ def metered(request: Any, params: Any, bank: Any) -> None:
 
     Raises EmosteerError (the caller answers a 400) for a value that is not a boolean, n > 1,
     or a server without a meter."""
-    if not parse_meter((request.model_extra or {}).get(FIELD)):
+    if not parse_meter((request.model_extra or {}).get(METER)):
         return
     if (getattr(request, "n", 1) or 1) != 1 or getattr(request, "use_beam_search", False):
         raise EmosteerError("'meter' reads one answer: send n=1 without beam search")
@@ -50,7 +51,7 @@ def metered(request: Any, params: Any, bank: Any) -> None:
 
 
 def _is_metered(request: Any) -> bool:
-    return (request.model_extra or {}).get(FIELD) is True
+    return (request.model_extra or {}).get(METER) is True
 
 
 # --- the engine client -----------------------------------------------------------------------
@@ -146,7 +147,9 @@ def _with_meter(event: str, pending: dict[int, list], emotions: tuple[str, ...])
     rows = pending.get(int(choice.get("index", 0)), [])
     if not rows or not (text or choice.get("finish_reason")):
         return event  # e.g. the role chunk: its tokens' readings go with the next text
-    body["emotion_meter"] = as_dict(emotions, torch.tensor([row for _, row in rows]).mean(0))
+    # the same summary as emosteer's own server: the mean of the rounded per-token readings
+    body["emotion_meter"] = mean_readings([as_dict(emotions, torch.tensor(row))
+                                           for _, row in rows])
     rows.clear()
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 

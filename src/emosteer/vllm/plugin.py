@@ -30,9 +30,9 @@ from types import ModuleType
 from typing import Any
 
 from emosteer.errors import BadInputError, EmosteerError
+from emosteer.protocol import METER, parse_emotion
 from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_model_id
-from emosteer.vllm.meter import FIELD
-from emosteer.vllm.spec import KEY, cache_salt, parse_emotion, request_temperature
+from emosteer.vllm.spec import KEY, cache_salt, request_temperature
 
 log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
 RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"  # vLLM's switch; the plugin needs the V1 runner
@@ -136,7 +136,7 @@ def _patch_protocol(module: ModuleType) -> None:
         try:
             meter_http.metered(self, params, bank())
         except EmosteerError as err:
-            raise _http_error(str(err), FIELD) from None
+            raise _http_error(str(err), METER) from None
         return params
 
     _mark(request_cls, "to_sampling_params", to_sampling_params)

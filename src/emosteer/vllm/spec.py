@@ -1,14 +1,12 @@
-"""A request's emotion mix: parsed, checked and given a prefix-cache salt; and its
-temperature under emosteer's greedy rule. No vLLM import.
+"""A request's prefix-cache salt and its temperature under emosteer's greedy rule; the
+`emotion` field itself is parsed by `emosteer.protocol` (the contract both engines share).
+No vLLM import.
 
-A request asks for steering with the same `"emotion"` field emosteer's own server takes:
-`{"joy": 1.5, "anger": -0.5}` (a weight per emotion; each weight is that emotion's alpha),
-or the shorthand `"joy"` (= `{"joy": 1}`). vLLM's `vllm_xargs` carries flat values only, so
-over HTTP the mix may also come as a JSON string: `vllm_xargs={"emotion": '{"joy": 1.5}'}`.
-
-The parsed form ("spec") is a plain `{name: weight}` dict, sorted, zero weights dropped: it
-travels in `SamplingParams.extra_args["emotion"]` to the workers. An empty spec is an
-unsteered request, so weight 0 is unsteered by construction (and shares its prefix cache).
+The parsed mix ("spec") is a plain `{name: weight}` dict, sorted, zero weights dropped: it
+travels in `SamplingParams.extra_args["emotion"]` to the workers. vLLM's `vllm_xargs`
+carries flat values only, so over HTTP the mix may also come as a JSON string:
+`vllm_xargs={"emotion": '{"joy": 1.5}'}`. An empty spec is an unsteered request, so weight 0
+is unsteered by construction (and shares its prefix cache).
 
 A positive temperature below `generation.GREEDY_BELOW` (1e-40, say) is greedy, as on
 emosteer's own server (vLLM alone would sample at 0.01 instead).
@@ -18,75 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 
-from emosteer.errors import BadAlphaError, BadInputError
 from emosteer.generation import sampling_temperature
-from emosteer.vectors import EmotionVector, check_alpha, mix
+from emosteer.protocol import EMOTION, Spec
 
-KEY = "emotion"  # the request field and the SamplingParams.extra_args key
+KEY = EMOTION  # the request field and the SamplingParams.extra_args key
 SALT_PREFIX = "emosteer-"  # marks the cache salts the plugin sets
 
-Spec = dict[str, float]  # emotion name -> weight (alpha), sorted by name, no zeros
-
-__all__ = ["KEY", "Spec", "cache_salt", "parse_emotion", "request_temperature"]
-
-
-def parse_emotion(value: object, vectors: Mapping[str, EmotionVector]) -> Spec:
-    """The request's emotion mix as a spec; {} when the request is unsteered.
-
-    Checked with emosteer's own rules: each weight through `check_alpha` (finite, within
-    +-MAX_ALPHA), the names and the sum through `mix` (an unknown emotion names the ones
-    available). Raises BadInputError (or a subclass) with a one-line message.
-
-    Args:
-        value: the "emotion" field: None, a name ("joy"), a {name: weight} mapping, or that
-            mapping as a JSON string (how `vllm_xargs` carries it).
-        vectors: the served vectors, by emotion name.
-
-    Example:
-        >>> parse_emotion('{"anger": -0.5, "joy": 1.5}', vectors)
-        {'anger': -0.5, 'joy': 1.5}
-    """
-    weights = _weights(_decoded(value))
-    # a zero weight steers like nothing; an unknown name is refused even at weight 0
-    spec = {k: w for k, w in sorted(weights.items()) if w != 0.0 or k not in vectors}
-    if spec:
-        mix(vectors, spec)  # raises UnknownEmotionError naming the emotions served
-    return spec
-
-
-def _decoded(value: object) -> object:
-    """A JSON string decoded; a bare name made {name: 1.0}; anything else as given."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if not text.startswith("{"):
-        return {text: 1.0} if text else None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"'emotion' is not valid JSON ({err.msg} at character {err.pos}):"
-                            ' send e.g. {"joy": 1.5, "anger": -0.5}') from None
-
-
-def _weights(value: object) -> dict[str, float]:
-    """{name: checked weight} of a decoded "emotion" value."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise BadInputError("'emotion' must be an object such as {\"joy\": 1.5, \"anger\": "
-                            f"-0.5}} or an emotion name, not {type(value).__name__}")
-    weights = {}
-    for name, weight in value.items():
-        if not isinstance(name, str):
-            raise BadInputError(f"emotion names are strings, got {name!r}: send e.g. "
-                                '{"joy": 1.5}')
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise BadAlphaError(f"emotion weight for {name!r} must be a number, not "
-                                f"{weight!r}: send e.g. {{{json.dumps(name)}: 1.5}}")
-        weights[name] = check_alpha(weight, f"weight for {name!r}")
-    return weights
+__all__ = ["KEY", "cache_salt", "request_temperature"]
 
 
 def request_temperature(value: object) -> object:

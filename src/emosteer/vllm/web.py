@@ -2,27 +2,18 @@
 
 vLLM's API server takes `--middleware emosteer.vllm.web.playground` (launcher.py passes it):
 `GET /` answers with the playground page of emosteer's own server, and `GET /v1/models`
-gains the fields that page reads ("emotions", "site", "max_alpha", "max_tokens", "meter"), so the
-page works the same on both engines. Every other request passes through untouched.
+gains the fields emosteer's own server lists (`protocol.model_fields`), so the page works
+the same on both engines. Every other request passes through untouched.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-from emosteer.vectors import MAX_ALPHA
+from emosteer import protocol
 
 __all__ = ["playground"]
-
-PAGE = Path(__file__).resolve().parent.parent / "server" / "playground.html"
-
-
-@cache
-def _page() -> str:
-    return PAGE.read_text(encoding="utf-8")
 
 
 async def playground(request: Any, call_next: Any) -> Any:
@@ -41,7 +32,7 @@ async def playground(request: Any, call_next: Any) -> Any:
     if request.method != "GET" or request.url.path not in ("/", "/v1/models"):
         return await call_next(request)
     if request.url.path == "/":
-        return HTMLResponse(_page())
+        return HTMLResponse(protocol.playground_page())
     response = await call_next(request)
     if response.status_code != 200:
         return response
@@ -51,15 +42,15 @@ async def playground(request: Any, call_next: Any) -> Any:
     from emosteer.vllm.meter import served_meter
     from emosteer.vllm.plugin import bank
 
-    names = sorted(bank().names)
-    meter: list[str] | None = None  # the emotions "meter": true reads (None: no meter)
-    warmup: int | None = None  # the first readings the text-level mean leaves out
+    served = bank()
     try:
-        served = served_meter(bank())
-        meter, warmup = list(served.emotions), served.warmup
+        meter = served_meter(served)
     except EmosteerError:
-        pass
+        meter = None
     for entry in listing.get("data", []):
-        entry.update(emotions=names, site="attn", max_alpha=MAX_ALPHA,
-                     max_tokens=entry.get("max_model_len"), meter=meter, meter_warmup=warmup)
+        # vLLM has no per-request cap: a request may ask for up to the context length
+        length = entry.get("max_model_len")
+        entry.update(protocol.model_fields(served.vectors, site="attn", max_tokens=length,
+                                           context_length=length, meter=meter,
+                                           folder=served.folder))
     return JSONResponse(listing)
