@@ -51,7 +51,7 @@ def ours(spec_path: str, out: str) -> None:
     from peer_extract import serve
 
     import emosteer
-    from emosteer.extraction import read_pairs
+    from emosteer.extraction.extract import read_pairs
 
     model, tok = emosteer.load_model("default")
 
@@ -69,7 +69,7 @@ def generate_memory(n: int) -> None:
     from peer_extract import reset_peak_rss, rss_mb
 
     import emosteer
-    from emosteer.extraction import ExtractConfig, extract
+    from emosteer.extraction.extract import ExtractConfig, extract
 
     model, tok = emosteer.load_model("default")
     extract(model, tok, ExtractConfig(emotions=("joy",), limit=2), progress=False)  # warm-up

@@ -28,11 +28,11 @@ import torch
 from machine_info import machine, write_results
 
 from emosteer.data import load_queries
-from emosteer.emotion_meter import load_meter
-from emosteer.evaluate.judges import load_judge
+from emosteer.emotion_meter.fit import corpus_rows, spearman
+from emosteer.emotion_meter.meter import load_meter
+from emosteer.emotion_meter.read import generate_metered, read_texts
 from emosteer.generation import GenerateConfig
-from emosteer.meter_fit import corpus_rows, spearman
-from emosteer.meter_read import generate_metered, read_texts
+from emosteer.judges.registry import load_judge
 from emosteer.models import load_model
 from emosteer.steering import steer
 from emosteer.vectors import load_vectors

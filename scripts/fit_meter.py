@@ -2,7 +2,7 @@
 
 The layer band and the calibration are chosen on a validation share of emotion_corpus's
 training part, then refitted on the whole training part; the held-out 20% is never read
-(`emosteer.meter_fit`). About 3 minutes for the bundled model on 2 quiet cores.
+(`emosteer.emotion_meter.fit`). About 3 minutes for the bundled model on 2 quiet cores.
 
     python scripts/fit_meter.py --vectors default --cache runs/meter_cache.safetensors
     python scripts/fit_meter.py --model Qwen/Qwen2.5-0.5B-Instruct --vectors vectors/ \
@@ -23,8 +23,13 @@ from pathlib import Path
 import torch
 
 from emosteer.data import dataset_info
-from emosteer.emotion_meter import SHIPPED, provenance
-from emosteer.meter_fit import _names, corpus_projections, fit_projections, unseen_judgements
+from emosteer.emotion_meter.fit import (
+    _names,
+    corpus_projections,
+    fit_projections,
+    unseen_judgements,
+)
+from emosteer.emotion_meter.meter import SHIPPED, provenance
 from emosteer.models import load_model, model_id
 from emosteer.vectors import SHIPPED as SHIPPED_VECTORS
 from emosteer.vectors import load_vectors
@@ -34,7 +39,7 @@ def projections(model, tok, vectors, names, args) -> tuple[list[dict], list[torc
     """The corpus projections, from --cache when it was made from the same inputs."""
     from safetensors.torch import load_file, save_file
 
-    from emosteer.meter_fit import _training_rows
+    from emosteer.emotion_meter.fit import _training_rows
 
     key = json.dumps({"emotions": names, "limit": args.limit,
                       "corpus": dataset_info("emotion_corpus").sha256,

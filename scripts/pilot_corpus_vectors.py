@@ -4,7 +4,7 @@
     emosteer experiment frontier --method filtered_ctx_more --calibration-limit 4 --limit 5 \
         --seed 1 --vectors runs/corpus/vectors --out runs/corpus
 
-Every method in `emosteer.extraction` averages answers the bundled model gave when asked for
+Every method in `emosteer.extraction.extract` averages answers the bundled model gave when asked for
 an emotion, and for anger and disgust the 135M model seldom gives them. This pilot asks
 whether sentences that carry the emotion plainly do better: per extraction question, an
 `emotion_corpus` sentence of the emotion (the emotional row) and a neutral one (the neutral
@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from emosteer import data, extraction
-from emosteer.evaluate.classifier import training_flags
+from emosteer import data
+from emosteer.extraction import extract as extraction
 from emosteer.generation import chat_prompt
+from emosteer.judges.embedded import training_flags
 from emosteer.models import load_model
-from emosteer.vllm.generate import as_batch, on_device  # no vLLM import at load
+from emosteer.vllm.generate import as_batch  # no vLLM import at load
 
 
 def half_a_sentences() -> dict[str, list[str]]:
@@ -63,7 +65,7 @@ def written_answers(sentences: dict[str, list[str]]):
                 t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])])
             for p, t in zip(prompts, texts, strict=True)]
         made = extraction.Generated(emotion, list(chunk), as_batch(outputs, tokenizer.pad_token_id))
-        return on_device([made], model.device)[0]
+        return replace(made, batch=made.batch.to(model.device))
 
     return make
 

@@ -202,7 +202,7 @@ def scores(runner, conditions: dict[str, Condition], queries) -> dict[str, dict]
 def median_build(runner, spec, chosen: dict, args) -> tuple[Path, list[dict]]:
     """Rebuild the method's vectors per seed; the folder of the build with the median mean EPS
     on the calibration questions at the chosen settings, and every build's scores."""
-    from emosteer.extraction import ExtractConfig, extract
+    from emosteer.extraction.extract import ExtractConfig, extract
 
     queries = calibration_queries(args.calibration_limit)
     builds = []

@@ -1,6 +1,6 @@
 """Train the embedded emotion judge (MiniLM features + logistic regression) on emotion_corpus.
 
-    python scripts/train_judge.py            # writes src/emosteer/evaluate/weights/*
+    python scripts/train_judge.py            # writes src/emosteer/judges/weights/*
     python scripts/train_judge.py --check    # train and report only, write nothing
     python scripts/train_judge.py --check --splits 5   # also the mean over 5 seeded splits
     python scripts/train_judge.py --halves   # judges A and B (embedded-a, embedded-b) instead
@@ -32,7 +32,7 @@ import torch
 
 from emosteer.data import dataset_info, dataset_path
 from emosteer.data import held_out_flags as held_out
-from emosteer.evaluate.classifier import (
+from emosteer.judges.embedded import (
     HALF_SEED,
     HALF_WEIGHTS,
     LABELS,

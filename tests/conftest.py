@@ -76,9 +76,9 @@ def llama():
 @pytest.fixture
 def extract_configs(monkeypatch):
     """`emosteer extract` stops once its ExtractConfig is built; the configs land in the list."""
-    from emosteer import extraction
     from emosteer.cli import vectors
     from emosteer.errors import EmosteerError
+    from emosteer.extraction import extract as extraction
 
     class Captured(EmosteerError):
         """Stops a command once its config is built."""

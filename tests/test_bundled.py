@@ -51,7 +51,7 @@ def judge():
 @pytest.mark.parametrize("emotion", ["joy", "sadness"])
 def test_vector_raises_its_emotion_on_unseen_questions(bundled, judge, emotion):
     from emosteer import data
-    from emosteer.extraction import ExtractConfig, extract
+    from emosteer.extraction.extract import ExtractConfig, extract
     from emosteer.generation import GenerateConfig, generate_text
 
     model, tok = bundled
@@ -74,8 +74,8 @@ def test_shipped_circuit_expresses_joy_and_fear_on_held_out_scenes(bundled):
 
     from emosteer import data
     from emosteer.circuits import EmotionCircuit, modulate
-    from emosteer.evaluate.judges import load_judge
     from emosteer.generation import GenerateConfig, generate_text
+    from emosteer.judges.registry import load_judge
 
     model, tok = bundled
     circuit = EmotionCircuit.load(Path(__file__).parents[1] / "docs" / "results" / "circuits"

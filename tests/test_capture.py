@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import byte_tokenizer, tiny_model
 
-from emosteer.capture import masked_means
-from emosteer.extraction import ExtractConfig, _principal, _reread_under_neutral, extract
+from emosteer.extraction.capture import masked_means
+from emosteer.extraction.extract import ExtractConfig, _principal, _reread_under_neutral, extract
 from emosteer.generation import Batch, GenerateConfig, encode
 from emosteer.models import Architecture
 
@@ -117,7 +117,7 @@ def test_extraction_is_mean_of_per_query_offsets_and_reproducible():
 
 
 def test_read_pairs_is_the_mean_last_token_difference_read_one_text_at_a_time():
-    from emosteer.extraction import read_pairs
+    from emosteer.extraction.extract import read_pairs
     from emosteer.models import decoder_layers
 
     model, tok = tiny_model("llama"), byte_tokenizer()

@@ -8,9 +8,15 @@ from conftest import byte_tokenizer, tiny_model
 
 from emosteer.circuits import analysis as A
 from emosteer.circuits.circuit import Components, EmotionCircuit, modulate
-from emosteer.circuits.components import Edit, bias_term, contributions, editing, parts
+from emosteer.circuits.components import Edit, contributions, editing, parts
 from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 from emosteer.models import model_shape
+
+
+def bias_term(module: torch.nn.Module, direction: torch.Tensor) -> float:
+    """d . b: what contributions() leaves out of d . module(inputs)."""
+    bias = getattr(module, "bias", None)
+    return 0.0 if bias is None else float(bias.detach().float() @ direction.to(bias.device).float())
 
 DENSE = ["llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "falcon", "opt"]
 
@@ -195,7 +201,7 @@ class _CyclingJudge:
         self.labels = labels
 
     def rate(self, questions, answers):
-        from emosteer.evaluate.judges import LABELS, Rating
+        from emosteer.judges.registry import LABELS, Rating
 
         out = []
         for i, _ in enumerate(answers):
@@ -205,7 +211,8 @@ class _CyclingJudge:
 
 
 def test_discover_end_to_end_on_a_tiny_model(tmp_path):
-    from emosteer.circuits.discover import DiscoverConfig, discover, save
+    from emosteer.circuits.discover import DiscoverConfig, discover
+    from emosteer.circuits.report import save
     from emosteer.generation import GenerateConfig
 
     model, tok = tiny_model("llama"), byte_tokenizer()

@@ -182,7 +182,7 @@ class Captured(EmosteerError):
 
 
 def test_defaults_come_from_the_library_and_both_list_forms_agree(extract_configs, capsys):
-    from emosteer.extraction import recommended
+    from emosteer.extraction.extract import recommended
 
     seen = extract_configs
     for args in ([], ["--emotion", "joy", "--emotion", "anger"], ["--emotions", "joy,anger"],

@@ -11,8 +11,8 @@ from conftest import byte_tokenizer, tiny_model
 from emosteer.evaluate import conditions as C
 from emosteer.evaluate import experiments as X
 from emosteer.evaluate import runner as R
-from emosteer.evaluate.rating import LABELS, JudgeError, Rating
 from emosteer.generation import GenerateConfig
+from emosteer.judges.rating import LABELS, JudgeError, Rating
 from emosteer.models import model_shape
 from emosteer.vectors import EMOTIONS, EmotionVector
 
@@ -235,7 +235,7 @@ def test_cli_extracts_missing_vectors_first(setup, tmp_path):
 def test_llm_judge_rates_emotion_and_topic_in_one_request_per_answer(setup, tmp_path):
     from test_judge import FakeChat
 
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.judges.registry import load_judge
 
     model, tok, _ = setup
     server = FakeChat([])  # answers every request with anger 80, on_topic 90

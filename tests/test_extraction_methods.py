@@ -10,9 +10,9 @@ import torch
 from conftest import byte_tokenizer, tiny_model
 
 from emosteer import data
-from emosteer.capture import masked_means
 from emosteer.errors import BadInputError
-from emosteer.extraction import ExtractConfig, extract, norm_scaled
+from emosteer.extraction.capture import masked_means
+from emosteer.extraction.extract import ExtractConfig, extract, norm_scaled
 from emosteer.generation import GenerateConfig, chat_prompt, generate
 from emosteer.hooks import hooked, untuple
 from emosteer.models import site_modules

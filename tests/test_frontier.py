@@ -20,11 +20,11 @@ from emosteer.errors import BadInputError
 from emosteer.evaluate import conditions as C
 from emosteer.evaluate import frontier as F
 from emosteer.evaluate import frontier_report as FR
-from emosteer.evaluate.classifier import LABELS, features, shipped, training_flags
-from emosteer.evaluate.judges import load_judge
 from emosteer.evaluate.measure import JudgesRunner
-from emosteer.evaluate.rating import JudgeError, Rating
 from emosteer.generation import GenerateConfig
+from emosteer.judges.embedded import LABELS, features, shipped, training_flags
+from emosteer.judges.rating import JudgeError, Rating
+from emosteer.judges.registry import load_judge
 from emosteer.models import model_shape
 from emosteer.vectors import EmotionVector
 
@@ -348,7 +348,7 @@ def test_the_command_runs_on_a_saved_tiny_model(tiny, tmp_path):
 
 def test_build_vectors_shares_answers_only_between_methods_that_ask_the_same(tmp_path,
                                                                              monkeypatch):
-    import emosteer.extraction as X
+    import emosteer.extraction.extract as X
     from emosteer.evaluate.frontier_vectors import build_vectors
 
     calls, real = [], X.extract

@@ -124,7 +124,7 @@ def test_an_error_naming_hostile_text_is_one_clean_line(capsys):
 
 def test_the_meter_render_shows_tokens_as_text(capsys):
     from emosteer.cli.meter import render
-    from emosteer.emotion_meter import Readings
+    from emosteer.emotion_meter.meter import Readings
 
     tokens = ["[/b]", f"{ESC}[2J", " [red]x"]
     readings = Readings(("joy", "[i]anger"), tokens, torch.tensor([[0.9, 0.1]] * 3))
@@ -195,7 +195,8 @@ def test_serve_refuses_an_empty_api_key(capsys, monkeypatch, how):
 # --- item 8: the model's context is checked before the model runs --------------------------
 @pytest.fixture
 def no_generation(monkeypatch):
-    from emosteer import generation, meter_read
+    from emosteer import generation
+    from emosteer.emotion_meter import read as meter_read
 
     def ran(*args, **kwargs):
         raise AssertionError("the model ran before the context check")

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from emosteer.cli import main
-from emosteer.emotion_meter import Meter
+from emosteer.emotion_meter.meter import Meter
 from emosteer.errors import BadInputError, EmosteerError, VectorFileError, VectorMismatchError
 from emosteer.interop import export_gguf, read_gguf
 from emosteer.models import model_shape

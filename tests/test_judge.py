@@ -14,7 +14,7 @@ from conftest import byte_tokenizer
 
 from emosteer.data import held_out_flags as held_out
 from emosteer.errors import BadInputError
-from emosteer.evaluate.classifier import (
+from emosteer.judges.embedded import (
     LABELS,
     LinearJudge,
     confusion,
@@ -22,8 +22,8 @@ from emosteer.evaluate.classifier import (
     shipped,
     train,
 )
-from emosteer.evaluate.judges import EMOTIONS, JudgeError, load_judge
-from emosteer.evaluate.llm_judge import OpenAIJudge, parse_reply
+from emosteer.judges.llm import OpenAIJudge, parse_reply
+from emosteer.judges.registry import SCORED, JudgeError, load_judge
 
 # --- the embedded judge ---------------------------------------------------------------------------
 CLEAR = {  # written for this test, not in the corpus
@@ -55,7 +55,7 @@ def test_embedded_judge_reads_each_emotion(embedded):
     assert [r.label for r in ratings] == list(CLEAR)
     for r in ratings:
         assert abs(sum(r.probs.values()) - 1) < 1e-5
-        assert set(r.scores) == set(EMOTIONS) and all(0 <= s <= 100 for s in r.scores.values())
+        assert set(r.scores) == set(SCORED) and all(0 <= s <= 100 for s in r.scores.values())
     assert embedded.eas_is_proxy  # the EAS of this backend is labelled a proxy
 
 
@@ -149,7 +149,7 @@ def test_hf_zero_shot_matches_a_manual_entailment_softmax(tmp_path):
     judge = load_judge(f"hf:{tmp_path}")
     text = "The exam was brutal and the grading unfair."
     (rating,) = judge.rate(["q"], [text])
-    from emosteer.evaluate.hf_judge import HYPOTHESES, HYPOTHESIS
+    from emosteer.judges.hf import HYPOTHESES, HYPOTHESIS
 
     tok = byte_tokenizer()
     with torch.no_grad():
@@ -330,7 +330,7 @@ def test_judges_are_a_registry_without_import_cycles():
     import subprocess
     import sys
 
-    from emosteer.evaluate import judges
+    from emosteer.judges import registry as judges
 
     class Always:
         spec, version, eas_is_proxy, rates_topic = "always", "1", True, False
@@ -350,9 +350,9 @@ def test_judges_are_a_registry_without_import_cycles():
     with pytest.raises(BadInputError, match="names no model"):
         load_judge("hf:")
     # a backend imported first, alone, never needs the registry module
-    for backend in ("classifier", "hf_judge", "llm_judge"):
-        code = (f"import sys, emosteer.evaluate.{backend}\n"
-                "print('emosteer.evaluate.judges' in sys.modules)")
+    for backend in ("embedded", "hf", "llm"):
+        code = (f"import sys, emosteer.judges.{backend}\n"
+                "print('emosteer.judges.registry' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              timeout=120)
         assert out.stdout.strip() == "False", (backend, out.stderr[-500:])
@@ -361,4 +361,4 @@ def test_judges_are_a_registry_without_import_cycles():
 def test_judge_labels_come_from_the_one_emotion_list():
     from emosteer.emotions import CIRCUIT_EMOTIONS, JUDGE_LABELS
 
-    assert LABELS == JUDGE_LABELS and tuple(EMOTIONS) == CIRCUIT_EMOTIONS
+    assert LABELS == JUDGE_LABELS and tuple(SCORED) == CIRCUIT_EMOTIONS

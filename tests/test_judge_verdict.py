@@ -67,7 +67,7 @@ def _events(raw: str) -> list[dict]:
 
 
 def _judged(question: str, answer: str) -> dict[str, float]:
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.judges.registry import load_judge
 
     return load_judge("embedded").rate([question], [answer])[0].probs
 
@@ -142,7 +142,7 @@ def test_judge_not_true_or_false_is_a_400(served):
 
 
 def test_missing_judge_extra_is_a_clear_400(monkeypatch):
-    from emosteer.evaluate import classifier
+    from emosteer.judges import embedded as classifier
 
     # the real loader, uncached, with the model package gone: as without 'emosteer[judge]'
     monkeypatch.setattr(classifier, "encoder", classifier.encoder.__wrapped__)

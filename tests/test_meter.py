@@ -14,11 +14,16 @@ import torch
 from conftest import byte_tokenizer, tiny_model
 from live_server import EMOTIONS, live_server, random_vectors
 
-from emosteer.emotion_meter import Meter, load_meter
-from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
-from emosteer.generation import GenerateConfig, chat_prompt, generate
-from emosteer.meter_fit import KINDS, corpus_rows, fit_meter, roc_auc, spearman, unseen_judgements
-from emosteer.meter_read import (
+from emosteer.emotion_meter.fit import (
+    KINDS,
+    corpus_rows,
+    fit_meter,
+    roc_auc,
+    spearman,
+    unseen_judgements,
+)
+from emosteer.emotion_meter.meter import Meter, load_meter, provenance
+from emosteer.emotion_meter.read import (
     generate_metered,
     meter,
     metering,
@@ -26,7 +31,17 @@ from emosteer.meter_read import (
     sequence,
     token_projections,
 )
+from emosteer.errors import BadInputError, VectorFileError, VectorMismatchError
+from emosteer.generation import GenerateConfig, chat_prompt, generate
 from emosteer.steering import steer
+
+
+def fitted_with(meter: Meter, vectors) -> bool:
+    """True when `vectors` hold exactly the directions `meter` was fitted with."""
+    fitted = meter.card.get("vectors", {})
+    return all(e in vectors and e in fitted and set(meter.layers) <= set(vectors[e].layers)
+               and fitted[e].get("band_sha256") ==
+               provenance(vectors[e], meter.layers)["band_sha256"] for e in meter.emotions)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +181,7 @@ def test_fit_calibrates_on_the_training_part_only(setup, fitted):
 
 
 def test_softmax_link_readings_share_one_unit_and_survive_a_file(setup, tmp_path):
-    from emosteer.meter_fit import _calibrate
+    from emosteer.emotion_meter.fit import _calibrate
 
     model, tok, _, m = setup
     g = torch.Generator().manual_seed(0)
@@ -187,7 +202,7 @@ def test_softmax_link_readings_share_one_unit_and_survive_a_file(setup, tmp_path
 
 
 def test_text_level_reading_leaves_out_the_warmup_tokens():
-    from emosteer.emotion_meter import Readings
+    from emosteer.emotion_meter.meter import Readings
 
     values = torch.tensor([[0.9, 0.1], [0.2, 0.4], [0.4, 0.6]])
     r = Readings(("joy", "anger"), ["a", "b", "c"], values, warmup=1)
@@ -203,8 +218,8 @@ def test_spearman_known_answers():
 
 
 def test_the_fit_asks_each_sentence_of_the_judge_that_did_not_train_on_it():
-    from emosteer.evaluate.classifier import training_flags
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.judges.embedded import training_flags
+    from emosteer.judges.registry import load_judge
 
     rows = corpus_rows(held_out=False)[:12]
     got = unseen_judgements(rows)
@@ -218,7 +233,7 @@ def test_the_fit_asks_each_sentence_of_the_judge_that_did_not_train_on_it():
 
 def test_band_mean_kinds_become_the_same_function_of_the_layers():
     """'own' and 'all' are fitted on band means and stored over per-layer features."""
-    from emosteer.meter_fit import _calibrate, _fit
+    from emosteer.emotion_meter.fit import _calibrate, _fit
 
     g = torch.Generator().manual_seed(0)
     per_layer = [torch.randn(4, 2, 3, generator=g) for _ in range(15)]
@@ -259,9 +274,9 @@ def test_save_load_round_trip_and_bad_files(fitted, setup, tmp_path):
     with pytest.raises(VectorFileError, match="meter link"):
         Meter.load(tmp_path / "badlink.json")
     assert back.layers == fitted.layers and back.card == json.loads(json.dumps(fitted.card))
-    assert load_meter(model, path).matches(vectors)
+    assert fitted_with(load_meter(model, path), vectors)
     other = {**vectors, "joy": vectors["anger"].renamed("joy")}
-    assert not back.matches(other)
+    assert not fitted_with(back, other)
     with pytest.raises(VectorFileError, match="not the ones it was fitted with"):
         Meter.load(path, other)
     (tmp_path / "bad.json").write_text('{"format_version": "9"}')
@@ -424,7 +439,7 @@ def test_the_shipped_meter_reads_the_bundled_model():
 
     model, tok = load_model("default")
     m = load_meter(model)  # found for the model id, its vectors checked by hash
-    assert m.matches(load_vectors("default")) and m.card["calibration"] == "softmax"
+    assert fitted_with(m, load_vectors("default")) and m.card["calibration"] == "softmax"
     assert m.link == "softmax" and m.warmup == m.card["selection"]["chosen"]["warmup"]
     assert m.card["corpus"]["training_ids"] == len(corpus_rows(held_out=False))
     texts = {"joy": "We won the final! I can't stop smiling, best day ever.",

@@ -8,7 +8,7 @@ from conftest import TINY, byte_tokenizer, tiny_model
 
 import emosteer
 from emosteer.errors import ModelLoadError, UnknownArchitectureError
-from emosteer.extraction import ExtractConfig, extract
+from emosteer.extraction.extract import ExtractConfig, extract
 from emosteer.generation import Batch, GenerateConfig, decode_responses
 from emosteer.models import ARCHITECTURES, Architecture, load_model, site_modules
 

@@ -58,7 +58,7 @@ def _served():
                      vectors_from=folder)
     meter = os.environ.get("EMOSTEER_PLAYGROUND_METER")  # a meter JSON (scripts/fit_meter.py)
     if meter:
-        from emosteer.emotion_meter import load_meter
+        from emosteer.emotion_meter.meter import load_meter
 
         app.state.engine.meter = load_meter(model, meter)
     return app

@@ -50,11 +50,12 @@ def folder(tmp_path_factory):
 @pytest.fixture
 def plugin(folder, monkeypatch):
     """emosteer.vllm.plugin serving `folder`, its 400 replaced by `Refused`."""
-    from emosteer.vllm import plugin
+    from emosteer.vllm import plugin, web
     from emosteer.vllm.bank import VectorBank
 
     bank = VectorBank.load(folder)
-    monkeypatch.setattr(plugin, "bank", lambda: bank)
+    monkeypatch.setattr(plugin, "served_bank", lambda: bank)
+    monkeypatch.setattr(web, "served_bank", lambda: bank)
     monkeypatch.setattr(plugin, "_http_error", lambda message, parameter="emotion":
                         Refused(message, parameter))
     return plugin

@@ -443,7 +443,7 @@ def test_the_vllm_protocol_patch_makes_a_tiny_temperature_greedy(monkeypatch):
 
     module = ModuleType("protocol")
     module.ChatCompletionRequest = ChatCompletionRequest
-    monkeypatch.setattr(plugin, "bank", lambda: None)
+    monkeypatch.setattr(plugin, "served_bank", lambda: None)
     plugin._patch_protocol(module)
     assert ChatCompletionRequest(1e-40).to_sampling_params().temperature == 0.0
     assert ChatCompletionRequest(0.7).to_sampling_params().temperature == 0.7

@@ -31,8 +31,8 @@ def test_the_five_ship_calibrated_with_their_provenance():
 @pytest.mark.slow
 def test_shipped_vectors_fit_the_bundled_model_and_raise_their_emotion(tmp_path, monkeypatch):
     from emosteer.evaluate.conditions import evaluation_queries
-    from emosteer.evaluate.judges import load_judge
     from emosteer.generation import GenerateConfig, generate_text
+    from emosteer.judges.registry import load_judge
     from emosteer.models import load_model
 
     model, tok = load_model("default")

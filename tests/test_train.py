@@ -6,19 +6,19 @@ import pytest
 import torch
 from conftest import PAD, byte_tokenizer, tiny_model
 
-from emosteer.bands import best_band, scan_bands, steered_gain
 from emosteer.errors import BadInputError
-from emosteer.extraction import ExtractConfig, extract
-from emosteer.generation import GenerateConfig
-from emosteer.hooks import hooked, retuple, untuple
-from emosteer.models import model_shape, site_modules
-from emosteer.train import (
+from emosteer.extraction.bands import best_band, scan_bands, steered_gain
+from emosteer.extraction.extract import ExtractConfig, extract
+from emosteer.extraction.train import (
     PreferencePair,
     TrainConfig,
     _Prefix,
     reference_logprobs,
     train_vector,
 )
+from emosteer.generation import GenerateConfig
+from emosteer.hooks import hooked, retuple, untuple
+from emosteer.models import model_shape, site_modules
 from emosteer.vectors import EmotionVector
 
 QUESTIONS = ["How was the trip?", "Did you like the film?", "How is work going?",

@@ -8,11 +8,11 @@ import torch
 from conftest import byte_tokenizer, tiny_model
 
 from emosteer import data
-from emosteer.capture import masked_means
 from emosteer.errors import BadInputError
 from emosteer.evaluate.frontier import METHODS, Method, choose, feasible, settings_of
 from emosteer.evaluate.measure import repeated_trigrams
-from emosteer.extraction import ExtractConfig, _first_sentence, extract
+from emosteer.extraction.capture import masked_means
+from emosteer.extraction.extract import ExtractConfig, _first_sentence, extract
 from emosteer.generation import GenerateConfig, chat_prompt
 from emosteer.hooks import hooked, untuple
 from emosteer.models import site_modules

@@ -10,9 +10,12 @@ both servers refuse an addition past it, or clamp alpha down to it when asked to
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from emosteer.errors import BadAlphaError, BadInputError
-from emosteer.vectors import EmotionVector
+
+if TYPE_CHECKING:  # vectors.mix calls check_dose: the type alone, no import cycle
+    from emosteer.vectors import EmotionVector
 
 
 def site_norms(vector: EmotionVector) -> dict[int, float] | None:

@@ -53,6 +53,11 @@ class Batch:
     response_mask: torch.Tensor  # 1 on response tokens only (up to, not including, the end)
     prompt_len: int  # padded prompt length: responses start here
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with its tensors on `device` (a reading model's)."""
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.response_mask.to(device), self.prompt_len)
+
 
 def chat_prompt(tokenizer, question: str, system: str | None) -> str:
     """One user question (after an optional system prompt) as the model's chat prompt.

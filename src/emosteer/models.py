@@ -68,7 +68,12 @@ def architecture_of(model: PreTrainedModel, override: Architecture | None = None
     """The Architecture for a model: the override if given, else the table entry for its type."""
     if override is not None:
         return override
-    model_type = getattr(model.config, "model_type", None)
+    return architecture_for(getattr(model.config, "model_type", None))
+
+
+def architecture_for(model_type: str | None) -> Architecture:
+    """The table's Architecture for a model type (config.model_type), or
+    UnknownArchitectureError naming the known ones and how to add one."""
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     known = ", ".join(sorted(ARCHITECTURES))

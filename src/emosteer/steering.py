@@ -160,6 +160,22 @@ def _site_deltas(vector: EmotionVector, layers: list[int]) -> dict[int, torch.Te
     return increments(chosen) if vector.site == "residual" else chosen
 
 
+def added_in_float32(hidden: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """hidden + delta, added in float32 and cast back to hidden's dtype; a float16 sum is
+    clamped to float16's range first, so it cannot overflow to inf. Both engines add this way
+    (`steer` in float16, the vLLM worker on its steered rows in every dtype).
+
+    Example:
+        added_in_float32(torch.full((1,), 65000.0, dtype=torch.float16), torch.ones(1) * 1e4)
+        # tensor([65504.], dtype=torch.float16): the largest float16, not inf
+    """
+    total = hidden.float() + delta
+    if hidden.dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max
+        total = total.clamp(-limit, limit)
+    return total.to(hidden.dtype)
+
+
 def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool,
            keep_norm: torch.Tensor | bool = False):
     """A forward hook adding delta to a module's hidden-state output.
@@ -169,10 +185,9 @@ def _adder(delta: torch.Tensor, dtype: torch.dtype, last_only: bool,
     (vllm-lens's norm_match). Rows outside the mask are multiplied by exactly 1.
     """
     if dtype == torch.float16:  # add in float32 and clamp, so the sum cannot overflow to inf
-        limit = torch.finfo(torch.float16).max
 
         def add(hidden: torch.Tensor) -> torch.Tensor:
-            return (hidden.float() + delta).clamp(-limit, limit).to(hidden.dtype)
+            return added_in_float32(hidden, delta)
 
         def add_(hidden: torch.Tensor) -> None:
             hidden.copy_(add(hidden))

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from emosteer.extraction import ExtractConfig, extract
+from emosteer.extraction.extract import ExtractConfig, extract
 from emosteer.generation import GenerateConfig, decode_responses, eos_ids
 from emosteer.vectors import load_vectors
 

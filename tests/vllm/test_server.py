@@ -234,8 +234,8 @@ def test_completions_endpoint_meters(client):
 def test_meter_agrees_with_emosteers_own_meter(client):
     """The same prompt and answer ids read by emosteer's meter (transformers, meter_read)."""
     import emosteer
-    from emosteer.emotion_meter import load_meter
-    from emosteer.meter_read import token_projections
+    from emosteer.emotion_meter.meter import load_meter
+    from emosteer.emotion_meter.read import token_projections
 
     _, meter, r = metered(client, return_token_ids=True)
     prompt_ids = r.model_extra["prompt_token_ids"]

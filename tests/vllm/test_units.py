@@ -11,7 +11,7 @@ import pytest
 import support
 import torch
 
-from emosteer.emotion_meter import Meter
+from emosteer.emotion_meter.meter import Meter
 from emosteer.errors import (
     BadAlphaError,
     BadInputError,
@@ -279,7 +279,7 @@ def test_parse_meter():
 
 
 def test_which_meter_a_server_reads_with(bank, monkeypatch, tmp_path):
-    from emosteer.emotion_meter import SHIPPED
+    from emosteer.emotion_meter.meter import SHIPPED
     from emosteer.errors import EmosteerError
     from emosteer.vllm.launcher import serve_command
     from emosteer.vllm.meter import METER_ENV, meter_file, served_meter

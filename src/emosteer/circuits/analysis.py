@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from emosteer.capture import reading
 from emosteer.circuits.components import KINDS, Edit, Parts, contributions, editing, unit_mask
+from emosteer.extraction.capture import reading
 from emosteer.generation import forward_kwargs
 from emosteer.models import cache_arg, cache_of
 

@@ -104,11 +104,6 @@ def contributions(module: torch.nn.Module, inputs: torch.Tensor, direction: torc
     return terms.unflatten(-1, (-1, group)).sum(-1)
 
 
-def bias_term(module: torch.nn.Module, direction: torch.Tensor) -> float:
-    bias = getattr(module, "bias", None)
-    return 0.0 if bias is None else float(bias.detach().float() @ direction.to(bias.device).float())
-
-
 @contextmanager
 def reading_last(model: PreTrainedModel, p: Parts, arch: Architecture | None = None
                  ) -> Iterator[dict[str, list]]:

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from emosteer import data
-from emosteer.capture import masked_means
 from emosteer.circuits import analysis as A
 from emosteer.circuits.circuit import EmotionCircuit, build
 from emosteer.circuits.components import KINDS, Parts, parts, reading_last
-from emosteer.circuits.report import save  # noqa: F401 (what discover writes: report.py)
 from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
+from emosteer.extraction.capture import masked_means
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
 from emosteer.models import Architecture, model_shape
 from emosteer.progress import progress_bar
@@ -37,7 +36,7 @@ from emosteer.vectors import EmotionVector
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from emosteer.evaluate.judges import Judge
+    from emosteer.judges.registry import Judge
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ def discover(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         result = emosteer.discover(model, tok, emosteer.DiscoverConfig(skeletons=10))
         result.circuit.save("circuits/circuit.safetensors")
     """
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.judges.registry import load_judge
 
     judge = judge or load_judge("embedded")
     p = parts(model, arch)

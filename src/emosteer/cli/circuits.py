@@ -83,7 +83,7 @@ def discover(
     from rich.table import Table
 
     from emosteer.circuits.discover import discover as run
-    from emosteer.circuits.discover import save
+    from emosteer.circuits.report import save
 
     cfg = search.config(gen)
     writable_folder(out)

@@ -46,7 +46,7 @@ def demo(
 
     Example: [bold]emosteer demo --limit 40[/bold]
     """
-    from emosteer.extraction import extract, recommended
+    from emosteer.extraction.extract import extract, recommended
     from emosteer.steering import check_alpha
     from emosteer.vectors import calibrated_like, shipped_vectors
 
@@ -82,8 +82,8 @@ def demo_table(m: PreTrainedModel, tok: PreTrainedTokenizerBase,
     from rich.table import Table
 
     from emosteer import data
-    from emosteer.evaluate.judges import load_judge
     from emosteer.generation import GenerateConfig, generate_text
+    from emosteer.judges.registry import load_judge
 
     by_id = {q.id: q.question for q in data.load_queries("emotion_query_plus")}
     questions = [by_id[i] for i in DEMO_QUESTIONS]

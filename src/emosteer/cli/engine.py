@@ -20,7 +20,7 @@ from emosteer.cli.options import OptionGroup
 from emosteer.errors import BadInputError
 
 if TYPE_CHECKING:
-    from emosteer.extraction import ExtractConfig, Generated
+    from emosteer.extraction.extract import ExtractConfig, Generated
 
 ENGINES = ("builtin", "vllm")
 
@@ -145,6 +145,6 @@ def on_device(gens: list[Generated] | None, model: Any) -> list[Generated] | Non
     """vLLM's generations moved to the reading model's device (None stays None)."""
     if gens is None:
         return None
-    from emosteer.vllm.generate import on_device as moved
+    from dataclasses import replace
 
-    return moved(gens, model.device)
+    return [replace(g, batch=g.batch.to(model.device)) for g in gens]

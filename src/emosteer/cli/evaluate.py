@@ -63,11 +63,11 @@ def _api() -> SimpleNamespace:
     """What this module uses of the experiments layer, imported in this one place (it pulls
     in torch, and it is where a move inside emosteer.evaluate needs an update)."""
     from emosteer.evaluate import experiments
-    from emosteer.evaluate.judges import load_judge
     from emosteer.evaluate.metrics import get_metrics
     from emosteer.evaluate.report import fmt, mean_rows
     from emosteer.evaluate.runner import AutoAlpha, EvalConfig, Runner
     from emosteer.evaluate.scorers import Perplexity
+    from emosteer.judges.registry import load_judge
 
     return SimpleNamespace(experiments=experiments, load_judge=load_judge,
                            get_metrics=get_metrics, fmt=fmt, mean_rows=mean_rows,
@@ -164,8 +164,8 @@ def _runner(ev: ExperimentOptions, gen: GenerateOptions, experiment: str, *,
 def _vectors(runner: Any, src: VectorSource, need_base: bool = False) -> dict:
     """The runner's emotions' vectors from `src.vectors`, checked against the runner's model;
     extracted from that same model (and saved there) when any is missing."""
-    from emosteer.extraction import ExtractConfig
-    from emosteer.extraction import extract as run
+    from emosteer.extraction.extract import ExtractConfig
+    from emosteer.extraction.extract import extract as run
     from emosteer.vectors import EmotionVector
 
     emotions = tuple(runner.cfg.emotions)

@@ -99,7 +99,8 @@ def frontier(
     Example: [bold]emosteer experiment frontier --method mean_diff --method trained --extract[/bold]
     """
     from emosteer.evaluate import frontier as F
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.evaluate import frontier_report
+    from emosteer.judges.registry import load_judge
 
     cfg = search.config()
     for spec in cfg.judges:
@@ -112,7 +113,8 @@ def frontier(
         _extract_missing(m, tok, cfg, vectors, extract_limit, gen)
     generation = gen.config(F.eval_config(cfg).generation)
     try:
-        result = F.run(m, tok, vectors, out, cfg, generation=generation, seed=generation.seed)
+        result = frontier_report.run(m, tok, vectors, out, cfg, generation=generation,
+                                     seed=generation.seed)
     except EmosteerError as err:
         raise type(err)(f"{err} (answers and scores so far are kept in {out}/; rerun the same "
                         "command to resume)") from err
@@ -123,7 +125,7 @@ def _extract_missing(model: Any, tokenizer: Any, cfg: FrontierConfig, vectors: P
                      limit: int, gen: GenerateOptions) -> None:
     """--extract: build the folders of the methods that have none, and say where."""
     from emosteer.evaluate.frontier_vectors import build_vectors
-    from emosteer.extraction import ExtractConfig
+    from emosteer.extraction.extract import ExtractConfig
 
     base = ExtractConfig(emotions=cfg.emotions, limit=limit)
     built = build_vectors(model, tokenizer, cfg.methods, vectors, replace(

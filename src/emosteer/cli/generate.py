@@ -158,8 +158,8 @@ class Shown:
         """Generate under `context` (an unentered steer or modulate) with the meter's hooks
         registered first, and print each answer metered."""
         from emosteer.cli.meter import render
-        from emosteer.emotion_meter import load_meter
-        from emosteer.meter_read import generate_metered
+        from emosteer.emotion_meter.meter import load_meter
+        from emosteer.emotion_meter.read import generate_metered
 
         chosen = load_meter(m, self.meter_file)
         answers = generate_metered(m, tok, questions, chosen, context, system, cfg)

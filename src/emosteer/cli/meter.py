@@ -17,7 +17,7 @@ from emosteer.cli.options import ModelOpt, texts, utf8
 if TYPE_CHECKING:
     from rich.console import Group
 
-    from emosteer.emotion_meter import Readings
+    from emosteer.emotion_meter.meter import Readings
 
 COLOURS = {"joy": "yellow", "anger": "red", "sadness": "blue", "fear": "magenta",
            "disgust": "green", "surprise": "cyan"}
@@ -87,9 +87,9 @@ def meter(
 
     As an answer: [bold]emosteer meter "It was awful." --question "How was the trip?"[/bold]
     """
-    from emosteer.emotion_meter import load_meter
+    from emosteer.emotion_meter.meter import load_meter
+    from emosteer.emotion_meter.read import read_texts, sequence
     from emosteer.generation import check_context
-    from emosteer.meter_read import read_texts, sequence
 
     m, tok = load(model)
     items: list = [t if question is None else

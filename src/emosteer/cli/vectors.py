@@ -102,8 +102,8 @@ def extract(
     """
     from dataclasses import replace
 
-    from emosteer.extraction import extract as run
-    from emosteer.extraction import parse_band, recommended
+    from emosteer.extraction.extract import extract as run
+    from emosteer.extraction.extract import parse_band, recommended
 
     base = recommended()
     more: dict[str, Any] = ({"band": parse_band(band)} if band is not None else {}) | (

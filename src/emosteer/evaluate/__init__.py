@@ -1,11 +1,7 @@
-"""Measure emotion steering: metrics registry, judges, experiments and their reports.
+"""Measure emotion steering: metrics registry, experiments and their reports (the judges that
+read the answers are in `emosteer.judges`).
 
 metrics.py      the registry (name, higher_is_better, what it needs): ppl, topic, eps, eas, tec
-rating.py       Rating, LABELS, normalise, JudgeError: what every judge backend shares
-judges.py       the judge registry: load_judge("embedded" | "hf:<id>" | "openai:<url>#<model>")
-classifier.py   the embedded judge: MiniLM features + logistic regression (weights/)
-hf_judge.py     zero-shot NLI or text-classification models from Hugging Face
-llm_judge.py    an LLM judge over an OpenAI-compatible chat API (the openai client)
 scorers.py      perplexity under an unsteered LM; topic consistency from MiniLM embeddings
 conditions.py   evaluation questions and conditions (vector and alpha, or a system prompt)
 runner.py       EvalConfig and the cached, resumable Runner

@@ -24,10 +24,10 @@ from emosteer import data
 from emosteer.circuits.circuit import EmotionCircuit, modulate
 from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
-from emosteer.evaluate.rating import Judge
 from emosteer.evaluate.scorers import Perplexity, perplexity
 from emosteer.files import write_text
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.judges.rating import Judge
 from emosteer.progress import progress_bar
 from emosteer.steering import steer
 from emosteer.tables import markdown_table
@@ -126,7 +126,7 @@ def compare(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                          vectors, CompareConfig(test_skeletons=5))
         print(markdown(result))
     """
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.judges.registry import load_judge
 
     missing = [e for e in cfg.emotions if e not in vectors or e not in circuit.emotions]
     if missing:

@@ -31,12 +31,12 @@ from emosteer.evaluate.conditions import unsteered as unsteered_condition
 from emosteer.evaluate.frontier_vectors import load_method_vectors
 from emosteer.evaluate.measure import JudgesRunner, log_ppls, measure
 from emosteer.evaluate.runner import EvalConfig
-from emosteer.extraction import RECOMMENDED
+from emosteer.extraction.extract import RECOMMENDED
 from emosteer.steering import Positions
 from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    pass
 
 Band = tuple[float, float] | None  # a window of the vector's layers, as fractions; None: all
 UNSTEERED = "unsteered"  # the held-out reference row of every emotion
@@ -147,9 +147,9 @@ METHODS: tuple[Method, ...] = (
     Method("fewshot", (0.5, 1.0, 1.5), extract={"answers": "fewshot", "limit": 40}),
 )
 """The methods of issues 15 and 29, each with its grid of strengths (and bands); the grids follow
-scripts/pilot_methods.py and docs/results.md, where the PPL bound sits (the written_* grids:
+the first method pilot (docs/results.md, where the PPL bound sits (the written_* grids:
 the best setting within the bounds of the wider grid that scripts/frontier_screen.py tried on
-fewer calibration questions, docs/frontier.md); `filtered` filters with
+fewer calibration questions, docs/frontier.md)); `filtered` filters with
 judge A, so judge B never saw anything it chose."""
 
 
@@ -449,40 +449,3 @@ def by_method_and_emotion(rows: Sequence[dict]) -> dict[tuple[str, str], list[di
     for r in rows:
         out.setdefault((r["method"], r["emotion"]), []).append(r)
     return out
-
-
-def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-        vectors_dir: str | Path | None, out: str | Path, cfg: FrontierConfig = FrontierConfig(),
-        progress: bool = True, **eval_changes: Any) -> Frontier:
-    """The whole experiment: a JudgesRunner with caches in `out`, frontier(), the report.
-
-    Args:
-        model: the model steered (and the PPL reference, unsteered).
-        tokenizer: its tokenizer.
-        vectors_dir: one folder of vectors per method (see frontier_vectors).
-        out: caches and report files.
-        cfg: methods, emotions, question counts, judges, bounds.
-        progress: show progress bars.
-        eval_changes: EvalConfig fields to change (generation, seed, calibration_share).
-
-    Example:
-        result = run(model, tok, "runs/frontier/vectors", "runs/frontier")
-        print(result.files["markdown"])
-    """
-    import time
-
-    from emosteer.evaluate import frontier_report
-
-    runner = JudgesRunner(model, tokenizer, eval_config(cfg, **eval_changes), out,
-                          cfg.judges[1:], progress=progress)
-    start = time.perf_counter()
-    result = frontier(runner, vectors_dir, cfg)
-    g = runner.cfg.generation
-    notes = [f"- model `{runner.model_id}`; judges {', '.join(cfg.judges)}; PPL under the same "
-             f"model, unsteered; generation {g.max_new_tokens} new tokens, "
-             + (f"sampling T={g.temperature:g} top_p={g.top_p:g}" if g.do_sample else "greedy")
-             + f", seed {g.seed}",
-             f"- this run: {time.perf_counter() - start:.0f} s, "
-             f"{runner.timings.get('answers_generated', 0):g} answers generated"]
-    frontier_report.write(result, cfg, out, list(runner.judge_names()), "\n".join(notes))
-    return result

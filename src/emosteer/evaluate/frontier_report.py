@@ -1,4 +1,5 @@
-"""The frontier's report: JSONL rows, held-out tables with standard errors, Pareto plots.
+"""The frontier's run (`run`: the experiment, then its report) and its report: JSONL rows,
+held-out tables with standard errors, Pareto plots.
 
 Files in the run's folder: summary.jsonl (the held-out rows), calibration.jsonl (every
 setting tried, with "feasible" and "chosen"), figures/pareto-<emotion>.png, and report.md /
@@ -10,15 +11,22 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from emosteer.evaluate import frontier as F
 from emosteer.evaluate import report
 from emosteer.evaluate.frontier import UNBOUNDED, UNSTEERED, Frontier, FrontierConfig, Method
+from emosteer.evaluate.measure import JudgesRunner
 from emosteer.evaluate.report import Section
 from emosteer.files import write_text
 from emosteer.plots import pyplot, save_figure
 from emosteer.tables import markdown_table
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#ff7f0e", "#7f7f7f")
@@ -296,3 +304,37 @@ def _grid(method: Method) -> str:
     extra = (" + the emotion's system prompt" if method.with_prompt else "") + (
         ", norm kept" if method.preserve_norm else "")
     return f"{method.name} (vectors {method.source}/, strengths {strengths}{bands}{extra})"
+
+
+def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        vectors_dir: str | Path | None, out: str | Path, cfg: FrontierConfig = FrontierConfig(),
+        progress: bool = True, **eval_changes: Any) -> Frontier:
+    """The whole experiment: a JudgesRunner with caches in `out`, frontier.frontier(), the
+    report.
+
+    Args:
+        model: the model steered (and the PPL reference, unsteered).
+        tokenizer: its tokenizer.
+        vectors_dir: one folder of vectors per method (see frontier_vectors).
+        out: caches and report files.
+        cfg: methods, emotions, question counts, judges, bounds.
+        progress: show progress bars.
+        eval_changes: EvalConfig fields to change (generation, seed, calibration_share).
+
+    Example:
+        result = run(model, tok, "runs/frontier/vectors", "runs/frontier")
+        print(result.files["markdown"])
+    """
+    runner = JudgesRunner(model, tokenizer, F.eval_config(cfg, **eval_changes), out,
+                          cfg.judges[1:], progress=progress)
+    start = time.perf_counter()
+    result = F.frontier(runner, vectors_dir, cfg)
+    g = runner.cfg.generation
+    notes = [f"- model `{runner.model_id}`; judges {', '.join(cfg.judges)}; PPL under the same "
+             f"model, unsteered; generation {g.max_new_tokens} new tokens, "
+             + (f"sampling T={g.temperature:g} top_p={g.top_p:g}" if g.do_sample else "greedy")
+             + f", seed {g.seed}",
+             f"- this run: {time.perf_counter() - start:.0f} s, "
+             f"{runner.timings.get('answers_generated', 0):g} answers generated"]
+    write(result, cfg, out, list(runner.judge_names()), "\n".join(notes))
+    return result

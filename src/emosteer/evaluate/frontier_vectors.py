@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from emosteer.evaluate.frontier import Method
-    from emosteer.extraction import ExtractConfig, Generated
+    from emosteer.extraction.extract import ExtractConfig, Generated
 
 
 def load_method_vectors(folder: str | Path, emotions: Sequence[str]
@@ -69,7 +69,7 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     Example:
         build_vectors(model, tok, METHODS, "runs/frontier/vectors")
     """
-    from emosteer.extraction import ExtractConfig, extract
+    from emosteer.extraction.extract import ExtractConfig, extract
 
     base = base or ExtractConfig(limit=40)
     written: dict[str, Path] = {}

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from emosteer.data import Query
 from emosteer.evaluate.conditions import Condition
 from emosteer.evaluate.metrics import METRICS
-from emosteer.evaluate.rating import Judge
 from emosteer.evaluate.runner import EvalConfig, Runner, Score
+from emosteer.judges.rating import Judge
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -48,7 +48,7 @@ class JudgesRunner(Runner):
     def other_judge(self, spec: str) -> Judge:
         """The judge of one of `more_judges` (loaded on first use)."""
         if spec not in self._more:
-            from emosteer.evaluate.judges import load_judge
+            from emosteer.judges.registry import load_judge
 
             self._more[spec] = load_judge(spec)
         return self._more[spec]

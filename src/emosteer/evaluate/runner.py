@@ -21,9 +21,9 @@ from emosteer.emotions import VECTOR_EMOTIONS
 from emosteer.errors import BadInputError
 from emosteer.evaluate.conditions import Condition
 from emosteer.evaluate.metrics import get_metrics
-from emosteer.evaluate.rating import Judge
 from emosteer.evaluate.store import JsonlStore, digest
 from emosteer.generation import GenerateConfig, chat_prompt, decode_responses, generate
+from emosteer.judges.rating import Judge
 from emosteer.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class Runner:
     def judge(self) -> Judge:
         """The judge (loaded from cfg.judge on first use)."""
         if self._judge is None:
-            from emosteer.evaluate.judges import load_judge
+            from emosteer.judges.registry import load_judge
 
             self._judge = load_judge(self.cfg.judge)
         return self._judge

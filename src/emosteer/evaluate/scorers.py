@@ -113,7 +113,7 @@ class TopicSimilarity:
 
     def score(self, questions: Sequence[str], answers: Sequence[str]) -> list[float]:
         """One score in [0, 1] per (question, answer)."""
-        from emosteer.evaluate.classifier import embed
+        from emosteer.judges.embedded import embed
 
         if self._ref is None:
             self._ref = embed(self.reference)

@@ -38,10 +38,10 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from emosteer.emotion_meter import Meter, as_dict, load_meter
+from emosteer.emotion_meter.meter import Meter, as_dict, load_meter
+from emosteer.emotion_meter.read import metering
 from emosteer.errors import EmosteerError
 from emosteer.generation import GREEDY_BELOW, GenerateConfig, eos_ids
-from emosteer.meter_read import metering
 from emosteer.models import cache_arg, cache_of, forward_params
 from emosteer.steering import steer_rows
 from emosteer.vectors import EmotionVector

@@ -33,7 +33,7 @@ from emosteer.server.errors import APIError
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from emosteer.server.app import ServeConfig
+    from emosteer.server.state import ServeConfig
 
 __all__ = ["LOOPBACK_NAMES", "Guard", "is_loopback"]
 

@@ -12,14 +12,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from emosteer import protocol
-from emosteer.emotion_meter import Meter
+from emosteer.emotion_meter.meter import Meter
 from emosteer.errors import EmosteerError
 from emosteer.generation import render_chat
-from emosteer.server.app import ServeConfig, Server
 from emosteer.server.engine import Job, Sampling
 from emosteer.server.errors import APIError
 from emosteer.server.replies import Reply, Verdict, collect, stream
 from emosteer.server.schemas import ChatRequest, CompletionRequest
+from emosteer.server.state import ServeConfig, Server
 from emosteer.vectors import EmotionVector, mix
 
 __all__ = ["router"]

@@ -1,6 +1,6 @@
 """The judge's verdict on a whole answer (`"judge": true`), off the event loop.
 
-The embedded judge (`emosteer.evaluate.judges.load_judge("embedded")`, MiniLM + logistic
+The embedded judge (`emosteer.judges.registry.load_judge("embedded")`, MiniLM + logistic
 regression) is loaded the first time a request asks for a verdict, once per server, on a
 thread of its own; every rating runs on that thread too, so the event loop (and /health)
 never waits for it. A server whose requests never ask loads nothing.
@@ -63,7 +63,7 @@ class Verdicts:
         if self._error is not None:
             raise EmosteerError(self._error)
         try:
-            from emosteer.evaluate.judges import load_judge
+            from emosteer.judges.registry import load_judge
 
             judge = load_judge(SPEC)
             judge.rate(["warm-up"], ["warm-up"])  # loads MiniLM: a missing extra fails here

@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from emosteer.vectors import (
 VECTORS_ENV = "EMOSTEER_VECTORS"  # the folder of <emotion>.safetensors to serve
 FORCE_ENV = "EMOSTEER_ALLOW_OTHER_MODEL"  # "1": accept vectors of another model id, same shape
 
-__all__ = ["FORCE_ENV", "VECTORS_ENV", "VectorBank", "config_shape", "served_model_id"]
+__all__ = ["FORCE_ENV", "VECTORS_ENV", "VectorBank", "config_shape", "served_bank",
+           "served_model_id"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,3 +149,12 @@ def config_shape(hf_config: Any, model_id: str) -> dict[str, str]:
             "architecture": str(getattr(text, "model_type", "unknown")),
             "hidden_size": str(text.hidden_size),
             "num_layers": str(layers)}
+
+
+@cache
+def served_bank() -> VectorBank:
+    """This process's vectors, from $EMOSTEER_VECTORS (loaded once)."""
+    loaded = VectorBank.from_env()
+    if loaded is None:
+        raise BadInputError(f"${VECTORS_ENV} is not set: point it at a folder of vectors")
+    return loaded

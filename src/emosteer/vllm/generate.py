@@ -28,7 +28,7 @@ from emosteer.progress import progress_bar
 from emosteer.vllm.spec import KEY, Spec
 
 if TYPE_CHECKING:
-    from emosteer.extraction import ExtractConfig, Generated
+    from emosteer.extraction.extract import ExtractConfig, Generated
     from emosteer.vectors import EmotionVector
 
 __all__ = ["VllmAnswerer", "alpha_sweep", "as_mix", "extraction_generations",
@@ -132,7 +132,7 @@ def extraction_generations(engine: Any, cfg: ExtractConfig,
 
     The same queries and batches as extract() makes (neutral rows, then emotion rows, per
     batch of cfg.generation.batch_size queries), each answer its own vLLM request; the
-    tensors are on the CPU (move them with `on_device` for a model elsewhere).
+    tensors are on the CPU (move them with `Batch.to` for a model elsewhere).
 
     Args:
         engine: a vllm.LLM of the model that extract() reads (plugin on or off: these
@@ -145,7 +145,7 @@ def extraction_generations(engine: Any, cfg: ExtractConfig,
         result = emosteer.extract(model, tok, cfg, generations=gens)
     """
     from emosteer import data
-    from emosteer.extraction import Generated
+    from emosteer.extraction.extract import Generated
 
     queries = data.extraction_queries(cfg.dataset, list(cfg.emotions), cfg.limit,
                                       cfg.generation.seed)
@@ -189,14 +189,6 @@ def as_batch(outputs: Sequence[Any], pad_id: int) -> Batch:
         attention[i, p - len(prompt):p + k] = 1
         response[i, p:p + k] = 1
     return Batch(ids, attention, response, p)
-
-
-def on_device(gens: Sequence[Generated], device: Any) -> list[Generated]:
-    """The generations with their tensors on `device` (the reading model's)."""
-    from dataclasses import replace
-
-    return [replace(g, batch=Batch(g.batch.input_ids.to(device), g.batch.attention_mask.to(
-        device), g.batch.response_mask.to(device), g.batch.prompt_len)) for g in gens]
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -153,7 +153,7 @@ def serve(model: str = "default", vectors: str | Path = "vectors", host: str = "
     require_vllm()
     check_vectors(model, vectors, force)
     if meter is not None:
-        from emosteer.emotion_meter import Meter
+        from emosteer.emotion_meter.meter import Meter
 
         Meter.load(meter)  # a bad meter file fails here, in one line, not in vLLM's worker
     argv, env = serve_command(model, vectors, host, port, extra_vllm_args, force, meter=meter)

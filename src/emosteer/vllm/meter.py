@@ -2,7 +2,7 @@
 and the worker's read-only hooks. No vLLM import (the front-end half is meter_http.py).
 
 A request with `"meter": true` gets one reading per generated token, as from emosteer's own
-server: the meter (emosteer.emotion_meter.Meter) projects the attention outputs of its layer
+server: the meter (emosteer.emotion_meter.meter.Meter) projects the attention outputs of its layer
 band on its unit directions and calibrates them to 0-1, on the state the token was sampled
 from (the prefill's last position for the first token, then each decode step's new token).
 
@@ -20,7 +20,6 @@ A step with no metered request registers no hook.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -31,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from emosteer.emotion_meter import SHIPPED, Meter
+from emosteer.emotion_meter.meter import Meter, shipped_meter_files
+from emosteer.emotion_meter.read import projection_hooks
 from emosteer.errors import BadInputError, EmosteerError
-from emosteer.hooks import hooked, untuple
+from emosteer.hooks import hooked
 from emosteer.vllm.bank import FORCE_ENV, VectorBank
 
 log = logging.getLogger("vllm.emosteer")
@@ -53,12 +53,8 @@ def meter_file(bank: VectorBank) -> Path | None:
     named = os.environ.get(METER_ENV, "").strip()
     if named:
         return Path(named).expanduser()
-    model_ids = {v.meta.get("model_id") for v in bank.vectors.values()}
-    for path in sorted(SHIPPED.glob("meter-*.json")):
-        card = json.loads(path.read_text(encoding="utf-8")).get("card", {})
-        if card.get("model_id") in model_ids:
-            return path
-    return None
+    shipped = shipped_meter_files({v.meta.get("model_id") for v in bank.vectors.values()})
+    return shipped[0] if shipped else None
 
 
 @cache
@@ -104,7 +100,8 @@ class MeterReader:
                  device: torch.device) -> None:
         self.meter = meter
         self.modules = modules  # the band's layers -> attention output projection
-        self.units = {layer: u.to(device) for layer, u in meter.band().items()}
+        self.units = {layer: u.to(device) for layer, u in meter.band().items()
+                      if layer in modules}
         self.store: dict[str, dict[int, list[float]]] = {}
 
     def plan(self, runner: Any) -> MeterPlan | None:
@@ -138,18 +135,13 @@ class MeterReader:
         emosteer's own server does)."""
         if plan is None:
             return hooked(None, {})
-        projections: dict[int, torch.Tensor] = {}
-        top = max(self.modules)
 
-        def make(layer: int):
-            def hook(module, args, output):
-                rows = untuple(output).index_select(0, plan.rows).float()  # (n, hidden)
-                projections[layer] = rows @ self.units[layer].T  # (n, emotions)
-                if layer == top:
-                    self._keep(plan, self.meter.calibrate(self.meter.raw(projections)))
-            return hook
+        def keep(projections: dict[int, torch.Tensor]) -> None:
+            self._keep(plan, self.meter.calibrate(self.meter.raw(projections)))
 
-        return hooked(None, {module: make(layer) for layer, module in self.modules.items()})
+        return hooked(None, projection_hooks(self.modules, self.units,
+                                             lambda hidden: hidden.index_select(0, plan.rows),
+                                             {}, keep))
 
     def _keep(self, plan: MeterPlan, values: torch.Tensor) -> None:
         for (meter_id, token), row in zip(plan.keys, values.tolist(), strict=True):

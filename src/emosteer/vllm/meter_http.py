@@ -26,10 +26,12 @@ from typing import Any
 
 import torch
 
-from emosteer.emotion_meter import as_dict
+from emosteer.emotion_meter.meter import as_dict
 from emosteer.errors import EmosteerError
 from emosteer.protocol import METER, mean_readings, parse_meter
+from emosteer.vllm.bank import served_bank
 from emosteer.vllm.meter import ID_KEY, RPC, served_meter
+from emosteer.vllm.patching import mark
 
 __all__ = ["metered", "patch_async_llm", "patch_chat_serving", "patch_completion_serving"]
 
@@ -57,8 +59,6 @@ def _is_metered(request: Any) -> bool:
 # --- the engine client -----------------------------------------------------------------------
 def patch_async_llm(module: ModuleType) -> None:
     """AsyncLLM.generate: metered requests get their readings attached to each output."""
-    from emosteer.vllm.plugin import _mark
-
     engine_cls = module.AsyncLLM
     original = engine_cls.generate
 
@@ -74,7 +74,7 @@ def patch_async_llm(module: ModuleType) -> None:
         return _with_readings(self, original(self, prompt, params, request_id, *args, **kwargs),
                               meter_id, params.output_kind == RequestOutputKind.DELTA)
 
-    _mark(engine_cls, "generate", generate)
+    mark(engine_cls, "generate", generate)
 
 
 async def _with_readings(engine: Any, outputs: AsyncIterator[Any], meter_id: str, delta: bool
@@ -114,9 +114,7 @@ async def _fetch(engine: Any, meter_id: str, first: int, last: int, done: bool
 
 # --- the response builders -------------------------------------------------------------------
 def _emotions() -> tuple[str, ...]:
-    from emosteer.vllm.plugin import bank
-
-    return served_meter(bank()).emotions
+    return served_meter(served_bank()).emotions
 
 
 def _per_token(server: Any, pairs: list[tuple[int, list[float]]]) -> list[dict[str, Any]]:
@@ -156,8 +154,6 @@ def _with_meter(event: str, pending: dict[int, list], emotions: tuple[str, ...])
 
 def patch_chat_serving(module: ModuleType) -> None:
     """OpenAIServingChat: emotion_meter in metered chunks and whole answers."""
-    from emosteer.vllm.plugin import _mark
-
     serving = module.OpenAIServingChat
     stream, full = serving.chat_completion_stream_generator, serving.chat_completion_full_generator
 
@@ -178,14 +174,12 @@ def patch_chat_serving(module: ModuleType) -> None:
             response.choices[0].emotion_meter = _per_token(self, pending.get(0, []))
         return response
 
-    _mark(serving, "chat_completion_stream_generator", chat_completion_stream_generator)
-    _mark(serving, "chat_completion_full_generator", chat_completion_full_generator)
+    mark(serving, "chat_completion_stream_generator", chat_completion_stream_generator)
+    mark(serving, "chat_completion_full_generator", chat_completion_full_generator)
 
 
 def patch_completion_serving(module: ModuleType) -> None:
     """OpenAIServingCompletion: emotion_meter in metered chunks and whole answers."""
-    from emosteer.vllm.plugin import _mark
-
     serving = module.OpenAIServingCompletion
     stream, whole = serving.completion_stream_generator, \
         serving.request_output_to_completion_response
@@ -205,8 +199,8 @@ def patch_completion_serving(module: ModuleType) -> None:
                 choice.emotion_meter = _per_token(self, getattr(res, READINGS, None) or [])
         return response
 
-    _mark(serving, "completion_stream_generator", completion_stream_generator)
-    _mark(serving, "request_output_to_completion_response",
+    mark(serving, "completion_stream_generator", completion_stream_generator)
+    mark(serving, "request_output_to_completion_response",
           request_output_to_completion_response)
 
 

@@ -20,18 +20,14 @@ Each module is patched when vLLM imports it, so every process imports only what 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
-from collections.abc import Callable
-from functools import cache
 from types import ModuleType
-from typing import Any
 
 from emosteer.errors import BadInputError, EmosteerError
 from emosteer.protocol import METER, parse_emotion
-from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_model_id
+from emosteer.vllm.bank import VECTORS_ENV, config_shape, served_bank, served_model_id
+from emosteer.vllm.patching import mark, when_imported
 from emosteer.vllm.spec import KEY, cache_salt, request_temperature
 
 log = logging.getLogger("vllm.emosteer")  # a child of vLLM's logger: shown with its logs
@@ -63,15 +59,6 @@ def register() -> None:
                   meter_http.patch_completion_serving)
 
 
-@cache
-def bank() -> VectorBank:
-    """This process's vectors (loaded once)."""
-    loaded = VectorBank.from_env()
-    if loaded is None:
-        raise BadInputError(f"${VECTORS_ENV} is not set: point it at a folder of vectors")
-    return loaded
-
-
 def _patch_engine_args(module: ModuleType) -> None:
     engine_args = module.EngineArgs
     original = engine_args.create_engine_config
@@ -86,10 +73,10 @@ def _patch_engine_args(module: ModuleType) -> None:
             self.enforce_eager = True
         config = original(self, *args, **kwargs)
         model = config.model_config.model
-        bank().check(config_shape(config.model_config.hf_config, served_model_id(model)))
+        served_bank().check(config_shape(config.model_config.hf_config, served_model_id(model)))
         return config
 
-    _mark(engine_args, "create_engine_config", create_engine_config)
+    mark(engine_args, "create_engine_config", create_engine_config)
 
 
 def _patch_input_processor(module: ModuleType) -> None:
@@ -105,10 +92,10 @@ def _patch_input_processor(module: ModuleType) -> None:
             rest = {k: v for k, v in params.extra_args.items() if k != KEY}
             # weight 0 is unsteered: no key, no salt, it shares the unsteered cache
             params.extra_args = {**rest, KEY: spec} if spec else rest or None
-            request.cache_salt = cache_salt(spec, bank().fingerprint, request.cache_salt)
+            request.cache_salt = cache_salt(spec, served_bank().fingerprint, request.cache_salt)
         return request
 
-    _mark(processor, "process_inputs", process_inputs)
+    mark(processor, "process_inputs", process_inputs)
 
 
 def _patch_protocol(module: ModuleType) -> None:
@@ -134,18 +121,18 @@ def _patch_protocol(module: ModuleType) -> None:
         if value is not None:
             params.extra_args = {**extra, KEY: checked(value)}
         try:
-            meter_http.metered(self, params, bank())
+            meter_http.metered(self, params, served_bank())
         except EmosteerError as err:
             raise _http_error(str(err), METER) from None
         return params
 
-    _mark(request_cls, "to_sampling_params", to_sampling_params)
+    mark(request_cls, "to_sampling_params", to_sampling_params)
 
 
 def checked(value: object) -> dict[str, float]:
     """parse_emotion against this process's vectors; a bad value raises vLLM's 400 error."""
     try:
-        return parse_emotion(value, bank().vectors)
+        return parse_emotion(value, served_bank().vectors)
     except EmosteerError as err:
         raise _http_error(str(err)) from None
 
@@ -154,43 +141,3 @@ def _http_error(message: str, parameter: str = KEY) -> Exception:
     from vllm.exceptions import VLLMValidationError  # the API server answers it with a 400
 
     return VLLMValidationError(message, parameter=parameter)
-
-
-def _mark(owner: type, name: str, fn: Callable) -> None:
-    """owner.name = fn, once: vLLM may load plugins more than once in a process."""
-    if not getattr(getattr(owner, name), "_emosteer", False):
-        fn._emosteer = True  # type: ignore[attr-defined]
-        setattr(owner, name, fn)
-
-
-def when_imported(name: str, fn: Callable[[ModuleType], Any]) -> None:
-    """Run fn(module) once module `name` is imported: now if it is, else right after its
-    import (a one-shot finder on sys.meta_path wraps the module's exec_module)."""
-    if name in sys.modules:
-        fn(sys.modules[name])
-        return
-    sys.meta_path.insert(0, _AfterImport(name, fn))
-
-
-class _AfterImport:
-    """A sys.meta_path finder that finds nothing itself; it runs fn after `name` executes."""
-
-    def __init__(self, name: str, fn: Callable[[ModuleType], Any]) -> None:
-        self.name, self.fn = name, fn
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        loader, fn = spec.loader, self.fn
-        inner = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            inner(module)
-            fn(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec

@@ -12,6 +12,9 @@ import json
 from typing import Any
 
 from emosteer import protocol
+from emosteer.errors import EmosteerError
+from emosteer.vllm.bank import served_bank
+from emosteer.vllm.meter import served_meter
 
 __all__ = ["playground"]
 
@@ -38,11 +41,8 @@ async def playground(request: Any, call_next: Any) -> Any:
         return response
     body = b"".join([chunk async for chunk in response.body_iterator])
     listing = json.loads(body)
-    from emosteer.errors import EmosteerError
-    from emosteer.vllm.meter import served_meter
-    from emosteer.vllm.plugin import bank
 
-    served = bank()
+    served = served_bank()
     try:
         meter = served_meter(served)
     except EmosteerError:

@@ -27,7 +27,8 @@ import torch
 
 from emosteer.errors import BadInputError, UnknownArchitectureError
 from emosteer.hooks import hooked, untuple
-from emosteer.models import ARCHITECTURES
+from emosteer.models import architecture_for
+from emosteer.steering import added_in_float32
 from emosteer.vllm.bank import VectorBank, config_shape, served_model_id
 from emosteer.vllm.meter import RPC, MeterReader, check_meter, meter_file, served_meter
 from emosteer.vllm.spec import KEY
@@ -123,11 +124,8 @@ def _adder(vectors: torch.Tensor, plan: Plan):
     def hook(module, args, output):
         hidden = untuple(output)  # (tokens, hidden)
         delta = (plan.weights @ vectors).index_select(0, plan.row_spec)  # (n, hidden)
-        rows = hidden.index_select(0, plan.rows).float() + delta
-        if hidden.dtype == torch.float16:  # as emosteer.steering: the sum cannot overflow
-            limit = torch.finfo(torch.float16).max
-            rows = rows.clamp(-limit, limit)
-        hidden.index_copy_(0, plan.rows, rows.to(hidden.dtype))  # steered rows only
+        rows = added_in_float32(hidden.index_select(0, plan.rows), delta)
+        hidden.index_copy_(0, plan.rows, rows)  # steered rows only
         return output
 
     return hook
@@ -140,11 +138,7 @@ def attention_outputs(model: torch.nn.Module, model_type: str, num_layers: int
     vLLM names its modules as transformers does, so emosteer's architecture table applies;
     layers held by other pipeline ranks (vLLM's PPMissingLayer) are skipped.
     """
-    arch = ARCHITECTURES.get(model_type)
-    if arch is None:
-        raise UnknownArchitectureError(
-            f"architecture {model_type!r} is not in emosteer's table (known: "
-            f"{', '.join(sorted(ARCHITECTURES))}): register it in emosteer.ARCHITECTURES")
+    arch = architecture_for(model_type)
     found = {}
     for layer in range(num_layers):
         try:

@@ -21,10 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 from emosteer.errors import BadInputError
-from emosteer.evaluate.rating import EMOTIONS, LABELS, Judge, JudgeError, Rating, normalise
+from emosteer.judges.rating import LABELS, SCORED, Judge, JudgeError, Rating, normalise
 
-__all__ = ["EMOTIONS", "LABELS", "Judge", "JudgeError", "Rating", "load_judge", "normalise",
-           "register_judge"]
+__all__ = [
+    "LABELS",
+    "SCORED",
+    "Judge",
+    "JudgeError",
+    "Rating",
+    "load_judge",
+    "normalise",
+    "register_judge",
+]
 
 JudgeFactory = Callable[..., Judge]  # (argument after "name:", **options) -> Judge
 _REGISTRY: dict[str, tuple[JudgeFactory, bool]] = {}
@@ -68,13 +76,13 @@ def load_judge(spec: str = "embedded", **options: Any) -> Judge:
 
 
 def _embedded(argument: str, half: str | None = None, **options: Any) -> Judge:
-    from emosteer.evaluate.classifier import EmbeddedJudge
+    from emosteer.judges.embedded import EmbeddedJudge
 
     return EmbeddedJudge(half=half, **options)
 
 
 def _hf(argument: str, **options: Any) -> Judge:
-    from emosteer.evaluate.hf_judge import HFJudge
+    from emosteer.judges.hf import HFJudge
 
     if not argument:
         raise BadInputError("the judge spec hf: names no model: write hf:<model id or folder> "
@@ -83,7 +91,7 @@ def _hf(argument: str, **options: Any) -> Judge:
 
 
 def _openai(argument: str, **options: Any) -> Judge:
-    from emosteer.evaluate.llm_judge import OpenAIJudge
+    from emosteer.judges.llm import OpenAIJudge
 
     return OpenAIJudge.from_spec(f"openai:{argument}", **options)
 

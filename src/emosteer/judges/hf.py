@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from emosteer.errors import BadInputError, ModelLoadError
-from emosteer.evaluate.rating import EMOTIONS, LABELS, Rating, normalise
+from emosteer.judges.rating import LABELS, SCORED, Rating, normalise
 from emosteer.models import forward_params
 
 HYPOTHESES = {  # our wording; one short description per label
@@ -110,7 +110,7 @@ class HFJudge:
         else:
             alone = torch.sigmoid(entail)
         return [Rating({label: float(p[j]) for j, label in enumerate(LABELS)},
-                       {e: 100.0 * float(a[LABELS.index(e)]) for e in EMOTIONS})
+                       {e: 100.0 * float(a[LABELS.index(e)]) for e in SCORED})
                 for p, a in zip(probs, alone, strict=True)]
 
     def _classify(self, texts: list[str]) -> list[Rating]:
@@ -120,7 +120,7 @@ class HFJudge:
         ratings = []
         for s, p in zip(scale, soft, strict=True):
             mass = dict.fromkeys(LABELS, 0.0)
-            scores = dict.fromkeys(EMOTIONS, 0.0)
+            scores = dict.fromkeys(SCORED, 0.0)
             for i, label in self.mapping.items():
                 mass[label] += float(p[i])
                 if label in scores:

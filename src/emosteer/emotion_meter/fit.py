@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from emosteer.data import dataset_info, dataset_path, held_out_flags
-from emosteer.emotion_meter import Meter
+from emosteer.emotion_meter.meter import Meter
+from emosteer.emotion_meter.read import sequence, token_projections
 from emosteer.emotions import CIRCUIT_EMOTIONS
 from emosteer.errors import BadInputError
-from emosteer.meter_read import sequence, token_projections
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -187,8 +187,8 @@ def unseen_judgements(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float
     Example:
         unseen_judgements(corpus_rows(held_out=False)[:3])  # [{"joy": 0.8, ...}, ...]
     """
-    from emosteer.evaluate.classifier import training_flags
-    from emosteer.evaluate.judges import load_judge
+    from emosteer.judges.embedded import training_flags
+    from emosteer.judges.registry import load_judge
 
     in_a = training_flags([r["id"] for r in rows], half="a")
     texts = [r["text"] for r in rows]

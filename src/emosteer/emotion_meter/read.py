@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import torch
 
-from emosteer.emotion_meter import Directions, Meter, Readings, load_meter
+from emosteer.emotion_meter.meter import Directions, Meter, Readings, load_meter
 from emosteer.errors import BadInputError
 from emosteer.generation import (
     GenerateConfig,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from emosteer.models import Site
 
-__all__ = ["generate_metered", "meter", "metering", "read_texts", "sequence",
+__all__ = ["generate_metered", "meter", "metering", "projection_hooks", "read_texts", "sequence",
            "token_projections"]
 
 Piece: TypeAlias = tuple[list[int], list[int]]  # (prefix ids read first, ids of the text read)
@@ -54,21 +54,34 @@ def projecting(model: PreTrainedModel, site: Site, directions: Mapping[int, torc
     layer's hook, once per pass. The hooks return nothing: outputs are untouched.
     """
     out: dict[int, torch.Tensor] = {}
+    modules = site_modules(model, site)
+    select = (lambda hidden: hidden[:, -1:]) if last_only else (lambda hidden: hidden)
+    with hooked(model, projection_hooks({layer: modules[layer] for layer in directions},
+                                        directions, select, out, on_pass)):
+        yield out
+
+
+def projection_hooks(modules: Mapping[int, torch.nn.Module],
+                     directions: Mapping[int, torch.Tensor],
+                     select: Callable[[torch.Tensor], torch.Tensor], out: dict[int, torch.Tensor],
+                     on_pass: Callable[[dict[int, torch.Tensor]], None] | None = None) -> dict:
+    """The meter's read-only forward hooks, for `hooks.hooked`: at each layer, the rows
+    `select` takes of the module's output, projected on directions[layer] (emotions, d), go
+    to out[layer] in float32; on_pass(out) runs after the highest layer's hook, once per
+    pass. The hooks return nothing: outputs are untouched. Both engines read with them (the
+    vLLM worker selects each metered request's sampled row).
+    """
     top = max(directions)
 
     def make(layer: int, unit: torch.Tensor):
         def hook(module, args, output):
-            hidden = untuple(output)  # (batch, pos, d_model)
-            if last_only:
-                hidden = hidden[:, -1:]
-            out[layer] = hidden.float() @ unit.to(hidden.device).T  # (batch, pos, emotions)
+            rows = select(untuple(output)).float()
+            out[layer] = rows @ unit.to(rows.device).T  # (..., emotions)
             if on_pass is not None and layer == top:
                 on_pass(out)
         return hook
 
-    modules = site_modules(model, site)
-    with hooked(model, {modules[layer]: make(layer, u) for layer, u in directions.items()}):
-        yield out
+    return {modules[layer]: make(layer, unit) for layer, unit in directions.items()}
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from emosteer.errors import BadInputError, EmosteerError
-from emosteer.evaluate.rating import EMOTIONS, JudgeError, Rating, normalise
+from emosteer.judges.rating import SCORED, JudgeError, Rating, normalise
 
 RUBRIC = """You rate the emotional tone of an assistant's answer to a user's question.
 
@@ -39,7 +39,7 @@ Reply with one JSON object and nothing else, for example:
 {"joy": 0, "anger": 0, "sadness": 0, "fear": 0, "disgust": 0, "surprise": 0, "on_topic": 0}"""
 
 RUBRIC_VERSION = "1"
-_KEYS = (*EMOTIONS, "on_topic")
+_KEYS = (*SCORED, "on_topic")
 _PAIR = re.compile(rf'["\']?({"|".join(_KEYS)})["\']?\s*[:=]\s*'
                    r'["\']?(-?\d+(?:\.\d+)?)\s*%?', re.IGNORECASE)
 _NO_KEY = "EMPTY"  # what local OpenAI-compatible servers expect when they check no key
@@ -119,7 +119,7 @@ class OpenAIJudge:
             except _Retry as err:
                 failure = err
                 continue
-            scores = {e: values[e] for e in EMOTIONS}
+            scores = {e: values[e] for e in SCORED}
             probs = normalise({**scores, "neutral": 100.0 - max(scores.values())})
             return Rating(probs, scores, values["on_topic"] / 100.0, extra={"reply": reply[:500]})
         tries = self.retries + 1

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from emosteer.capture import masked_means
 from emosteer.errors import BadInputError
+from emosteer.extraction.capture import masked_means
 from emosteer.models import Architecture, Site, cache_arg, forward_params, model_shape
 from emosteer.vectors import EmotionVector
 

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from emosteer.errors import BadInputError
-from emosteer.models import Architecture
-from emosteer.train import (
+from emosteer.extraction.train import (
     PreferencePair,
     TrainConfig,
     _adding,
@@ -24,6 +23,7 @@ from emosteer.train import (
     _kl,
     _Rows,
 )
+from emosteer.models import Architecture
 from emosteer.vectors import EmotionVector
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """What every judge returns and shares: Rating, the labels, normalise, JudgeError.
 
-The base of the judge backends (classifier.py, hf_judge.py, llm_judge.py): they import this
+The base of the judge backends (embedded.py, hf.py, llm.py): they import this
 module, never judges.py, so the registry in judges.py can import them without a cycle.
 """
 
@@ -14,7 +14,7 @@ from emosteer.emotions import CIRCUIT_EMOTIONS, JUDGE_LABELS
 from emosteer.errors import EmosteerError
 
 LABELS = JUDGE_LABELS  # what a judge can read in a text: six emotions and neutral
-EMOTIONS = CIRCUIT_EMOTIONS  # the labels that get a 0-100 score (EAS)
+SCORED = CIRCUIT_EMOTIONS  # the labels that get a 0-100 score (EAS)
 
 
 class JudgeError(EmosteerError):

@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 
 from emosteer import data
-from emosteer.bands import Band, banded, parse_band  # noqa: F401 (parse_band: cli imports it here)
-from emosteer.capture import masked_means
-from emosteer.contrast import read_pairs  # noqa: F401 (it lived here: old imports work)
 from emosteer.errors import BadInputError, UnknownEmotionError
+from emosteer.extraction.bands import Band, banded, parse_band  # noqa: F401 (parse_band: cli imports it here)
+from emosteer.extraction.capture import masked_means
+from emosteer.extraction.contrast import read_pairs  # noqa: F401 (it lived here: old imports work)
+from emosteer.extraction.scales import add_squares, norm_scaled, site_stats, square_norms
+from emosteer.extraction.train import PreferencePair, TrainConfig, train_vector
 from emosteer.generation import (
     Batch,
     GenerateConfig,
@@ -42,8 +44,6 @@ from emosteer.generation import (
 )
 from emosteer.models import Architecture, Site, model_shape
 from emosteer.progress import progress_bar
-from emosteer.scales import add_squares, norm_scaled, site_stats, square_norms
-from emosteer.train import PreferencePair, TrainConfig, train_vector
 from emosteer.vectors import EMOTIONS, EmotionVector
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                                       cfg.generation.seed)
     torch.manual_seed(cfg.generation.seed)
     if cfg.filter == "judge" and judge is None:
-        from emosteer.evaluate.judges import load_judge
+        from emosteer.judges.registry import load_judge
 
         judge = load_judge(cfg.judge)
     totals = {e: _Totals() for e in cfg.emotions}

@@ -48,7 +48,8 @@ Init = Literal["mean_diff", "zero"]  # start from the given vector, or from zero
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the optimiser runs; every default was chosen on the pilot (scripts/pilot_methods.py).
+    """How the optimiser runs; every default was chosen on the method pilot
+    (docs/results.md; its rows are reproduced by `emosteer experiment frontier --method trained`).
 
     Example:
         TrainConfig(steps=100, lr=0.02, kl_weight=0.5)

@@ -2,7 +2,7 @@
 
 At each layer l of a band, the output of the vectors' site (the attention output by default)
 is projected on the unit emotion directions u_le = EV_le / |EV_le|: p_le = <h_l, u_le>. A
-logistic regression, fitted on labelled text (`meter_fit.fit_meter`, on the training part of
+logistic regression, fitted on labelled text (`fit.fit_meter`, on the training part of
 emotion_corpus), maps these projections to 0-1: reading_e = sigmoid(w_e . z + b_e), z the
 standardised projections, or with the "softmax" link one multinomial logistic over the
 emotions and a last class for "none of them" (reading_e = softmax(W z + b)_e, so the readings
@@ -16,7 +16,7 @@ A meter file is a small JSON (the calibration, the band, the provenance of the v
 of the corpus part it was fitted on) next to a folder holding the band of each vector.
 
 Reading (a text again, or each token while generating, through read-only hooks) is in
-`meter_read.py`; fitting the band and the calibration in `meter_fit.py`.
+`read.py`; fitting the band and the calibration in `fit.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from emosteer.models import Site
     from emosteer.vectors import EmotionVector
 
-__all__ = ["Meter", "Readings", "as_dict", "load_meter", "provenance"]
+__all__ = ["Meter", "Readings", "as_dict", "load_meter", "provenance", "shipped_meter_files"]
 
 FORMAT_VERSION = "1"  # "link" and "warmup" came later: a file without them means sigmoid, 0
 LINKS = ("sigmoid", "softmax")
@@ -51,7 +51,7 @@ MAX_CALIBRATION = 1e6  # |mean|, std, |weight|, |bias|: fitted ones stay far bel
 # meter's within 30); a crafted 1e38 would overflow the logits
 MAX_Z = 1e6  # standardised features are clamped here: no float32 overflow in the logits
 MAX_FILE = 64 << 20  # bytes of a meter file (the shipped one is 40 kB; the vectors sit beside)
-SHIPPED = Path(__file__).parent / "data"  # meter-<model>.json files, one per bundled model
+SHIPPED = Path(__file__).parent.parent / "data"  # meter-<model>.json files, one per bundled model
 # what `meter` reads with: a Meter, a meter file, vectors, or None (the shipped meter)
 Directions: TypeAlias = "Meter | Mapping[str, EmotionVector] | str | Path | None"
 
@@ -163,7 +163,7 @@ class Meter:
     def from_vectors(cls, vectors: Mapping[str, EmotionVector], layers: Sequence[int],
                      emotions: Sequence[str] | None = None) -> Meter:
         """An uncalibrated meter over `layers` of the vectors: reading_e = sigmoid of the mean
-        over the band of the projection on e's direction; `meter_fit.fit_meter` calibrates.
+        over the band of the projection on e's direction; `fit.fit_meter` calibrates.
 
         Example:
             Meter.from_vectors(vectors, layers=[10, 11, 12], emotions=["joy", "anger"])
@@ -214,13 +214,6 @@ class Meter:
         (model_shape), or its band does not fit it; the message ends "fit one {fix}"."""
         check_fits(shape, self.card, self.directions.shape[-1], self.layers,
                    "the emotion meter", f"fit one {fix}", allow_other_model=force)
-
-    def matches(self, vectors: Mapping[str, EmotionVector]) -> bool:
-        """True when `vectors` hold exactly the directions this meter was fitted with."""
-        fitted = self.card.get("vectors", {})
-        return all(e in vectors and e in fitted and set(self.layers) <= set(vectors[e].layers)
-                   and fitted[e].get("band_sha256") ==
-                   provenance(vectors[e], self.layers)["band_sha256"] for e in self.emotions)
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path, vectors_dir: str | Path | None = None,
@@ -357,12 +350,16 @@ def load_meter(model: PreTrainedModel, source: Directions = None) -> Meter:
     return found
 
 
+def shipped_meter_files(model_ids: set[str | None]) -> list[Path]:
+    """The meter files shipped for any of these model ids (data/meter-<model>.json)."""
+    return [path for path in sorted(SHIPPED.glob("meter-*.json"))
+            if json.loads(path.read_text(encoding="utf-8")).get("card", {}).get("model_id")
+            in model_ids]
+
+
 def _shipped(model: PreTrainedModel, vectors: Mapping[str, EmotionVector] | None) -> Meter:
     wanted = model_shape(model)["model_id"]
-    for path in sorted(SHIPPED.glob("meter-*.json")):
-        if json.loads(path.read_text(encoding="utf-8")).get("card", {}).get(
-                "model_id") != wanted:
-            continue
+    for path in shipped_meter_files({wanted}):
         try:
             return Meter.load(path, vectors)
         except (VectorFileError, BadInputError):

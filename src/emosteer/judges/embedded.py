@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from emosteer.errors import EmosteerError
-from emosteer.evaluate.rating import EMOTIONS, LABELS, Rating
 from emosteer.files import atomic_path, write_text
+from emosteer.judges.rating import LABELS, SCORED, Rating
 
 WEIGHTS = Path(__file__).parent / "weights" / "emotion_judge.safetensors"
 HALF_WEIGHTS = {half: WEIGHTS.with_name(f"emotion_judge_{half}.safetensors") for half in "ab"}
@@ -337,7 +337,7 @@ class EmbeddedJudge:
         probs, presence = self.heads.probs(x), self.heads.presence(x)
         index = {label: i for i, label in enumerate(self.heads.labels)}
         return [Rating({label: float(p[index[label]]) for label in LABELS},
-                       {e: 100.0 * float(s[index[e]]) for e in EMOTIONS})
+                       {e: 100.0 * float(s[index[e]]) for e in SCORED})
                 for p, s in zip(probs, presence, strict=True)]
 
     def classify(self, texts: Sequence[str]) -> list[dict]:
