@@ -51,7 +51,7 @@ def ours(spec_path: str, out: str) -> None:
     from peer_extract import serve
 
     import emosteer
-    from emosteer.extraction.extract import read_pairs
+    from emosteer.extraction.contrast import read_pairs
 
     model, tok = emosteer.load_model("default")
 

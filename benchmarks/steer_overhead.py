@@ -31,7 +31,7 @@ from machine_info import machine, write_results
 
 import emosteer
 from emosteer import data
-from emosteer.extraction.extract import read_pairs
+from emosteer.extraction.contrast import read_pairs
 from emosteer.generation import chat_prompt, encode
 from emosteer.models import cache_arg, cache_of, model_id
 from emosteer.steering import _adder, steer_rows

@@ -117,7 +117,7 @@ def test_extraction_is_mean_of_per_query_offsets_and_reproducible():
 
 
 def test_read_pairs_is_the_mean_last_token_difference_read_one_text_at_a_time():
-    from emosteer.extraction.extract import read_pairs
+    from emosteer.extraction.contrast import read_pairs
     from emosteer.models import decoder_layers
 
     model, tok = tiny_model("llama"), byte_tokenizer()

@@ -25,12 +25,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from emosteer.bounds import MAX_VALUE
 from emosteer.cli import main
 from emosteer.emotion_meter.meter import Meter
 from emosteer.errors import BadInputError, EmosteerError, VectorFileError, VectorMismatchError
 from emosteer.interop import export_gguf, read_gguf
 from emosteer.models import model_shape
-from emosteer.vectors import FORMAT_VERSION, MAX_VALUE, EmotionVector, mix
+from emosteer.vector_files import FORMAT_VERSION
+from emosteer.vectors import EmotionVector, mix
 
 gguf = pytest.importorskip("gguf")
 WIDTH, LAYERS = 64, 2  # the tiny llama of conftest

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
-from emosteer.vectors import FORMAT_VERSION, EmotionVector, mix
+from emosteer.vector_files import FORMAT_VERSION
+from emosteer.vectors import EmotionVector, mix
 
 META = {"model_id": "m", "architecture": "llama", "hidden_size": "4", "num_layers": "3",
         "site": "attn"}
@@ -119,7 +120,7 @@ def test_mix_weights_obey_the_alpha_bound():
 
 
 def test_mismatch_message_names_two_different_models_or_says_does_not_fit():
-    from emosteer.vectors import made_for
+    from emosteer.vector_files import made_for
 
     assert made_for({"model_id": "a"}, {"model_id": "b"}) == "was made for model 'a', not 'b'"
     assert made_for({"model_id": "a"}, {"model_id": "a"}) == "does not fit model 'a'"

@@ -11,8 +11,9 @@ from emosteer import data
 from emosteer.errors import BadInputError
 from emosteer.evaluate.frontier import METHODS, Method, choose, feasible, settings_of
 from emosteer.evaluate.measure import repeated_trigrams
+from emosteer.extraction.answers import first_sentence as _first_sentence
 from emosteer.extraction.capture import masked_means
-from emosteer.extraction.extract import ExtractConfig, _first_sentence, extract
+from emosteer.extraction.extract import ExtractConfig, extract
 from emosteer.generation import GenerateConfig, chat_prompt
 from emosteer.hooks import hooked, untuple
 from emosteer.models import site_modules
@@ -168,7 +169,8 @@ def test_prompt_plus_steer_settings_carry_the_system_prompt_and_the_vector():
 
 
 def test_one_layer_bands_pick_the_layer_at_that_depth():
-    from emosteer.evaluate.frontier import at_depth, band_layers
+    from emosteer.evaluate.frontier import band_layers
+    from emosteer.evaluate.frontier_methods import at_depth
 
     assert [band_layers(range(30), b) for b in at_depth(0.2, 0.4, 0.7)] == [[6], [12], [21]]
     names = {m.name for m in METHODS}

@@ -33,17 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from emosteer.bounds import check_alpha, check_finite, scaled
 from emosteer.errors import BadInputError, VectorFileError
 from emosteer.gguf_file import read_gguf_file
-from emosteer.vectors import (
-    EmotionVector,
-    check_alpha,
-    check_finite,
-    check_range,
-    checked_directions,
-    increments,
-    scaled,
-)
+from emosteer.vector_files import check_range, checked_directions
+from emosteer.vectors import EmotionVector, increments
 
 GGUF_ARCH = "controlvector"
 _SITE_NOTE = ("emosteer vector read at the self-attention output (site attn); llama.cpp adds "

@@ -22,8 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from emosteer.bounds import MAX_ALPHA, check_alpha
 from emosteer.errors import BadAlphaError, BadInputError, UnknownEmotionError
-from emosteer.vectors import DEFAULT_VECTORS, MAX_ALPHA, EmotionVector, check_alpha, mix
+from emosteer.vectors import DEFAULT_VECTORS, EmotionVector, mix
 
 EMOTION = "emotion"  # the request field
 METER = "meter"  # the request field

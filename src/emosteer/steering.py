@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from emosteer.bounds import MAX_ALPHA, check_alpha, scaled
 from emosteer.dose import check_dose
 from emosteer.errors import BadInputError
 from emosteer.hooks import hooked, retuple, untuple
 from emosteer.models import Architecture, site_modules
-from emosteer.vectors import MAX_ALPHA, EmotionVector, check_alpha, increments, scaled
+from emosteer.vectors import EmotionVector, increments
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

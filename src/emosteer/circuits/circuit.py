@@ -18,17 +18,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from emosteer.bounds import check_alpha
 from emosteer.circuits.components import KINDS, Edit, Parts, editing, parts
 from emosteer.errors import BadInputError, UnknownEmotionError, VectorFileError, VectorMismatchError
 from emosteer.models import Architecture, model_shape
 from emosteer.steering import Positions
-from emosteer.vectors import (
-    check_alpha,
-    made_for,
-    read_safetensors,
-    shape_differences,
-    write_safetensors,
-)
+from emosteer.vector_files import made_for, read_safetensors, shape_differences, write_safetensors
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

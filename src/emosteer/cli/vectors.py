@@ -102,8 +102,9 @@ def extract(
     """
     from dataclasses import replace
 
+    from emosteer.extraction.bands import parse_band
     from emosteer.extraction.extract import extract as run
-    from emosteer.extraction.extract import parse_band, recommended
+    from emosteer.extraction.extract import recommended
 
     base = recommended()
     more: dict[str, Any] = ({"band": parse_band(band)} if band is not None else {}) | (

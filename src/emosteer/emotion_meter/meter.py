@@ -35,7 +35,7 @@ import torch
 from emosteer.errors import BadInputError, EmosteerError, VectorFileError
 from emosteer.files import write_text
 from emosteer.models import model_shape
-from emosteer.vectors import MAX_LAYERS, check_fits
+from emosteer.vector_files import MAX_LAYERS, check_fits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

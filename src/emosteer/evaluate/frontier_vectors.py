@@ -26,7 +26,7 @@ from emosteer.vectors import EmotionVector
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from emosteer.evaluate.frontier import Method
+    from emosteer.evaluate.frontier_methods import Method
     from emosteer.extraction.extract import ExtractConfig, Generated
 
 

@@ -19,7 +19,6 @@ The other methods change one step each (ExtractConfig):
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,18 +28,15 @@ import torch
 
 from emosteer import data
 from emosteer.errors import BadInputError, UnknownEmotionError
-from emosteer.extraction.bands import Band, banded, parse_band  # noqa: F401 (parse_band: cli imports it here)
+from emosteer.extraction.answers import answer_batch
+from emosteer.extraction.bands import Band, banded
 from emosteer.extraction.capture import masked_means
-from emosteer.extraction.contrast import read_pairs  # noqa: F401 (it lived here: old imports work)
 from emosteer.extraction.scales import add_squares, norm_scaled, site_stats, square_norms
 from emosteer.extraction.train import PreferencePair, TrainConfig, train_vector
 from emosteer.generation import (
     Batch,
     GenerateConfig,
-    chat_prompt,
     decode_responses,
-    generate,
-    render_chat,
 )
 from emosteer.models import Architecture, Site, model_shape
 from emosteer.progress import progress_bar
@@ -234,7 +230,8 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         if made < len(gens) and (gens[made].emotion, gens[made].queries) != (emotion, chunk):
             del gens[made:]  # an earlier extraction answered again elsewhere: answer anew
         if made == len(gens):
-            gens.append(_answers(model, tokenizer, emotion, chunk, cfg))
+            gens.append(Generated(emotion, list(chunk),
+                                  answer_batch(model, tokenizer, emotion, chunk, cfg)))
         samples.extend(_read(model, tokenizer, gens[made], cfg, arch, totals[emotion],
                              squares, judge))
         made += 1
@@ -258,91 +255,6 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return Extraction(vectors, samples, time.perf_counter() - start,
                       {e: t.used for e, t in totals.items()}, gens, stats["norm"],
                       stats["spread"], details)
-
-
-def _answers(model, tokenizer, emotion: str, chunk: list[data.Query],
-             cfg: ExtractConfig) -> Generated:
-    """Neutral rows, then emotion rows, of the same queries: generated, written, or begun by
-    us (prefill, few-shot) and generated on."""
-    if cfg.answers == "written":
-        return Generated(emotion, list(chunk), _written_batch(model, tokenizer, chunk))
-    written = data.written_answers() if cfg.answers != "generated" else {}
-    prompts, openings = [], []
-    for asked in (None, emotion):
-        for q in chunk:  # prefill, few-shot: our text carries the emotion, not the prompt
-            user, system = data.elicitation(cfg.dataset, q.question,
-                                            asked if cfg.answers == "generated" else None)
-            messages = [{"role": "system", "content": system}] if system else []
-            if cfg.answers == "fewshot":
-                messages += _examples(written, q, asked is not None)
-            prompt = render_chat(tokenizer, [*messages, {"role": "user", "content": user}])
-            opening = ""
-            if cfg.answers == "prefill":
-                answer = written[q.id]
-                opening = _first_sentence(answer.emotional if asked else answer.neutral)
-            prompts.append(prompt + opening)
-            openings.append(opening)
-    batch = generate(model, tokenizer, prompts, cfg.generation)
-    if cfg.answers == "prefill":  # our opening is part of the answer that is read
-        batch = _opening_in_response(tokenizer, batch, openings)
-    return Generated(emotion, list(chunk), batch)
-
-
-def _written_batch(model, tokenizer, chunk: list[data.Query]) -> Batch:
-    """Our neutral answers, then our emotional ones, each after the neutral prompt (left
-    padded, answers right padded): a Batch as generate() makes, read teacher-forced."""
-    written = data.written_answers()
-    missing = [q.id for q in chunk if q.id not in written]
-    if missing:
-        raise BadInputError(f"no written answers for {', '.join(missing[:3])}: "
-                            "data/written_answers.jsonl answers every emotion_query question")
-    prompts = [tokenizer(chat_prompt(tokenizer, *data.elicitation("emotion_query", q.question,
-                                                                     None)),
-                         add_special_tokens=False)["input_ids"] for q in chunk] * 2
-    texts = [written[q.id].neutral for q in chunk] + [written[q.id].emotional for q in chunk]
-    answers = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    p, a = max(map(len, prompts)), max(map(len, answers))
-    pad = tokenizer.pad_token_id or 0
-    ids = torch.full((len(texts), p + a), pad, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    resp = torch.zeros_like(ids)
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        ids[i, p - len(prompt):p] = torch.tensor(prompt)
-        ids[i, p:p + len(answer)] = torch.tensor(answer)
-        att[i, p - len(prompt):p + len(answer)] = 1
-        resp[i, p:p + len(answer)] = 1
-    device = model.device
-    return Batch(ids.to(device), att.to(device), resp.to(device), p)
-
-
-def _first_sentence(text: str) -> str:
-    """The answer's first sentence, with its end mark ("Ugh, not again! The..." -> "Ugh, not
-    again!")."""
-    ends = [i for i, c in enumerate(text) if c in ".!?" and (i + 1 == len(text)
-                                                             or text[i + 1] == " ")]
-    return text[:ends[0] + 1] if ends else text
-
-
-def _examples(written: dict[str, data.WrittenAnswer], query: data.Query,
-              emotional: bool) -> list[dict[str, str]]:
-    """Two exchanges from our written answers to other questions of the same emotion."""
-    pool = [q for q in data.load_queries("emotion_query", [query.emotion])
-            if q.id != query.id and q.id in written]
-    picked = random.Random(query.id).sample(pool, 2)
-    return [m for q in picked for m in (
-        {"role": "user", "content": q.question},
-        {"role": "assistant",
-         "content": written[q.id].emotional if emotional else written[q.id].neutral})]
-
-
-def _opening_in_response(tokenizer, batch: Batch, openings: list[str]) -> Batch:
-    """Mark each row's prefilled opening (the last tokens of its prompt) as response."""
-    resp = batch.response_mask.clone()
-    p = batch.prompt_len
-    for i, opening in enumerate(openings):
-        n = len(tokenizer(opening, add_special_tokens=False)["input_ids"]) if opening else 0
-        resp[i, p - n:p] = 1
-    return Batch(batch.input_ids, batch.attention_mask, resp, p)
 
 
 def _read(model, tokenizer, gen: Generated, cfg: ExtractConfig, arch, tot: _Totals,

@@ -151,7 +151,7 @@ class LinearJudge:
     @classmethod
     def load(cls, path: str | Path = WEIGHTS) -> LinearJudge:
         """Read weights written by `save` (never pickle); a clear error on any other file."""
-        from emosteer.vectors import read_safetensors
+        from emosteer.vector_files import read_safetensors
 
         path = Path(path)
         meta, t = read_safetensors(path, "judge weights",

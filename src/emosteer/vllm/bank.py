@@ -16,16 +16,11 @@ from typing import Any
 
 import torch
 
+from emosteer.bounds import FLOAT32_MAX, MAX_ALPHA
 from emosteer.errors import BadInputError, VectorFileError
 from emosteer.models import DEFAULT_MODEL_ID, cache_dir
-from emosteer.vectors import (
-    DEFAULT_VECTORS,
-    FLOAT32_MAX,
-    MAX_ALPHA,
-    EmotionVector,
-    check_fits,
-    load_vectors,
-)
+from emosteer.vector_files import check_fits
+from emosteer.vectors import DEFAULT_VECTORS, EmotionVector, load_vectors
 
 VECTORS_ENV = "EMOSTEER_VECTORS"  # the folder of <emotion>.safetensors to serve
 FORCE_ENV = "EMOSTEER_ALLOW_OTHER_MODEL"  # "1": accept vectors of another model id, same shape
