@@ -70,7 +70,8 @@ def load_judge(spec: str = "embedded", **options: Any) -> Judge:
     entry = _REGISTRY.get(name)
     if entry is not None and entry[1] == bool(colon):
         return entry[0](argument, **options)
-    raise BadInputError(f"unknown judge {spec!r}: use 'embedded', 'hf:<model id>' (e.g. "
+    raise BadInputError(f"unknown judge {spec!r}: use 'embedded', 'zero-shot' (the 20 "
+                        "shipped emotion specs), 'hf:<model id>' (e.g. "
                         "hf:facebook/bart-large-mnli) or 'openai:<base url>#<model>' (e.g. "
                         "openai:http://localhost:8000/v1#gpt-4o-mini)")
 
@@ -90,6 +91,12 @@ def _hf(argument: str, **options: Any) -> Judge:
     return HFJudge(argument, **options)
 
 
+def _zero_shot(**options: Any) -> Judge:
+    from emosteer.judges.zero_shot import ZeroShotJudge
+
+    return ZeroShotJudge(**options)
+
+
 def _openai(argument: str, **options: Any) -> Judge:
     from emosteer.judges.llm import OpenAIJudge
 
@@ -101,4 +108,6 @@ register_judge("embedded", _embedded)
 register_judge("embedded-a", lambda argument, **options: _embedded(argument, "a", **options))
 register_judge("embedded-b", lambda argument, **options: _embedded(argument, "b", **options))
 register_judge("hf", _hf, takes_argument=True)
+# any set of emotion specs (default: the 20 shipped), from the same MiniLM encoder
+register_judge("zero-shot", lambda argument, **options: _zero_shot(**options))
 register_judge("openai", _openai, takes_argument=True)

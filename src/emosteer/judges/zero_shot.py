@@ -1,0 +1,125 @@
+"""A judge for emotions no judge was trained on: any set of emotion specs, read with the MiniLM
+encoder the embedded judge already ships.
+
+Each spec's prototype is the normalised mean embedding of its description and the training
+share of its example sentences (two of every three; the third is held out). A text's
+probability of each emotion is softmax(cos(text, prototype) / T); the temperature T is the one
+of a fixed grid that fits the training sentences best (lowest log loss), so nothing held out
+chooses anything. `held_out_accuracy` reports how often the held-out sentences are read as
+their own emotion. The trained judges (embedded, embedded-a, embedded-b) stay the instrument
+for the five basic emotions; this one is for the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from emosteer.emotion_specs import EmotionSpec, load_specs, specs_hash
+from emosteer.errors import BadInputError
+from emosteer.judges.rating import Rating
+
+TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+HELD_OUT_EVERY = 3  # example i is held out when i % 3 == 2
+
+__all__ = ["ZeroShotJudge", "held_out_accuracy", "split"]
+
+Embed = Callable[[Sequence[str]], torch.Tensor]  # texts -> (n, d) unit rows
+
+
+def split(spec: EmotionSpec) -> tuple[list[str], list[str]]:
+    """(training, held-out) example sentences of a spec: every third one is held out."""
+    train = [t for i, t in enumerate(spec.examples) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    held = [t for i, t in enumerate(spec.examples) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    return train, held
+
+
+def _default_embed(texts: Sequence[str]) -> torch.Tensor:
+    from emosteer.judges.embedded import embed
+
+    return embed(texts)
+
+
+class ZeroShotJudge:
+    """Prototype similarity over emotion specs (see the module docstring).
+
+    Example:
+        judge = ZeroShotJudge()  # the 20 shipped specs
+        judge.classify(["I can't thank you enough for staying late to help me."])[0]["label"]
+    """
+
+    eas_is_proxy = True  # scores are 100 x its probabilities
+    rates_topic = False
+
+    def __init__(self, specs: Mapping[str, EmotionSpec] | None = None,
+                 embed: Embed | None = None) -> None:
+        self.specs = dict(load_specs() if specs is None else specs)
+        if len(self.specs) < 2:
+            raise BadInputError("the zero-shot judge needs at least two emotion specs to choose "
+                                "between")
+        self._embed = embed or _default_embed
+        self.labels = list(self.specs)
+        rows = []
+        for spec in self.specs.values():
+            train, _ = split(spec)
+            vectors = self._embed([spec.description, *train]).float()
+            rows.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
+        self.prototypes = torch.stack(rows)  # (emotions, d)
+        self.temperature = self._fit_temperature()
+        self.spec = "zero-shot"
+        self.version = f"{specs_hash(self.specs.values())}-T{self.temperature:g}"
+
+    def _fit_temperature(self) -> float:
+        texts, targets = [], []
+        for k, spec in enumerate(self.specs.values()):
+            train, _ = split(spec)
+            texts += train
+            targets += [k] * len(train)
+        if not texts:  # specs without examples: the grid's middle
+            return TEMPERATURES[len(TEMPERATURES) // 2]
+        cos = self.similarity(texts)
+        y = torch.tensor(targets)
+        losses = [float(torch.nn.functional.cross_entropy(cos / t, y)) for t in TEMPERATURES]
+        return TEMPERATURES[min(range(len(losses)), key=losses.__getitem__)]
+
+    def similarity(self, texts: Sequence[str]) -> torch.Tensor:
+        """(texts, emotions) cosine of each text with each prototype."""
+        vectors = torch.nn.functional.normalize(self._embed(list(texts)).float(), dim=-1)
+        return vectors @ self.prototypes.T
+
+    def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
+        """(texts, emotions) softmax(cos / T), rows summing to 1."""
+        return torch.softmax(self.similarity(texts) / self.temperature, dim=-1)
+
+    def rate(self, questions: Sequence[str], answers: Sequence[str]) -> list[Rating]:
+        """One Rating per answer, over the specs' names (the question is not read)."""
+        out = []
+        for row in self.probabilities(answers).tolist():
+            probs = dict(zip(self.labels, row, strict=True))
+            out.append(Rating(probs, {e: 100.0 * p for e, p in probs.items()}))
+        return out
+
+    def classify(self, texts: Sequence[str]) -> list[dict]:
+        """[{"label", "probs"}] per text, as `emosteer classify` prints them."""
+        return [{"label": r.label, "probs": r.probs} for r in self.rate(texts, texts)]
+
+
+def held_out_accuracy(judge: ZeroShotJudge) -> dict[str, dict[str, Any]]:
+    """Per emotion: the share of its held-out sentences read as itself (accuracy), its
+    standard error, n, and the emotion most often read instead."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, (name, spec) in enumerate(judge.specs.items()):
+        _, held = split(spec)
+        if not held:
+            continue
+        predicted = judge.probabilities(held).argmax(-1)
+        correct = (predicted == k).float()
+        acc = float(correct.mean())
+        wrong = [judge.labels[int(p)] for p in predicted if int(p) != k]
+        out[name] = {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(held)),
+                     "n": len(held),
+                     "confused_with": max(set(wrong), key=wrong.count) if wrong else None}
+    return out

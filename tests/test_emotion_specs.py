@@ -1,0 +1,101 @@
+"""Emotions as data: a spec file round-trips, a bad one says what is wrong, and the zero-shot
+judge reads a spec's own sentences as that spec (a synthetic encoder, then the shipped specs
+with the MiniLM encoder on the sentences it never saw)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emosteer.emotion_specs import EmotionSpec, load_specs, save_specs, spec_for, specs_hash
+from emosteer.errors import BadInputError, UnknownEmotionError
+from emosteer.judges.zero_shot import ZeroShotJudge, held_out_accuracy, split
+
+WORDS = ["apple", "pear", "plum", "rain", "storm", "cloud", "train", "bus", "car", "tram"]
+
+
+def bag_of_words(texts):
+    """A synthetic encoder: word counts over WORDS, normalised (plus a small constant)."""
+    rows = [[t.lower().count(w) for w in WORDS] + [0.1] for t in texts]
+    return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def synthetic_specs():
+    return {
+        "fruity": EmotionSpec("fruity", "apple pear plum", examples=(
+            "an apple", "a pear and a plum", "plum pie", "apple and pear", "pear", "plum plum",
+            "apple tart", "a ripe pear", "plum jam")),
+        "stormy": EmotionSpec("stormy", "rain storm cloud", examples=(
+            "rain again", "a storm", "cloud and rain", "storm cloud", "more rain", "a cloud",
+            "rain rain", "the storm", "grey cloud")),
+        "moving": EmotionSpec("moving", "train bus car tram", examples=(
+            "the train", "a bus", "car and tram", "tram", "train and bus", "a car", "bus stop",
+            "night train", "tram line")),
+    }
+
+
+def test_a_spec_file_round_trips(tmp_path):
+    specs = synthetic_specs()
+    path = save_specs(tmp_path / "specs.json", specs.values())
+    back = load_specs(path)
+    assert back == specs and specs_hash(back.values()) == specs_hash(specs.values())
+    assert back["fruity"].elicit.startswith("Answer as someone who feels apple pear plum")
+    changed = {**specs, "fruity": EmotionSpec("fruity", "apples only")}
+    assert specs_hash(changed.values()) != specs_hash(specs.values())
+
+
+@pytest.mark.parametrize("body, message", [
+    ("not json", "not JSON"),
+    ({"format": "something else", "version": 1, "emotions": []}, "not an emotion specs file"),
+    ({"format": "emosteer-emotion-specs", "version": 9, "emotions": []}, "version 9"),
+    ({"format": "emosteer-emotion-specs", "version": 1, "emotions": []}, "non-empty list"),
+    ({"format": "emosteer-emotion-specs", "version": 1,
+      "emotions": [{"name": "Calm!", "description": "x"}]}, "not usable"),
+    ({"format": "emosteer-emotion-specs", "version": 1,
+      "emotions": [{"name": "calm", "description": "x", "valence": 3}]}, "valence"),
+    ({"format": "emosteer-emotion-specs", "version": 1,
+      "emotions": [{"name": "calm", "description": "x", "colour": "blue"}]}, "unknown: colour"),
+    ({"format": "emosteer-emotion-specs", "version": 1,
+      "emotions": [{"name": "calm", "description": "x"}, {"name": "calm", "description": "y"}]},
+     "specified twice"),
+    ({"format": "emosteer-emotion-specs", "version": 1,
+      "emotions": [{"name": "calm", "description": "x", "examples": "one string"}]},
+     "list of strings"),
+])
+def test_a_bad_spec_file_says_what_is_wrong(tmp_path, body, message):
+    path = tmp_path / "bad.json"
+    path.write_text(body if isinstance(body, str) else json.dumps(body))
+    with pytest.raises(BadInputError, match=message):
+        load_specs(path)
+
+
+def test_an_unknown_emotion_asks_for_a_description():
+    specs = synthetic_specs()
+    assert spec_for("fruity", specs=specs) is specs["fruity"]
+    assert spec_for("smug", "smug and pleased with oneself", specs=specs).name == "smug"
+    with pytest.raises(UnknownEmotionError, match="--emotion smug --describe"):
+        spec_for("smug", specs=specs)
+
+
+def test_the_zero_shot_judge_reads_each_spec_s_own_sentences_as_that_spec():
+    judge = ZeroShotJudge(synthetic_specs(), embed=bag_of_words)
+    for k, spec in enumerate(judge.specs.values()):
+        probs = judge.probabilities(list(spec.examples))
+        assert (probs.argmax(-1) == k).all()  # every own sentence ranks its spec first
+    accuracy = held_out_accuracy(judge)
+    assert {name: row["n"] for name, row in accuracy.items()} == {
+        "fruity": 3, "stormy": 3, "moving": 3}
+    assert all(row["accuracy"] == 1.0 for row in accuracy.values())
+    rating = judge.rate(["?"], ["a storm and rain"])[0]
+    assert rating.label == "stormy" and abs(sum(rating.probs.values()) - 1) < 1e-6
+    assert judge.temperature in (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+    with pytest.raises(BadInputError, match="at least two"):
+        ZeroShotJudge({"fruity": synthetic_specs()["fruity"]}, embed=bag_of_words)
+
+
+def test_the_split_holds_out_every_third_sentence():
+    spec = EmotionSpec("x", "x", examples=tuple(f"s{i}" for i in range(9)))
+    train, held = split(spec)
+    assert held == ["s2", "s5", "s8"] and len(train) == 6 and not set(train) & set(held)
