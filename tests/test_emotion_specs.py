@@ -112,3 +112,46 @@ def test_the_shipped_specs_and_the_zero_shot_judge_on_their_held_out_sentences()
     mean = sum(row["accuracy"] for row in accuracy.values()) / len(accuracy)
     # measured 0.63 (benchmarks/zero_shot_judge.py); chance is 0.05
     assert mean > 0.4 and min(row["accuracy"] for row in accuracy.values()) > 0.1
+
+
+def test_extracting_a_described_emotion_writes_a_vector_that_names_its_spec():
+    from conftest import byte_tokenizer, tiny_model
+
+    from emosteer.extraction.extract import ExtractConfig, extract
+    from emosteer.generation import GenerateConfig
+
+    smug = EmotionSpec("smug", "smug, quietly superior and pleased with oneself")
+    cfg = ExtractConfig(emotions=("smug", "calm"), dataset="emotion_specs", specs=(smug,),
+                        limit=2, generation=GenerateConfig(max_new_tokens=4, batch_size=2))
+    result = extract(tiny_model("llama"), byte_tokenizer(), cfg, progress=False)
+    meta = result.vectors["smug"].meta
+    assert (meta["spec"], meta["spec_sha256"]) == ("smug", specs_hash([smug]))
+    assert meta["dataset"] == "emotion_specs" and meta["spec_description"] == smug.description
+    calm = load_specs()["calm"]
+    assert result.vectors["calm"].meta["spec_sha256"] == specs_hash([calm])
+    # the questions are the specs' generic ones, the emotion asked for with the spec's sentence
+    from emosteer import data
+
+    assert {s["id"] for s in result.samples} <= {f"specq-{i:03d}"
+                                                 for i in range(len(data.spec_questions()))}
+    assert data.elicitation("emotion_specs", "Hi?", "smug", smug.elicit) == ("Hi?", smug.elicit)
+    assert data.elicitation("emotion_specs", "Hi?", None)[1] == data.system_prompt(None)
+    with pytest.raises(UnknownEmotionError, match="describe it"):
+        ExtractConfig(emotions=("smug",), dataset="emotion_specs")
+
+
+def test_the_cli_extracts_any_emotion_through_its_spec(extract_configs, capsys):
+    from emosteer.cli import main
+
+    runs = [["--emotion", "smug", "--describe", "smug and pleased with oneself"],
+            ["--emotion", "calm"], ["--emotion", "joy"]]
+    for args in runs:
+        with pytest.raises(SystemExit):
+            main(["extract", "--out", "/nonexistent/never-written", *args])
+    smug, calm, joy = extract_configs
+    assert smug.dataset == calm.dataset == "emotion_specs" and joy.dataset == "emotion_query"
+    assert [s.name for s in smug.specs] == ["smug"] and smug.judge == "zero-shot"
+    assert calm.emotions == ("calm",) and calm.specs == () and joy.judge == "embedded-a"
+    with pytest.raises(SystemExit):
+        main(["extract", "--emotion", "calm,smug", "--describe", "x", "--out", "/nowhere"])
+    assert "--describe describes one emotion" in capsys.readouterr().err.replace("\n", " ")

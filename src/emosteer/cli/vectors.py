@@ -50,6 +50,13 @@ def extract(
         help="emotion_query (questions, the emotion asked for in the system prompt) or sev "
              "(SEV discovery scenes, asked for in the reply request)"
              " (default: ExtractConfig.dataset)")] = None,
+    describe: Annotated[str | None, typer.Option(
+        help="any emotion: a one-line description of the one --emotion names (e.g. --emotion "
+             "calm --describe \"calm, composed and reassuring\"); its answers are asked for "
+             "with it and filtered by the zero-shot judge")] = None,
+    spec: Annotated[Path | None, typer.Option(
+        dir_okay=False, help="an emotion specs file (emosteer.emotion_specs): extract its "
+                             "emotions (or the --emotion ones)")] = None,
     answers: Annotated[str | None, typer.Option(
         help="generated (the model answers under the emotion prompt, the paper), written (the "
              "answers we wrote, data/written_answers.jsonl, read teacher-forced: no "
@@ -105,17 +112,22 @@ def extract(
     from emosteer.extraction.bands import parse_band
     from emosteer.extraction.extract import extract as run
     from emosteer.extraction.extract import recommended
+    from emosteer.vectors import EMOTIONS
 
     base = recommended()
     more: dict[str, Any] = ({"band": parse_band(band)} if band is not None else {}) | (
         {"train": replace(base.train, steps=train_steps)} if train_steps is not None else {})
+    five = (tuple(emotions) if emotions and describe is None and spec is None
+            and set(emotions) <= set(EMOTIONS) else None)  # others: _with_specs
     cfg = replace(base, **given(
-        emotions=tuple(emotions) if emotions else None, limit=limit, dataset=dataset, site=site,
+        emotions=five, limit=limit,
+        dataset=None if dataset == "emotion_specs" else dataset, site=site,
         positions=positions, context=context, method=method, center=center, filter=filter_,
         answers=answers,
         min_confirmed=min_confirmed, rounds=rounds, band_width=band_width, scale=scale,
         norm_fraction=norm_fraction), **more,
         generation=gen.config(base.generation))
+    cfg = _with_specs(cfg, emotions, describe, spec, dataset)
     names = [f"{e}.safetensors" for e in (*cfg.emotions, "base")] + ["samples.jsonl"]
     eng.check()
     if eng.engine == "vllm" and cfg.answers != "generated":
@@ -151,3 +163,32 @@ def info(file: Annotated[Path, typer.Argument(
     table.add_row("layers", f"{len(norms)} ({vec.layers[0]}..{vec.layers[-1]})")
     table.add_row("norm by layer", " ".join(f"{n:.2f}" for n in norms.values()))
     console.print(table)
+
+
+def _with_specs(cfg: Any, emotions: list[str] | None, describe: str | None,
+                spec_file: Path | None, dataset: str | None) -> Any:
+    """The config for emotions beyond the five: dataset emotion_specs (the spec's prompt, the
+    generic questions), a user's own spec from --describe or --spec, the zero-shot judge."""
+    from dataclasses import replace
+
+    from emosteer.emotion_specs import EmotionSpec, load_specs
+    from emosteer.emotions import VECTOR_EMOTIONS
+
+    own: tuple[EmotionSpec, ...] = ()
+    if describe is not None:
+        if not emotions or len(emotions) != 1:
+            raise BadInputError("--describe describes one emotion: name it with one --emotion "
+                                "(e.g. --emotion calm --describe \"calm and reassuring\")")
+        own = (EmotionSpec(emotions[0], describe),)
+    elif spec_file is not None:
+        own = tuple(load_specs(spec_file).values())
+    wanted = tuple(emotions) if emotions else tuple(s.name for s in own) or cfg.emotions
+    beyond = own or any(e not in VECTOR_EMOTIONS for e in wanted)
+    if not beyond and dataset != "emotion_specs":
+        return cfg
+    if dataset not in (None, "emotion_specs"):
+        raise BadInputError(f"--dataset {dataset} has the five basic emotions only: drop it "
+                            "for other emotions (they read the specs' generic questions)")
+    return replace(cfg, emotions=wanted, dataset="emotion_specs", specs=own,
+                   judge="zero-shot" if cfg.filter == "judge" else cfg.judge)
+

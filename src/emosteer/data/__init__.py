@@ -44,6 +44,11 @@ def dataset_path(name: str) -> Path:
 
 @cache
 def dataset_info(name: str) -> DatasetInfo:
+    if name == "emotion_specs":  # a JSON file of its own format (emosteer.emotion_specs)
+        from emosteer.emotion_specs import SHIPPED_SPECS, VERSION
+
+        return DatasetInfo(name, str(VERSION),
+                           hashlib.sha256(SHIPPED_SPECS.read_bytes()).hexdigest())
     digest = hashlib.sha256(dataset_path(name).read_bytes()).hexdigest()
     return DatasetInfo(name, DATASETS[name], digest)
 
@@ -57,13 +62,26 @@ def _rows(name: str) -> tuple[dict, ...]:
 def emotions_of(name: str) -> list[str]:
     if name == "sev":  # scenes carry no emotion: every emotion the templates can ask for
         return list(templates()["adjectives"])
+    if name == "emotion_specs":  # the shipped specs (ExtractConfig.specs adds a user's own)
+        from emosteer.emotion_specs import load_specs
+
+        return list(load_specs())
     return list(dict.fromkeys(row["emotion"] for row in _rows(name)))
 
 
-EXTRACTION_DATASETS = ("emotion_query", "sev")
+EXTRACTION_DATASETS = ("emotion_query", "sev", "emotion_specs")
 """What extraction can read: EmotionQuery's questions (the emotion asked for in the system
-prompt), or SEV's discovery scenes (the emotion asked for in the reply request, as the circuits
-paper elicits; the test scenes are never read)."""
+prompt), SEV's discovery scenes (the emotion asked for in the reply request, as the circuits
+paper elicits; the test scenes are never read), or, for any emotion spec, the generic
+questions of all shipped specs (the spec's elicit sentence as the system prompt)."""
+
+
+def spec_questions() -> list[str]:
+    """The generic questions extraction asks for any emotion spec: every shipped spec's
+    everyday questions, none presupposing an emotion (120 for the 20 shipped specs)."""
+    from emosteer.emotion_specs import load_specs
+
+    return list(dict.fromkeys(q for spec in load_specs().values() for q in spec.questions))
 
 
 def extraction_queries(name: str, emotions: list[str], limit: int | None = None,
@@ -75,6 +93,10 @@ def extraction_queries(name: str, emotions: list[str], limit: int | None = None,
     """
     if name not in EXTRACTION_DATASETS:
         raise EmosteerError(f"extraction reads {' or '.join(EXTRACTION_DATASETS)}, not {name!r}")
+    if name == "emotion_specs":
+        questions = spec_questions()
+        pool = [Query(f"specq-{i:03d}", e, q) for e in emotions for i, q in enumerate(questions)]
+        return sample(pool, limit, seed, emotions)
     if name != "sev":
         return load_queries(name, emotions, limit, seed)
     scenes = load_sev("discovery")
@@ -82,14 +104,27 @@ def extraction_queries(name: str, emotions: list[str], limit: int | None = None,
     return sample(pool, limit, seed, emotions)
 
 
-def elicitation(name: str, question: str, emotion: str | None) -> tuple[str, str | None]:
+def elicitation(name: str, question: str, emotion: str | None,
+                elicit: str | None = None) -> tuple[str, str | None]:
     """(user message, system prompt) asking for `emotion` (None: the neutral request).
+
+    Args:
+        name: the extraction dataset.
+        question: the question (or SEV scene).
+        emotion: the emotion asked for; None: the neutral request.
+        elicit: for "emotion_specs", the spec's system prompt (default: the shipped spec's).
 
     Example:
         user, system = elicitation("emotion_query", "How was your day?", "joy")
     """
     if name == "sev":
         return sev_message(question, emotion), None
+    if name == "emotion_specs" and emotion is not None:
+        if elicit is None:
+            from emosteer.emotion_specs import spec_for
+
+            elicit = spec_for(emotion).elicit
+        return question, elicit
     return question, system_prompt(emotion)
 
 

@@ -34,10 +34,12 @@ def answer_batch(model, tokenizer, emotion: str, chunk: list[data.Query],
         return written_batch(model, tokenizer, chunk)
     written = data.written_answers() if cfg.answers != "generated" else {}
     prompts, openings = [], []
+    elicit = cfg.spec(emotion).elicit if cfg.dataset == "emotion_specs" else None
     for asked in (None, emotion):
         for q in chunk:  # prefill, few-shot: our text carries the emotion, not the prompt
             user, system = data.elicitation(cfg.dataset, q.question,
-                                            asked if cfg.answers == "generated" else None)
+                                            asked if cfg.answers == "generated" else None,
+                                            elicit)
             messages = [{"role": "system", "content": system}] if system else []
             if cfg.answers == "fewshot":
                 messages += _examples(written, q, asked is not None)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 
 from emosteer import data
+from emosteer.emotion_specs import EmotionSpec, load_specs, spec_for, specs_hash
 from emosteer.errors import BadInputError, UnknownEmotionError
 from emosteer.extraction.answers import answer_batch
 from emosteer.extraction.bands import Band, banded
@@ -90,6 +91,8 @@ class ExtractConfig:
     # "spread": norm_fraction x site_spreads[l]
     norm_fraction: float = 0.1  # what strength 1 adds, as a fraction of the site's norm
     scan_pairs: int = 8  # questions per emotion the band scan reads (teacher-forced)
+    specs: tuple[EmotionSpec, ...] = ()  # dataset="emotion_specs": a user's own emotions
+    # beside the shipped specs (emosteer extract --emotion smug --describe "...")
     train: TrainConfig = field(default_factory=TrainConfig)  # method="trained" only
     generation: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -101,11 +104,16 @@ class ExtractConfig:
         if self.dataset not in data.EXTRACTION_DATASETS:
             raise BadInputError(f"dataset={self.dataset!r}: choose one of "
                                 f"{', '.join(data.EXTRACTION_DATASETS)}")
-        known = data.emotions_of(self.dataset)
+        if self.specs and self.dataset != "emotion_specs":
+            raise BadInputError("specs describe emotions for dataset='emotion_specs': set it")
+        known = data.emotions_of(self.dataset) + [s.name for s in self.specs]
         for emotion in self.emotions:
             if emotion not in known:
+                hint = (f"; describe it: --emotion {emotion} --describe \"...\""
+                        if self.dataset == "emotion_specs" else
+                        "; any other emotion: --dataset emotion_specs with --describe")
                 raise UnknownEmotionError(f"unknown emotion {emotion!r}: {self.dataset} has "
-                                          f"{', '.join(known)}")
+                                          f"{', '.join(known)}{hint}")
         if self.method == "pca" and self.filter != "none":
             raise BadInputError("method='pca' needs paired offsets: use filter='none'")
         band = self.band
@@ -127,6 +135,16 @@ class ExtractConfig:
         if self.rounds > 1 and self.filter != "judge":
             raise BadInputError("rounds > 1 answers again until the judge has confirmed "
                                 "min_confirmed answers: it needs filter='judge'")
+
+
+    def spec(self, emotion: str) -> EmotionSpec:
+        """The spec of an emotion of dataset="emotion_specs": a user's own, else shipped."""
+        own = {s.name: s for s in self.specs}
+        return own[emotion] if emotion in own else spec_for(emotion)
+
+    def all_specs(self) -> dict[str, EmotionSpec]:
+        """The shipped specs and this config's own: what a zero-shot judge reads over."""
+        return {**load_specs(), **{s.name: s for s in self.specs}}
 
 
 RECOMMENDED: dict[str, Any] = {"filter": "judge", "judge": "embedded-a", "context": "neutral"}
@@ -210,7 +228,9 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     if cfg.filter == "judge" and judge is None:
         from emosteer.judges.registry import load_judge
 
-        judge = load_judge(cfg.judge)
+        # the zero-shot judge reads over every spec, a user's own included
+        judge = load_judge(cfg.judge, **({"specs": cfg.all_specs()}
+                                          if cfg.judge == "zero-shot" else {}))
     totals = {e: _Totals() for e in cfg.emotions}
     squares: dict = {}  # neutral answers: sum of squared site norms per layer, tokens
     samples: list[dict] = []
@@ -403,6 +423,10 @@ def _vector(model, mean: torch.Tensor, emotion: str, cfg: ExtractConfig, n: int,
             "generation": ",".join(f"{k}={v}" for k, v in asdict(g).items()),
             "site_norms": ",".join(f"{x:.6g}" for x in stats["norm"]),
             "site_spreads": ",".join(f"{x:.6g}" for x in stats["spread"]), **extra}
+    if cfg.dataset == "emotion_specs":  # the spec asked for, and its content's hash
+        spec = cfg.spec(emotion)
+        meta.update(spec=spec.name, spec_description=spec.description,
+                    spec_sha256=specs_hash([spec]))
     if cfg.answers != "generated":  # our answers: name the file and its hash too
         written = data.dataset_info("written_answers")
         meta.update(answers=cfg.answers, answers_dataset=f"{written.name}:{written.version}",
