@@ -24,8 +24,8 @@ import torch
 
 from emosteer.data import dataset_info
 from emosteer.emotion_meter.fit import (
-    _names,
     corpus_projections,
+    emotion_names,
     fit_projections,
     unseen_judgements,
 )
@@ -39,7 +39,7 @@ def projections(model, tok, vectors, names, args) -> tuple[list[dict], list[torc
     """The corpus projections, from --cache when it was made from the same inputs."""
     from safetensors.torch import load_file, save_file
 
-    from emosteer.emotion_meter.fit import _training_rows
+    from emosteer.emotion_meter.fit import training_rows
 
     key = json.dumps({"emotions": names, "limit": args.limit,
                       "corpus": dataset_info("emotion_corpus").sha256,
@@ -53,7 +53,7 @@ def projections(model, tok, vectors, names, args) -> tuple[list[dict], list[torc
             same = (f.metadata() or {}).get("key") == key
         if same:
             d = load_file(str(cache))
-            return _training_rows(args.limit), list(torch.split(d["proj"], d["lengths"].tolist()))
+            return training_rows(args.limit), list(torch.split(d["proj"], d["lengths"].tolist()))
         print(f"{cache} was made from other inputs: reading the corpus again")
     rows, per_layer = corpus_projections(model, tok, vectors, names, args.limit,
                                          args.batch_size)
@@ -86,7 +86,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     vectors = load_vectors(args.vectors)
-    names = _names(vectors, args.emotion)
+    names = emotion_names(vectors, args.emotion)
     rows, per_layer = projections(model, tok, vectors, names, args)
     meter = fit_projections(vectors, names, rows, per_layer, limit=args.limit,
                             judged=unseen_judgements(rows))

@@ -82,14 +82,16 @@ def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVe
         m = fit_meter(model, tok, emosteer.load_vectors("vectors"))
         m.save("meter.json"); m.card["selection"]["chosen"]
     """
-    names = _names(vectors, emotions)
+    names = emotion_names(vectors, emotions)
     rows, per_layer = corpus_projections(model, tokenizer, vectors, names, limit, batch_size,
                                          progress)
     return fit_projections(vectors, names, rows, per_layer, kinds, limit,
                            unseen_judgements(rows))
 
 
-def _names(vectors: Mapping[str, EmotionVector], emotions: Sequence[str] | None) -> list[str]:
+def emotion_names(vectors: Mapping[str, EmotionVector], emotions: Sequence[str] | None
+                  ) -> list[str]:
+    """The emotions a meter reads: the given ones, else the vectors' emotions of the six."""
     names = list(emotions or [e for e in CIRCUIT_EMOTIONS if e in vectors])
     if not names:
         raise BadInputError(f"none of the vectors {sorted(vectors)} is an emotion: name them "
@@ -104,7 +106,7 @@ def corpus_projections(model: PreTrainedModel, tokenizer, vectors: Mapping[str, 
     every layer they have: (tokens, layers, emotions). The slow part of a fit (one forward
     pass over the training part); `fit_projections` reuses it."""
     full = Meter.from_vectors(vectors, vectors[emotions[0]].layers, emotions)
-    rows = _training_rows(limit)
+    rows = training_rows(limit)
     seqs = [sequence(tokenizer, r["text"]) for r in rows]
     return rows, token_projections(model, full.site, full.band(), seqs, batch_size, progress)
 
@@ -218,7 +220,7 @@ def corpus_rows(held_out: bool) -> list[dict]:
     return [r for r, held in zip(rows, flags, strict=True) if held == held_out]
 
 
-def _training_rows(limit: int | None) -> list[dict]:
+def training_rows(limit: int | None) -> list[dict]:
     """The corpus sentences outside the held-out part (at most `limit` per label)."""
     kept = corpus_rows(held_out=False)
     if limit is None:
