@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import byte_tokenizer, tiny_model
 
 from emosteer.emotion_specs import EmotionSpec, load_specs, save_specs, spec_for, specs_hash
 from emosteer.errors import BadInputError, UnknownEmotionError
@@ -115,8 +116,6 @@ def test_the_shipped_specs_and_the_zero_shot_judge_on_their_held_out_sentences()
 
 
 def test_extracting_a_described_emotion_writes_a_vector_that_names_its_spec():
-    from conftest import byte_tokenizer, tiny_model
-
     from emosteer.extraction.extract import ExtractConfig, extract
     from emosteer.generation import GenerateConfig
 
