@@ -4,6 +4,7 @@ emotions, batch isolation, a reference check against generate(), and errors."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -170,6 +171,10 @@ def test_engine_matches_generate_under_steer(served, penalty):
     from emosteer.server import Job, Sampling
 
     model, tok, vectors = served["model"], served["tok"], served["vectors"]
+    engine = served["app"].state.engine
+    deadline = time.monotonic() + 60
+    while not engine.idle() and time.monotonic() < deadline:  # an earlier test's request may
+        time.sleep(0.01)  # still be decoding on this model, its steering hooks live
     weights = {"joy": 1.5, "anger": -0.5}
     prompt = "User: How was your day?\nAssistant:"
     cfg = GenerateConfig(max_new_tokens=12, do_sample=False, repetition_penalty=penalty)

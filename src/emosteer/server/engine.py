@@ -143,6 +143,7 @@ class Engine:
         self.meter: Meter | None = None  # set by `ready_meter` on the first metered request
         self._meter_error: str | None = None  # why there is none for this model
         self._thread: threading.Thread | None = None
+        self._busy = threading.Event()  # set while the worker holds jobs taken off the queue
         self.stats = {"batches": 0, "max_batch_seen": 0, "requests": 0, "tokens": 0,
                       "errors": 0, "cancelled": 0, "retried": 0}
 
@@ -161,6 +162,10 @@ class Engine:
 
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def idle(self) -> bool:
+        """True when no job waits and the worker is decoding none (the model is free)."""
+        return not self._busy.is_set() and self._queue.empty()
 
     def submit(self, job: Job) -> None:
         self._queue.put(job)
@@ -184,6 +189,7 @@ class Engine:
             first = self._queue.get()
             if first is None:
                 return
+            self._busy.set()
             jobs = [first]
             deadline = time.monotonic() + self.batch_window
             while len(jobs) < self.max_batch:
@@ -196,8 +202,11 @@ class Engine:
                     break
                 jobs.append(job)
             jobs = [j for j in jobs if not j.cancelled]
-            if jobs:
-                self.run(jobs)
+            try:
+                if jobs:
+                    self.run(jobs)
+            finally:
+                self._busy.clear()
 
     def run(self, jobs: list[Job]) -> None:
         """Decode `jobs` as one batch; if the batch fails, each unfinished job is retried
