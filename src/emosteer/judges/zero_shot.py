@@ -62,27 +62,26 @@ class ZeroShotJudge:
                                 "between")
         self._embed = embed or _default_embed
         self.labels = list(self.specs)
-        rows = []
-        for spec in self.specs.values():
-            train, _ = split(spec)
-            vectors = self._embed([spec.description, *train]).float()
-            rows.append(torch.nn.functional.normalize(vectors.mean(0), dim=0))
-        self.prototypes = torch.stack(rows)  # (emotions, d)
-        self.temperature = self._fit_temperature()
+        # one pass over every spec's description and training sentences
+        groups = [[spec.description, *split(spec)[0]] for spec in self.specs.values()]
+        parts = torch.split(self._embed([t for g in groups for t in g]).float(),
+                            [len(g) for g in groups])
+        self.prototypes = torch.stack([torch.nn.functional.normalize(p.mean(0), dim=0)
+                                       for p in parts])  # (emotions, d)
+        train = torch.cat([p[1:] for p in parts])  # the sentences, without the descriptions
+        targets = torch.tensor([k for k, p in enumerate(parts) for _ in range(len(p) - 1)])
+        self.temperature = self._fit_temperature(train, targets)
         self.spec = "zero-shot"
         self.version = f"{specs_hash(self.specs.values())}-T{self.temperature:g}"
 
-    def _fit_temperature(self) -> float:
-        texts, targets = [], []
-        for k, spec in enumerate(self.specs.values()):
-            train, _ = split(spec)
-            texts += train
-            targets += [k] * len(train)
-        if not texts:  # specs without examples: the grid's middle
+    def _fit_temperature(self, train: torch.Tensor, targets: torch.Tensor) -> float:
+        """The grid's temperature with the lowest log loss on the training sentences'
+        embeddings (their spec's index as target)."""
+        if not len(train):  # specs without examples: the grid's middle
             return TEMPERATURES[len(TEMPERATURES) // 2]
-        cos = self.similarity(texts)
-        y = torch.tensor(targets)
-        losses = [float(torch.nn.functional.cross_entropy(cos / t, y)) for t in TEMPERATURES]
+        cos = torch.nn.functional.normalize(train, dim=-1) @ self.prototypes.T
+        losses = [float(torch.nn.functional.cross_entropy(cos / t, targets))
+                  for t in TEMPERATURES]
         return TEMPERATURES[min(range(len(losses)), key=losses.__getitem__)]
 
     def similarity(self, texts: Sequence[str]) -> torch.Tensor:
