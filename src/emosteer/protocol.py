@@ -34,7 +34,7 @@ Spec = dict[str, float]  # emotion name -> weight (alpha), sorted by name, no ze
 
 __all__ = ["EMOTION", "MAX_EMOTIONS", "METER", "Spec", "describe_vectors", "emotion_weights",
            "error_code", "mean_readings", "model_fields", "parse_emotion", "parse_meter",
-           "playground_page", "steering_spec", "vector_facts"]
+           "playground_page", "steering_mix", "steering_spec", "vector_facts"]
 
 
 def emotion_weights(value: object) -> dict[str, float] | None:
@@ -81,21 +81,31 @@ def _decoded(value: object) -> object:
                             ' send e.g. {"joy": 1.5, "anger": -0.5}') from None
 
 
+def steering_mix(weights: Mapping[str, float] | None, vectors: Mapping[str, EmotionVector]
+                 ) -> tuple[Spec, EmotionVector | None]:
+    """The mix a request steers with, as a spec (sorted, zero weights of served emotions
+    dropped; {}: unsteered) and as the vector `mix` makes of it (None when unsteered). `mix`
+    checks it: an unknown name raises UnknownEmotionError naming the served ones; a sum past
+    a vector's max_dose raises.
+
+    Example:
+        >>> steering_mix({"joy": 1.5, "anger": 0}, vectors)[0]
+        {'joy': 1.5}
+    """
+    spec = {k: float(w) for k, w in sorted((weights or {}).items())
+            if w != 0.0 or k not in vectors}
+    return spec, (mix(vectors, spec) if spec else None)
+
+
 def steering_spec(weights: Mapping[str, float] | None,
                   vectors: Mapping[str, EmotionVector]) -> Spec:
-    """The mix a request steers with: sorted, zero weights of served emotions dropped ({}:
-    unsteered), checked against the served vectors with `mix` (an unknown name raises
-    UnknownEmotionError naming the served ones; a sum past a vector's max_dose raises).
+    """steering_mix's spec alone (the vLLM workers add the mix themselves).
 
     Example:
         >>> steering_spec({"joy": 1.5, "anger": 0}, vectors)
         {'joy': 1.5}
     """
-    spec = {k: float(w) for k, w in sorted((weights or {}).items())
-            if w != 0.0 or k not in vectors}
-    if spec:
-        mix(vectors, spec)
-    return spec
+    return steering_mix(weights, vectors)[0]
 
 
 def parse_emotion(value: object, vectors: Mapping[str, EmotionVector]) -> Spec:

@@ -20,7 +20,7 @@ from emosteer.server.errors import APIError
 from emosteer.server.replies import Reply, Verdict, collect, stream
 from emosteer.server.schemas import ChatRequest, CompletionRequest
 from emosteer.server.state import ServeConfig, Server
-from emosteer.vectors import EmotionVector, mix
+from emosteer.vectors import EmotionVector
 
 __all__ = ["router"]
 
@@ -141,8 +141,7 @@ def _steering(weights: Mapping[str, float] | None,
               vectors: Mapping[str, EmotionVector]) -> EmotionVector | None:
     """The request's emotion mix as one vector (weights are alphas); None when plain."""
     try:
-        spec = protocol.steering_spec(weights, vectors)
-        return mix(vectors, spec) if spec else None
+        return protocol.steering_mix(weights, vectors)[1]
     except EmosteerError as err:
         raise APIError(400, str(err), protocol.error_code(err), "emotion") from None
 
