@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,17 @@ def load_specs(path: str | Path | None = None) -> dict[str, EmotionSpec]:
     Example:
         load_specs()["gratitude"].description
     """
-    path = SHIPPED_SPECS if path is None else Path(path).expanduser()
+    if path is None:  # read once per process: extraction asks for it per batch and emotion
+        return dict(_shipped_specs())
+    return _read_specs(Path(path).expanduser())
+
+
+@cache
+def _shipped_specs() -> dict[str, EmotionSpec]:
+    return _read_specs(SHIPPED_SPECS)
+
+
+def _read_specs(path: Path) -> dict[str, EmotionSpec]:
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
