@@ -109,16 +109,16 @@ def extract(
     """
     from dataclasses import replace
 
+    from emosteer.emotions import VECTOR_EMOTIONS
     from emosteer.extraction.bands import parse_band
     from emosteer.extraction.extract import extract as run
     from emosteer.extraction.extract import recommended
-    from emosteer.vectors import EMOTIONS
 
     base = recommended()
     more: dict[str, Any] = ({"band": parse_band(band)} if band is not None else {}) | (
         {"train": replace(base.train, steps=train_steps)} if train_steps is not None else {})
     five = (tuple(emotions) if emotions and describe is None and spec is None
-            and set(emotions) <= set(EMOTIONS) else None)  # others: _with_specs
+            and set(emotions) <= set(VECTOR_EMOTIONS) else None)  # others: _with_specs
     cfg = replace(base, **given(
         emotions=five, limit=limit,
         dataset=None if dataset == "emotion_specs" else dataset, site=site,

@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
     from emosteer.vectors import EmotionVector
 
-__all__ = ["corpus_projections", "corpus_rows", "fit_meter", "fit_projections", "roc_auc",
-           "spearman", "unseen_judgements"]
+__all__ = ["corpus_projections", "corpus_rows", "emotion_names", "fit_meter", "fit_projections",
+           "roc_auc", "spearman", "training_rows", "unseen_judgements"]
 
 WIDTHS = (1, 3, 5, 9)  # band widths tried with "own" (and the whole vector)
 LAYER_WIDTHS = (10, 20)  # band widths tried with "layers" (and the whole vector)

@@ -91,8 +91,9 @@ class Readings:
                 for t, v in zip(self.tokens, self.values, strict=True)]
 
 
-def as_dict(emotions: Sequence[str], values: torch.Tensor, digits: int = 4) -> dict[str, float]:
-    """{emotion: value rounded} for one row of readings."""
+def as_dict(emotions: Sequence[str], values: torch.Tensor | Sequence[float], digits: int = 4
+            ) -> dict[str, float]:
+    """{emotion: value rounded} for one row of readings (a tensor row or a list)."""
     return {e: round(float(v), digits) for e, v in zip(emotions, values, strict=True)}
 
 

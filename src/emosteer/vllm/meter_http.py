@@ -24,8 +24,6 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
-import torch
-
 from emosteer.emotion_meter.meter import as_dict
 from emosteer.errors import EmosteerError
 from emosteer.protocol import METER, mean_readings, parse_meter
@@ -119,7 +117,7 @@ def _emotions() -> tuple[str, ...]:
 
 def _per_token(server: Any, pairs: list[tuple[int, list[float]]]) -> list[dict[str, Any]]:
     tokenizer, emotions = server.renderer.tokenizer, _emotions()
-    return [{"token": tokenizer.decode([t]), "readings": as_dict(emotions, torch.tensor(row))}
+    return [{"token": tokenizer.decode([t]), "readings": as_dict(emotions, row)}
             for t, row in pairs]
 
 
@@ -146,8 +144,7 @@ def _with_meter(event: str, pending: dict[int, list], emotions: tuple[str, ...])
     if not rows or not (text or choice.get("finish_reason")):
         return event  # e.g. the role chunk: its tokens' readings go with the next text
     # the same summary as emosteer's own server: the mean of the rounded per-token readings
-    body["emotion_meter"] = mean_readings([as_dict(emotions, torch.tensor(row))
-                                           for _, row in rows])
+    body["emotion_meter"] = mean_readings([as_dict(emotions, row) for _, row in rows])
     rows.clear()
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
