@@ -102,6 +102,39 @@ def test_the_split_holds_out_every_third_sentence():
     assert held == ["s2", "s5", "s8"] and len(train) == 6 and not set(train) & set(held)
 
 
+def test_the_two_halves_read_disjoint_sentences_and_hold_out_the_same_third():
+    spec = EmotionSpec("x", "x", examples=tuple(f"s{i}" for i in range(9)))
+    a, held_a = split(spec, "a")
+    b, held_b = split(spec, "b")
+    assert a == ["s0", "s3", "s6"] and b == ["s1", "s4", "s7"]
+    assert held_a == held_b == split(spec)[1] and sorted(a + b) == sorted(split(spec)[0])
+    judges = [ZeroShotJudge(synthetic_specs(), embed=bag_of_words, half=h) for h in "ab"]
+    assert [j.spec for j in judges] == ["zero-shot-a", "zero-shot-b"]
+    assert not torch.equal(judges[0].prototypes, judges[1].prototypes)
+    with pytest.raises(BadInputError, match="'a' or 'b'"):
+        ZeroShotJudge(synthetic_specs(), embed=bag_of_words, half="c")
+
+
+def test_a_shipped_spec_s_system_prompt_is_its_elicit_sentence():
+    from emosteer import data
+
+    assert data.system_prompt("calm") == load_specs()["calm"].elicit
+    assert "joy" in data.system_prompt("joy")  # the five keep their template
+    with pytest.raises(UnknownEmotionError, match="unknown emotion 'smug'"):
+        data.system_prompt("smug")
+
+
+def test_a_frontier_beyond_the_five_is_judged_by_the_zero_shot_halves():
+    from emosteer.evaluate.frontier import FrontierConfig, judges_for
+
+    assert judges_for(["joy", "anger"]) == ("embedded-a", "embedded-b")
+    assert judges_for(["joy", "calm"]) == ("zero-shot-a", "zero-shot-b")
+    with pytest.raises(BadInputError, match="knows only the five basic emotions, not calm"):
+        FrontierConfig(emotions=("joy", "calm"))
+    assert FrontierConfig(emotions=("calm",), judges=judges_for(["calm"])).judges[0] == \
+        "zero-shot-a"
+
+
 def test_the_shipped_specs_and_the_zero_shot_judge_on_their_held_out_sentences():
     specs = load_specs()
     assert len(specs) == 20 and {"joy", "anger", "calm", "gratitude", "contempt"} <= set(specs)
@@ -154,3 +187,34 @@ def test_the_cli_extracts_any_emotion_through_its_spec(extract_configs, capsys):
     with pytest.raises(SystemExit):
         main(["extract", "--emotion", "calm,smug", "--describe", "x", "--out", "/nowhere"])
     assert "--describe describes one emotion" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_the_server_serves_custom_emotions_and_refuses_unserved_ones_in_openai_shape():
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from live_server import random_vectors
+
+    from emosteer.server import ServeConfig, create_app
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    five = random_vectors(model)
+    vectors = {"calm": five["joy"], "gratitude": five["anger"]}  # any names the folder holds
+    app = create_app(model, tok, vectors, ServeConfig(max_tokens=8, batch_window=0.0),
+                     model_name="tiny")
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        listed = http.get("/v1/models").json()["data"][0]
+        assert listed["emotions"] == ["calm", "gratitude"]
+
+        def ask(emotion):
+            return http.post("/v1/chat/completions", json={
+                "model": "tiny", "messages": [{"role": "user", "content": "How was it?"}],
+                "max_tokens": 4, "temperature": 0, "emotion": emotion})
+
+        ok = ask({"calm": 1, "gratitude": 0.5})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
+        refused = ask({"nostalgia": 1})
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["code"] == "unknown_emotion"
+        assert error["type"] == "invalid_request_error" and error["param"] == "emotion"
+        assert "available are calm, gratitude" in error["message"]
+        assert "emosteer extract --emotion nostalgia --describe" in error["message"]

@@ -86,7 +86,7 @@ def site(tmp_path_factory):
             shutil.rmtree(profile, ignore_errors=True)
 
 
-def _open(site, width: int = 1280, height: int = 800):
+def _open(site, width: int = 1280, height: int = 800, first: str = "#s-joy"):
     url, browser = site
     page = browser.new_page()
     page.set_viewport_size({"width": width, "height": height})
@@ -94,7 +94,7 @@ def _open(site, width: int = 1280, height: int = 800):
     page.on("request", lambda r: requests.append(json.loads(r.post_data))
             if r.url.endswith("/v1/chat/completions") else None)
     page.goto(url + "/")
-    page.locator("#s-joy").wait_for(timeout=30_000)
+    page.locator(first).wait_for(timeout=30_000)  # the sliders are built
     return page, requests
 
 
@@ -223,3 +223,31 @@ def test_phone_width_has_no_horizontal_scroll(site, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         page.close()
+
+
+def test_a_custom_emotion_gets_its_own_slider(tmp_path):
+    """A server holding vectors named beyond the five: the sliders are what /v1/models lists,
+    and moving one sends that name in the request's mix."""
+    from emosteer.server import ServeConfig, create_app
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    five = random_vectors(model)
+    app = create_app(model, tok, {"calm": five["joy"], "nostalgia": five["sadness"]},
+                     ServeConfig(max_tokens=16, batch_window=0.0))
+    profile = tmp_path / "profile"
+    with live_server(app) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page, requests = _open((url, browser), first="#s-calm")
+            names = page.eval_on_selector_all("#sliders input[type=range]",
+                                              "s => s.map(x => x.dataset.emotion)")
+            assert names == ["calm", "nostalgia"]
+            page.eval_on_selector("#s-calm", "s => { s.value = '1.5'; "
+                                  "s.dispatchEvent(new Event('input')); }")
+            assert page.locator("#o-calm").inner_text() == "1.5"
+            assert json.loads(page.locator("#mix").inner_text()) == {"calm": 1.5}
+            _ask(page, 2)
+            assert sorted(r["emotion"] for r in requests if r["emotion"]) == [{"calm": 1.5}]
+        finally:
+            browser.close()

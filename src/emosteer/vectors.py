@@ -285,7 +285,8 @@ def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> E
     unknown = [name for name in weights if name not in vectors]
     if unknown:
         raise UnknownEmotionError(
-            f"unknown emotion {unknown[0]!r}: available are {', '.join(sorted(vectors))}")
+            f"unknown emotion {unknown[0]!r}: available are {', '.join(sorted(vectors))}; "
+            f"extract it with `emosteer extract --emotion {unknown[0]} --describe \"...\"`")
     from emosteer.dose import check_dose
 
     checked = {name: check_alpha(w, f"weight for {name!r}") for name, w in weights.items()}

@@ -64,6 +64,16 @@ def test_parse_refuses(bank, value, error, words):
         parse_emotion(value, bank.vectors)
 
 
+def test_the_bank_serves_any_emotion_its_folder_names(tmp_path):
+    bank = VectorBank.load(support.write(tmp_path / "custom", ("calm", "gratitude")))
+    assert sorted(bank.vectors) == ["calm", "gratitude"]
+    assert parse_emotion({"calm": 1, "gratitude": 0.5}, bank.vectors) == {
+        "calm": 1.0, "gratitude": 0.5}
+    with pytest.raises(UnknownEmotionError, match=r"'joy': available are calm, gratitude; "
+                       r"extract it with `emosteer extract --emotion joy --describe"):
+        parse_emotion({"joy": 1}, bank.vectors)
+
+
 def test_cache_salt():
     fp = "0123"
     assert cache_salt({}, fp) is None

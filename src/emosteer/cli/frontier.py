@@ -55,7 +55,8 @@ class SearchOptions(OptionGroup):
     judges: Annotated[list[str] | None, typer.Option(
         "--judge", callback=split_commas,
         help="a judge spec; repeat for a second opinion (default: embedded-a and embedded-b, "
-             "trained on disjoint halves of emotion_corpus)")] = None
+             "trained on disjoint halves of emotion_corpus; for emotions beyond the five, "
+             "zero-shot-a and zero-shot-b)")] = None
     max_ppl_ratio: Annotated[float | None, typer.Option(
         min=1.0, max=1e6, help="fluency bound, x the unsteered PPL")] = None
     min_topic: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="topic bound")] = None
@@ -73,7 +74,8 @@ class SearchOptions(OptionGroup):
             methods=tuple(known[m] for m in self.methods) if self.methods else None,
             emotions=tuple(self.emotions) if self.emotions else None,
             calibration_limit=self.calibration_limit, limit=self.limit,
-            judges=tuple(self.judges) if self.judges else None,
+            judges=tuple(self.judges) if self.judges else
+            F.judges_for(self.emotions) if self.emotions else None,
             max_ppl_ratio=self.max_ppl_ratio, min_topic=self.min_topic))
 
 
@@ -86,7 +88,8 @@ def frontier(
     search: SearchOptions = SearchOptions(),
     extract: Annotated[bool, typer.Option(
         "--extract/--no-extract",
-        help="first extract the methods whose folder is missing (emotion_query only)")] = False,
+        help="first extract the methods whose folder is missing (the five from emotion_query, "
+             "other emotions from the emotion specs)")] = False,
     extract_limit: Annotated[int, typer.Option(
         min=1, help="--extract: extraction queries per emotion")] = EXTRACT_LIMIT,
     out: OutDirOpt = Path("runs/frontier"),
@@ -124,10 +127,13 @@ def frontier(
 def _extract_missing(model: Any, tokenizer: Any, cfg: FrontierConfig, vectors: Path,
                      limit: int, gen: GenerateOptions) -> None:
     """--extract: build the folders of the methods that have none, and say where."""
+    from emosteer.emotions import VECTOR_EMOTIONS
     from emosteer.evaluate.frontier_vectors import build_vectors
     from emosteer.extraction.extract import ExtractConfig
 
-    base = ExtractConfig(emotions=cfg.emotions, limit=limit)
+    beyond = any(e not in VECTOR_EMOTIONS for e in cfg.emotions)  # from the specs' questions
+    base = ExtractConfig(emotions=cfg.emotions, limit=limit,
+                         dataset="emotion_specs" if beyond else "emotion_query")
     built = build_vectors(model, tokenizer, cfg.methods, vectors, replace(
         base, generation=gen.config(base.generation)))
     for name, folder in built.items():

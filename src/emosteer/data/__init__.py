@@ -244,11 +244,17 @@ def templates() -> dict:
 
 
 def system_prompt(emotion: str | None) -> str:
-    """The neutral system prompt (emotion None) or the one asking for `emotion`."""
+    """The neutral system prompt (emotion None) or the one asking for `emotion` (the five's
+    template, or a shipped emotion spec's elicit sentence)."""
     t = templates()
     if emotion is None or emotion == "neutral":
         return t["neutral_system"]
-    if emotion not in t["adjectives"]:
+    if emotion not in t["adjectives"]:  # beyond the five: a shipped spec's elicit sentence
+        from emosteer.emotion_specs import load_specs
+
+        specs = load_specs()
+        if emotion in specs:
+            return specs[emotion].elicit
         raise UnknownEmotionError(f"unknown emotion {emotion!r}: choose from "
-                                  f"{', '.join(t['adjectives'])}")
+                                  f"{', '.join(specs)}")
     return t["emotion_system"].format(adjective=t["adjectives"][emotion], emotion=emotion)

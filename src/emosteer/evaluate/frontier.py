@@ -58,9 +58,23 @@ class FrontierConfig:
     def __post_init__(self) -> None:
         if not self.judges:
             raise BadInputError("the frontier needs at least one judge")
+        beyond = [e for e in self.emotions if e not in VECTOR_EMOTIONS]
+        trained = [j for j in self.judges if j.startswith("embedded")]
+        if beyond and trained:
+            raise BadInputError(
+                f"judge {trained[0]!r} knows only the five basic emotions, not "
+                f"{', '.join(beyond)}: judge them with --judge zero-shot-a --judge zero-shot-b")
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise BadInputError(f"method names repeat: {', '.join(names)}")
+
+
+def judges_for(emotions: Sequence[str]) -> tuple[str, str]:
+    """The two judges of a frontier over `emotions`: the trained A and B for the five basic
+    emotions, the zero-shot judge's two halves for any other (docs/judge.md)."""
+    if all(e in VECTOR_EMOTIONS for e in emotions):
+        return ("embedded-a", "embedded-b")
+    return ("zero-shot-a", "zero-shot-b")
 
 
 def eval_config(cfg: FrontierConfig, **changes: Any) -> EvalConfig:

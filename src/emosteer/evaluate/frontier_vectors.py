@@ -6,7 +6,9 @@ generations.
 Each method's vectors come from `emosteer.extract` with that method's ExtractConfig changes
 (Method.extract). The first method's generations (every emotion_query question answered under
 the neutral and the emotion prompt) are reused by the others, so every method is built from
-the same answers. A folder that already holds every emotion is left as it is: a rerun only
+the same answers. Emotions beyond the five are extracted from the emotion specs' questions
+(base dataset "emotion_specs"), a judge filter then reads them with the zero-shot judge. A
+folder that already holds every emotion is left as it is: a rerun only
 builds what is missing. The evaluation half (`frontier.frontier`) only reads the folders, so
 the two halves can run separately, and vectors made another way can be evaluated by putting
 them in a folder named after a method.
@@ -81,6 +83,9 @@ def build_vectors(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         if load_method_vectors(folder, base.emotions) is not None:
             continue
         cfg = replace(base, **dict(method.extract))
+        if cfg.dataset == "emotion_specs" and cfg.filter == "judge" \
+                and not cfg.judge.startswith("zero-shot"):  # the trained judges know five
+            cfg = replace(cfg, judge="zero-shot")
         key = _answers_key(cfg)  # methods that ask the same questions share one set of answers
         result = extract(model, tokenizer, cfg, progress=progress, generations=made.get(key))
         made.setdefault(key, result.generations)

@@ -230,7 +230,7 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
         # the zero-shot judge reads over every spec, a user's own included
         judge = load_judge(cfg.judge, **({"specs": cfg.all_specs()}
-                                          if cfg.judge == "zero-shot" else {}))
+                                          if cfg.judge.startswith("zero-shot") else {}))
     totals = {e: _Totals() for e in cfg.emotions}
     squares: dict = {}  # neutral answers: sum of squared site norms per layer, tokens
     samples: list[dict] = []

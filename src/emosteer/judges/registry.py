@@ -110,4 +110,6 @@ register_judge("embedded-b", lambda argument, **options: _embedded(argument, "b"
 register_judge("hf", _hf, takes_argument=True)
 # any set of emotion specs (default: the 20 shipped), from the same MiniLM encoder
 register_judge("zero-shot", lambda argument, **options: _zero_shot(**options))
+register_judge("zero-shot-a", lambda argument, **options: _zero_shot(half="a", **options))
+register_judge("zero-shot-b", lambda argument, **options: _zero_shot(half="b", **options))
 register_judge("openai", _openai, takes_argument=True)

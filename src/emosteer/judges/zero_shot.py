@@ -2,7 +2,9 @@
 encoder the embedded judge already ships.
 
 Each spec's prototype is the normalised mean embedding of its description and the training
-share of its example sentences (two of every three; the third is held out). A text's
+share of its example sentences (two of every three; the third is held out). zero-shot-a and
+zero-shot-b read one of those two thirds each (disjoint sentences, the same description and
+encoder): a second opinion, as embedded-a and embedded-b are for the five. A text's
 probability of each emotion is softmax(cos(text, prototype) / T); the temperature T is the one
 of a fixed grid that fits the training sentences best (lowest log loss), so nothing held out
 chooses anything. `held_out_accuracy` reports how often the held-out sentences are read as
@@ -30,9 +32,16 @@ __all__ = ["ZeroShotJudge", "held_out_accuracy", "split"]
 Embed = Callable[[Sequence[str]], torch.Tensor]  # texts -> (n, d) unit rows
 
 
-def split(spec: EmotionSpec) -> tuple[list[str], list[str]]:
-    """(training, held-out) example sentences of a spec: every third one is held out."""
-    train = [t for i, t in enumerate(spec.examples) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+HALVES = {"a": 0, "b": 1}  # zero-shot-a reads examples i % 3 == 0, zero-shot-b i % 3 == 1
+
+
+def split(spec: EmotionSpec, half: str | None = None) -> tuple[list[str], list[str]]:
+    """(training, held-out) example sentences of a spec: every third one is held out; half
+    "a" or "b" keeps one of the two disjoint training thirds (a second judge from other data).
+    """
+    train = [t for i, t in enumerate(spec.examples)
+             if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1
+             and (half is None or i % HELD_OUT_EVERY == HALVES[half])]
     held = [t for i, t in enumerate(spec.examples) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     return train, held
 
@@ -55,7 +64,9 @@ class ZeroShotJudge:
     rates_topic = False
 
     def __init__(self, specs: Mapping[str, EmotionSpec] | None = None,
-                 embed: Embed | None = None) -> None:
+                 embed: Embed | None = None, half: str | None = None) -> None:
+        if half is not None and half not in HALVES:
+            raise BadInputError(f"half must be 'a' or 'b', not {half!r}")
         self.specs = dict(load_specs() if specs is None else specs)
         if len(self.specs) < 2:
             raise BadInputError("the zero-shot judge needs at least two emotion specs to choose "
@@ -63,7 +74,7 @@ class ZeroShotJudge:
         self._embed = embed or _default_embed
         self.labels = list(self.specs)
         # one pass over every spec's description and training sentences
-        groups = [[spec.description, *split(spec)[0]] for spec in self.specs.values()]
+        groups = [[spec.description, *split(spec, half)[0]] for spec in self.specs.values()]
         parts = torch.split(self._embed([t for g in groups for t in g]).float(),
                             [len(g) for g in groups])
         self.prototypes = torch.stack([torch.nn.functional.normalize(p.mean(0), dim=0)
@@ -71,7 +82,7 @@ class ZeroShotJudge:
         train = torch.cat([p[1:] for p in parts])  # the sentences, without the descriptions
         targets = torch.tensor([k for k, p in enumerate(parts) for _ in range(len(p) - 1)])
         self.temperature = self._fit_temperature(train, targets)
-        self.spec = "zero-shot"
+        self.spec = "zero-shot" + (f"-{half}" if half else "")
         self.version = f"{specs_hash(self.specs.values())}-T{self.temperature:g}"
 
     def _fit_temperature(self, train: torch.Tensor, targets: torch.Tensor) -> float:
