@@ -416,6 +416,18 @@ def test_cli_meter_and_generate_meter(cli_folder):
     assert "no emotion meter is fitted" in out.stderr
 
 
+def test_cli_fit_meter_writes_a_meter_the_meter_command_reads(cli_folder):
+    model, vecs, out = str(cli_folder / "tiny"), str(cli_folder / "vecs"), cli_folder / "m2.json"
+    done = _run("fit-meter", "--vectors", vecs, "--emotion", "joy,anger", "--limit", "2",
+                "--model", model, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "meter for joy, anger ->" in done.stdout and out.is_file()
+    done = _run("meter", "What a day!", "--model", model, "--meter-file", str(out))
+    assert done.returncode == 0 and "joy" in done.stdout and "sadness" not in done.stdout
+    done = _run("fit-meter", "--vectors", vecs, "--emotion", "calm", "--model", model)
+    assert done.returncode == 2 and "no vector for 'calm'" in done.stderr
+
+
 def test_sparkline():
     from emosteer.cli.meter import sparkline
 
@@ -447,3 +459,37 @@ def test_the_shipped_meter_reads_the_bundled_model():
     for emotion, text in texts.items():
         means = meter(model, tok, text).mean()
         assert max(means, key=means.get) == emotion, means
+
+
+def test_a_meter_for_emotions_beyond_the_corpus_learns_from_the_specs(setup):
+    from emosteer.emotion_meter.fit import spec_rows, training_rows
+    from emosteer.emotion_specs import load_specs
+
+    model, tok, five, _ = setup
+    vectors = {"calm": five["joy"], "gratitude": five["anger"], "joy": five["sadness"],
+               "base": five["joy"] * 0.5}
+    rows = spec_rows()
+    held = {f"spec-{n}-{i:02d}" for n, s in load_specs().items()
+            for i in range(len(s.examples)) if i % 3 == 2}  # the zero-shot judge's held-out third
+    assert rows and not held & {r["id"] for r in rows}
+    assert {r["label"] for r in rows} == {*load_specs(), "neutral"}
+    assert training_rows(None, ["joy", "anger"]) == corpus_rows(held_out=False)  # the five
+    with pytest.raises(BadInputError, match="no labelled sentences for smug"):
+        training_rows(None, ["calm", "smug"])
+    fitted = fit_meter(model, tok, vectors, limit=3, kinds=("own",), progress=False)
+    assert list(fitted.emotions) == ["joy", "calm", "gratitude"]  # every emotion, "base" left out
+    assert fitted.card["corpus"]["name"] == "emotion_specs"
+    assert fitted.card["corpus"]["training_ids"] == 3 * (len(load_specs()) + 1)
+    assert "spearman" in fitted.card["selection"]["chosen"]
+
+
+def test_spec_sentences_are_judged_by_the_zero_shot_half_that_did_not_read_them():
+    from emosteer.emotion_meter.fit import spec_rows
+    from emosteer.judges.registry import load_judge
+
+    rows = [r for r in spec_rows() if r["label"] == "calm"][:4]  # indices 0, 1, 3, 4
+    rows.append(next(r for r in spec_rows() if r["label"] == "neutral"))
+    got = unseen_judgements(rows)
+    for row, judge, probs in zip(rows, ["b", "a", "b", "a", "a"], got, strict=True):
+        expected = load_judge(f"zero-shot-{judge}").rate([row["text"]], [row["text"]])[0].probs
+        assert probs == pytest.approx(expected, abs=1e-5), row["id"]

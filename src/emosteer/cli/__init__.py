@@ -5,7 +5,7 @@ One module per command group; this one holds the command table and `main()`:
 vectors.py   extract, info
 demo.py      demo (extract, then every emotion steering unseen questions, judged)
 generate.py  generate (a vector, a mix or a circuit)
-meter.py     meter (per-token emotion readings of a text)
+meter.py     meter (per-token emotion readings of a text), fit-meter
 evaluate.py  classify; experiment alpha-sweep, mix, base, prompting
 circuits.py  discover; experiment compare
 frontier.py  experiment frontier (the method search)
@@ -55,6 +55,7 @@ app = typer.Typer(
 app.command()(vectors.extract)
 app.command()(generate.generate)
 app.command()(meter.meter)
+app.command("fit-meter")(meter.fit_meter)
 app.command()(vectors.info)
 app.command()(demo.demo)
 app.command()(serve.serve)

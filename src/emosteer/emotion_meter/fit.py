@@ -1,4 +1,6 @@
-"""Fit the emotion meter: choose its layer band and calibration on emotion_corpus's training part.
+"""Fit the emotion meter: choose its layer band and calibration on emotion_corpus's training part
+(or, for emotions beyond the corpus' labels, on the shipped emotion specs' example sentences:
+`spec_rows`).
 
 The corpus's held-out 20% (`data.held_out_flags`, the embedded judge's test part) is never
 read. The training part is split again by a seeded hash of the ids: the band and the kind of
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
     from emosteer.vectors import EmotionVector
 
 __all__ = ["corpus_projections", "corpus_rows", "emotion_names", "fit_meter", "fit_projections",
-           "roc_auc", "spearman", "training_rows", "unseen_judgements"]
+           "roc_auc", "spearman", "spec_rows", "training_rows", "unseen_judgements"]
 
 WIDTHS = (1, 3, 5, 9)  # band widths tried with "own" (and the whole vector)
 LAYER_WIDTHS = (10, 20)  # band widths tried with "layers" (and the whole vector)
@@ -91,8 +93,10 @@ def fit_meter(model: PreTrainedModel, tokenizer, vectors: Mapping[str, EmotionVe
 
 def emotion_names(vectors: Mapping[str, EmotionVector], emotions: Sequence[str] | None
                   ) -> list[str]:
-    """The emotions a meter reads: the given ones, else the vectors' emotions of the six."""
-    names = list(emotions or [e for e in CIRCUIT_EMOTIONS if e in vectors])
+    """The emotions a meter reads: the given ones, else every emotion the vectors hold (the
+    six in their usual order, then the others by name; "base" is not an emotion)."""
+    others = sorted(e for e in vectors if e not in CIRCUIT_EMOTIONS and e != "base")
+    names = list(emotions or [e for e in CIRCUIT_EMOTIONS if e in vectors] + others)
     if not names:
         raise BadInputError(f"none of the vectors {sorted(vectors)} is an emotion: name them "
                             "with emotions=[...]")
@@ -106,7 +110,7 @@ def corpus_projections(model: PreTrainedModel, tokenizer, vectors: Mapping[str, 
     every layer they have: (tokens, layers, emotions). The slow part of a fit (one forward
     pass over the training part); `fit_projections` reuses it."""
     full = Meter.from_vectors(vectors, vectors[emotions[0]].layers, emotions)
-    rows = training_rows(limit)
+    rows = training_rows(limit, emotions)
     seqs = [sequence(tokenizer, r["text"]) for r in rows]
     return rows, token_projections(model, full.site, full.band(), seqs, batch_size, progress)
 
@@ -160,12 +164,15 @@ def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str
     chosen = Meter.from_vectors(vectors, best["layers"], names)
     mean, std, weight, bias = _calibrate(per_layer, labels,
                                          [layers.index(i) for i in best["layers"]], best["kind"])
-    info = dataset_info("emotion_corpus")
+    from_specs = any(r["id"].startswith("spec-") for r in rows)
+    info = dataset_info("emotion_specs" if from_specs else "emotion_corpus")
     card: dict[str, Any] = {
         **chosen.card, "site": chosen.site, "reading": "the state before each token",
         "calibration": best["kind"],
         "corpus": {"name": info.name, "version": info.version, "sha256": info.sha256,
-                   "part": "training (held_out_flags share 0.2, seed 0: not read)",
+                   "part": "training: each spec's examples but every third (held out), and "
+                           "emotion_corpus' neutral training sentences" if from_specs else
+                           "training (held_out_flags share 0.2, seed 0: not read)",
                    "training_ids": len(rows), "validation_share": VALIDATION_SHARE,
                    "validation_seed": VALIDATION_SEED, "validation_ids": int(val.sum()),
                    "limit_per_label": limit},
@@ -184,7 +191,9 @@ def fit_projections(vectors: Mapping[str, EmotionVector], emotions: Sequence[str
 
 def unseen_judgements(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
     """Per training sentence, the probabilities of the embedded judge (A or B) whose half of
-    the training part does not hold it: an opinion the sentence did not shape.
+    the training part does not hold it: an opinion the sentence did not shape. For
+    `spec_rows`, the zero-shot half (zero-shot-a or -b) that did not read the sentence
+    (neutral sentences, read by neither: zero-shot-a).
 
     Example:
         unseen_judgements(corpus_rows(held_out=False)[:3])  # [{"joy": 0.8, ...}, ...]
@@ -192,13 +201,24 @@ def unseen_judgements(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float
     from emosteer.judges.embedded import training_flags
     from emosteer.judges.registry import load_judge
 
-    in_a = training_flags([r["id"] for r in rows], half="a")
     texts = [r["text"] for r in rows]
     out: list[dict[str, float]] = [{} for _ in rows]
-    for half, wanted in (("a", False), ("b", True)):  # judge A reads half b's sentences
-        index = [i for i, flag in enumerate(in_a) if flag == wanted]
-        ratings = load_judge(f"embedded-{half}").rate([texts[i] for i in index],
-                                                      [texts[i] for i in index])
+    if any(r["id"].startswith("spec-") for r in rows):  # spec_rows: the zero-shot halves
+        from emosteer.judges.zero_shot import HALVES
+
+        def unseen_by(row: Mapping[str, Any]) -> str:  # half "a" reads examples i % 3 == 0
+            if not row["id"].startswith("spec-"):
+                return "zero-shot-a"  # a neutral sentence: neither half read it
+            read = int(row["id"].rsplit("-", 1)[1]) % 3 == HALVES["a"]
+            return "zero-shot-b" if read else "zero-shot-a"
+
+        names = [unseen_by(r) for r in rows]
+    else:  # the corpus: a sentence judge A learnt is judged by B, any other by A
+        names = ["embedded-b" if flag else "embedded-a"
+                 for flag in training_flags([r["id"] for r in rows], half="a")]
+    groups = {judge: [i for i, n in enumerate(names) if n == judge] for judge in set(names)}
+    for judge, index in sorted(groups.items()):
+        ratings = load_judge(judge).rate([texts[i] for i in index], [texts[i] for i in index])
         for i, r in zip(index, ratings, strict=True):
             out[i] = dict(r.probs)
     return out
@@ -220,9 +240,29 @@ def corpus_rows(held_out: bool) -> list[dict]:
     return [r for r, held in zip(rows, flags, strict=True) if held == held_out]
 
 
-def training_rows(limit: int | None) -> list[dict]:
-    """The corpus sentences outside the held-out part (at most `limit` per label)."""
-    kept = corpus_rows(held_out=False)
+def spec_rows() -> list[dict]:
+    """The shipped emotion specs' example sentences outside their held-out third (the third
+    the zero-shot judge's accuracy is measured on), id "spec-<emotion>-<index>", and the
+    corpus' neutral training sentences: what a meter reading emotions beyond the corpus' six
+    learns from (every spec's sentences; a spec the meter does not read is a negative)."""
+    from emosteer.emotion_specs import load_specs
+    from emosteer.judges.zero_shot import HELD_OUT_EVERY
+
+    rows = [{"id": f"spec-{name}-{i:02d}", "label": name, "text": text}
+            for name, spec in load_specs().items() for i, text in enumerate(spec.examples)
+            if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    return rows + [r for r in corpus_rows(held_out=False) if r["label"] == "neutral"]
+
+
+def training_rows(limit: int | None, emotions: Sequence[str] = ()) -> list[dict]:
+    """The sentences a meter for `emotions` learns from (at most `limit` per label):
+    emotion_corpus's training part where it labels every one of them, else `spec_rows`."""
+    beyond = [e for e in emotions if e not in CIRCUIT_EMOTIONS]
+    kept = spec_rows() if beyond else corpus_rows(held_out=False)
+    unknown = sorted({*beyond} - {r["label"] for r in kept})
+    if unknown:
+        raise BadInputError(f"no labelled sentences for {', '.join(unknown)}: a meter reads "
+                            "the five basic emotions, surprise, or the shipped emotion specs")
     if limit is None:
         return kept
     counts: dict[str, int] = {}
