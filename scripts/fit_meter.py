@@ -53,7 +53,8 @@ def projections(model, tok, vectors, names, args) -> tuple[list[dict], list[torc
             same = (f.metadata() or {}).get("key") == key
         if same:
             d = load_file(str(cache))
-            return training_rows(args.limit, names), list(torch.split(d["proj"], d["lengths"].tolist()))
+            lengths = d["lengths"].tolist()
+            return training_rows(args.limit, names), list(torch.split(d["proj"], lengths))
         print(f"{cache} was made from other inputs: reading the corpus again")
     rows, per_layer = corpus_projections(model, tok, vectors, names, args.limit,
                                          args.batch_size)
