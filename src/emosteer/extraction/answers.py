@@ -19,7 +19,7 @@ from emosteer.generation import Batch, chat_prompt, generate, render_chat
 if TYPE_CHECKING:
     from emosteer.extraction.extract import ExtractConfig
 
-__all__ = ["answer_batch", "first_sentence", "written_batch"]
+__all__ = ["answer_batch", "first_sentence", "teacher_forced", "written_batch"]
 
 
 def answer_batch(model, tokenizer, emotion: str, chunk: list[data.Query],
@@ -64,17 +64,22 @@ def written_batch(model, tokenizer, chunk: list[data.Query]) -> Batch:
     if missing:
         raise BadInputError(f"no written answers for {', '.join(missing[:3])}: "
                             "data/written_answers.jsonl answers every emotion_query question")
-    prompts = [tokenizer(chat_prompt(tokenizer, *data.elicitation("emotion_query", q.question,
-                                                                     None)),
-                         add_special_tokens=False)["input_ids"] for q in chunk] * 2
     texts = [written[q.id].neutral for q in chunk] + [written[q.id].emotional for q in chunk]
-    answers = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    p, a = max(map(len, prompts)), max(map(len, answers))
+    return teacher_forced(model, tokenizer, [q.question for q in chunk] * 2, texts)
+
+
+def teacher_forced(model, tokenizer, questions: list[str], answers: list[str]) -> Batch:
+    """Each answer after its question under the neutral prompt (prompts left padded, answers
+    right padded): a Batch as generate() makes it, its response mask over the answers."""
+    prompts = [tokenizer(chat_prompt(tokenizer, *data.elicitation("emotion_query", q, None)),
+                         add_special_tokens=False)["input_ids"] for q in questions]
+    ids_of = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
+    p, a = max(map(len, prompts)), max(map(len, ids_of))
     pad = tokenizer.pad_token_id or 0
-    ids = torch.full((len(texts), p + a), pad, dtype=torch.long)
+    ids = torch.full((len(answers), p + a), pad, dtype=torch.long)
     att = torch.zeros_like(ids)
     resp = torch.zeros_like(ids)
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+    for i, (prompt, answer) in enumerate(zip(prompts, ids_of, strict=True)):
         ids[i, p - len(prompt):p] = torch.tensor(prompt)
         ids[i, p:p + len(answer)] = torch.tensor(answer)
         att[i, p - len(prompt):p + len(answer)] = 1
