@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dose-sweep", default="", help="alphas of the break-point sweep")
     parser.add_argument("--break-ppl", type=float, default=2.5)
     parser.add_argument("--break-repetition", type=float, default=0.2)
+    parser.add_argument("--add", action="store_true",
+                        help="add the frontier's emotions to the shipped folder: the vectors "
+                             "and provenance.json of the others are kept, these emotions go "
+                             "under provenance.json's 'beyond_the_five'")
     args = parser.parse_args(argv)
     if args.dose_only:
         return record_max_dose(args)
@@ -100,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                          "calibration.jsonl: run the frontier with it, or pass --settings-from")
     held = {r["emotion"]: r for r in read_jsonl(args.frontier / "summary.jsonl")
             if r["method"] == args.method}
+    judges = F.judges_for(list(chosen))
     record: dict = {"method": args.method, "frontier": str(args.frontier),
-                    "rule": "highest mean EPS of judges embedded-a and embedded-b with PPL <= "
-                            "1.3x unsteered and topic >= 0.9, on the calibration split of "
+                    "rule": f"highest mean EPS of judges {judges[0]} and {judges[1]} with PPL "
+                            "<= 1.3x unsteered and topic >= 0.9, on the calibration split of "
                             "emotion_query_plus", "emotions": {}}
     folder = args.frontier / "vectors" / spec.source
     runner = None
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         import emosteer
 
         model, tok = emosteer.load_model("default")
-        cfg = F.FrontierConfig()
+        cfg = F.FrontierConfig(emotions=tuple(chosen), judges=judges)
         runner = JudgesRunner(model, tok, F.eval_config(cfg), args.frontier, cfg.judges[1:])
     if args.seeds:
         folder, record["rebuilds"] = median_build(runner, spec, chosen, args)
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             record["emotions"][emotion]["held_out_of"] = "the shipped (median) build"
     for emotion, vector in shipped.items():
         vector.save(args.out / f"{emotion}.safetensors")
+    if args.add:  # the shipped record stays; these emotions are one section of it
+        kept = json.loads((args.out / "provenance.json").read_text())
+        record = {**kept, "beyond_the_five": record}
     write_text(args.out / "provenance.json", json.dumps(record, indent=1) + "\n")
 
 

@@ -133,6 +133,10 @@ def test_a_frontier_beyond_the_five_is_judged_by_the_zero_shot_halves():
         FrontierConfig(emotions=("joy", "calm"))
     assert FrontierConfig(emotions=("calm",), judges=judges_for(["calm"])).judges[0] == \
         "zero-shot-a"
+    from emosteer.cli.frontier import SearchOptions
+
+    assert SearchOptions(emotions=["calm"]).config().judges == ("zero-shot-a", "zero-shot-b")
+    assert SearchOptions(emotions=["joy"]).config().judges == ("embedded-a", "embedded-b")
 
 
 def test_the_shipped_specs_and_the_zero_shot_judge_on_their_held_out_sentences():

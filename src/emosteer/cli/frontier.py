@@ -42,7 +42,7 @@ class SearchOptions(OptionGroup):
         help="a method (mean_diff, centered, band, band_auto, norm, filtered, filtered_ctx, "
              "filtered_ctx_100, filtered_ctx_more, filtered_ctx_100_generated, "
              "filtered_ctx_100_band, trained, trained_ctx_100, prompt, filtered_ctx_100_shipped, "
-             "filtered_ctx_100_shipped_prompt, "
+             "filtered_ctx_100_shipped_prompt, filtered_ctx_100_shipped_noapology, "
              "written, "
              "written_centered, written_trained, written_keepnorm, written_residual, "
              "written_residual_keepnorm, written_prompt, prefill, fewshot); repeat for several "

@@ -112,6 +112,9 @@ METHODS: tuple[Method, ...] = (
     Method("written_prompt", (0.25,), folder="written", extract=None, with_prompt=True),
     Method("filtered_ctx_100_shipped_prompt", (0.5,), folder="filtered_ctx_100_shipped",
            extract=None, with_prompt=True),
+    # the shipped vectors projected off the apology an "I'm sorry" opening adds to our neutral
+    # answers (extraction.apology; folder written by scripts/apology_vectors.py)
+    Method("filtered_ctx_100_shipped_noapology", (1.0, 1.5), extract=None),
     # the model continues our answer's first sentence; two of our exchanges before the question
     Method("prefill", (0.5, 1.0, 1.5), extract={"answers": "prefill", "limit": 40}),
     Method("fewshot", (0.5, 1.0, 1.5), extract={"answers": "fewshot", "limit": 40}),
