@@ -8,7 +8,9 @@ emotions, how does it compare with the trained judges?
    20% of emotion_corpus (the trained judges' own test part) for those five labels. Readers:
    the zero-shot judge over the five specs only, and the trained judges embedded-a and
    embedded-b (argmax over their seven labels; right when it is the sentence's emotion).
-3. A similarity map of the 20 prototypes (cosine) and their 2-D projection (PCA): does valence
+3. zero-shot-a and zero-shot-b (each one of the two training thirds: a second opinion), 20-way
+   on the same held-out sentences, and how often they give the same label.
+4. A similarity map of the 20 prototypes (cosine) and their 2-D projection (PCA): does valence
    come out as the first axis? (the correlation of PC1 with the specs' valence).
 
 Writes benchmarks/results/zero_shot_judge-<machine>.json (the last stdout line is its JSON) and
@@ -107,7 +109,17 @@ def main() -> None:
               f"read as {row['confused_with']})", flush=True)
     print(f"20-way mean accuracy {mean:.3f} (chance 0.05); temperature {judge.temperature:g}",
           flush=True)
+    halves = {h: ZeroShotJudge(specs, half=h) for h in "ab"}  # disjoint example thirds
+    held = [(t, e) for e, spec in specs.items() for t in split(spec)[1]]
+    texts, truth = [t for t, _ in held], [e for _, e in held]
+    read = {h: [c["label"] for c in j.classify(texts)] for h, j in halves.items()}
+    agree = sum(a == b for a, b in zip(read["a"], read["b"], strict=True)) / len(texts)
+    second = {f"zero-shot-{h}": accuracy(read[h], truth) for h in "ab"}
+    second["a_b_agreement"] = round(agree, 4)
+    print(f"halves: 20-way accuracy a {second['zero-shot-a']['accuracy']:.3f}, "
+          f"b {second['zero-shot-b']['accuracy']:.3f}, agreement {agree:.3f}", flush=True)
     report = {"benchmark": "zero_shot_judge", "machine": machine(),
+              "halves": second,
               "specs": judge.version, "temperature": judge.temperature,
               "twenty_way": {"per_emotion": per_emotion, "mean_accuracy": round(mean, 4),
                              "chance": 1 / len(specs)},
