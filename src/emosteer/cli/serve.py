@@ -141,6 +141,10 @@ def serve(
              "plugin, for big models and many GPUs; needs the vllm extra; vLLM's own "
              "options after --, docs/vllm.md)")] = "builtin",
     force: ForceOpt = False,
+    meter_file: Annotated[Path | None, typer.Option(
+        "--meter-file", exists=True, dir_okay=False,
+        help="the meter JSON that \"meter\": true reads with, e.g. from `emosteer fit-meter` "
+             "for your own emotions (default: the one shipped for the model)")] = None,
     srv: ServerOptions = ServerOptions(),
     vllm_args: Annotated[list[str] | None, typer.Argument(
         metavar="-- VLLM_OPTIONS", show_default=False,
@@ -155,7 +159,7 @@ def serve(
     """
     srv.check_key()
     if engine == "vllm":
-        sys.exit(_serve_vllm(model, vectors, force, srv, list(vllm_args or [])))
+        sys.exit(_serve_vllm(model, vectors, force, srv, list(vllm_args or []), meter_file))
     if vllm_args:
         raise BadInputError(f"{vllm_args[0]!r}: options after -- go to vLLM; add --engine "
                             "vllm, or see `emosteer serve --help` for the builtin server's")
@@ -178,12 +182,16 @@ def serve(
     console.print(f"serving {plain(model)} with emotions {plain(', '.join(found))} on "
                   f"http://{plain(cfg.host)}:{cfg.port}/ (playground at /, API at /v1)"
                   f"{' with an API key' if cfg.api_key else ''}")
-    uvicorn.run(create_app(m, tok, found, cfg, vectors_from=folder), host=cfg.host,
-                port=cfg.port, log_level="warning")
+    app = create_app(m, tok, found, cfg, vectors_from=folder)
+    if meter_file is not None:  # checked against the model and the served vectors' hashes
+        from emosteer.emotion_meter.meter import load_meter
+
+        app.state.engine.meter = load_meter(m, meter_file)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 
 def _serve_vllm(model: str, vectors: Path | None, force: bool, srv: ServerOptions,
-                vllm_args: list[str]) -> int:
+                vllm_args: list[str], meter: Path | None = None) -> int:
     """vLLM's OpenAI server with the plugin until it exits; its exit code."""
     from emosteer.vllm import launcher
 
@@ -199,4 +207,5 @@ def _serve_vllm(model: str, vectors: Path | None, force: bool, srv: ServerOption
     console.print(f"serving {plain(model)} on vLLM with emotions {plain(', '.join(found))} "
                   f"on http://{plain(where.get('host', '127.0.0.1'))}:{where.get('port', 8000)}/ "
                   f"(playground at /, API at /v1){' with an API key' if srv.api_key else ''}")
-    return launcher.serve(model, folder, extra_vllm_args=vllm_args, force=force, **where)
+    return launcher.serve(model, folder, extra_vllm_args=vllm_args, force=force, meter=meter,
+                          **where)
