@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from emosteer.cli.common import console, load, plain, writable_folder
+from emosteer.cli.engine import EngineOptions
 from emosteer.cli.options import (
     EXTRACT_LIMIT,
     EmotionsOpt,
@@ -95,17 +96,22 @@ def frontier(
     out: OutDirOpt = Path("runs/frontier"),
     model: ModelOpt = "default",
     gen: GenerateOptions = GenerateOptions(),
+    eng: EngineOptions = EngineOptions(),
 ) -> None:
     """Each method x emotion x strength on the calibration split; the best setting within
     PPL <= 1.3x unsteered and topic >= 0.9 reported on the held-out split, by two judges.
 
     Example: [bold]emosteer experiment frontier --method mean_diff --method trained --extract[/bold]
+
+    With [bold]--engine vllm[/bold] the answers are generated on vLLM (its own venv: docs/vllm.md),
+    serving every vector the search steers with; the judges and PPL stay in transformers.
     """
     from emosteer.evaluate import frontier as F
     from emosteer.evaluate import frontier_report
     from emosteer.judges.registry import load_judge
 
     cfg = search.config()
+    eng.check()
     for spec in cfg.judges:
         load_judge(spec)  # a bad spec fails before the model loads
     writable_folder(out)
@@ -115,9 +121,17 @@ def frontier(
     if extract:
         _extract_missing(m, tok, cfg, vectors, extract_limit, gen)
     generation = gen.config(F.eval_config(cfg).generation)
+    engine = None
+    if eng.engine == "vllm":  # the answers on vLLM, serving every vector the grid steers with
+        from emosteer.cli.engine import vllm_engine
+        from emosteer.vectors import load_vectors
+        from emosteer.vllm.generate import VllmAnswerer
+
+        served = F.engine_vectors(F.plan(cfg, vectors)[0], out / "vllm-vectors")
+        engine = VllmAnswerer(vllm_engine(model, served, eng.vllm_arg), load_vectors(served))
     try:
         result = frontier_report.run(m, tok, vectors, out, cfg, generation=generation,
-                                     seed=generation.seed)
+                                     seed=generation.seed, engine=engine)
     except EmosteerError as err:
         raise type(err)(f"{err} (answers and scores so far are kept in {out}/; rerun the same "
                         "command to resume)") from err

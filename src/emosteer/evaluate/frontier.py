@@ -348,3 +348,38 @@ def by_method_and_emotion(rows: Sequence[dict]) -> dict[tuple[str, str], list[di
     for r in rows:
         out.setdefault((r["method"], r["emotion"]), []).append(r)
     return out
+
+
+def engine_vectors(grid: Mapping[str, Sequence[Setting]], folder: str | Path) -> Path:
+    """Write every distinct vector the grid steers with into `folder` (v000.safetensors,
+    ...), so a vLLM engine serving that folder can answer every setting (each condition is
+    then one served vector times its strength). A method the vLLM plugin cannot steer as the
+    builtin engine does (norm-preserving addition, steering the answer only) is refused.
+
+    Example:
+        grid, _ = plan(cfg, "runs/frontier/vectors")
+        engine_vectors(grid, "runs/frontier/vllm-vectors")
+    """
+    from emosteer.evaluate.conditions import vector_digest
+
+    folder = Path(folder)
+    seen: dict[str, EmotionVector] = {}
+    for settings in grid.values():
+        for s in settings:
+            c = s.condition
+            if c.vector is None:
+                continue
+            if c.preserve_norm or c.positions != "all":
+                how = "norm-preserving" if c.preserve_norm else "the answer only"
+                raise BadInputError(f"method {s.method} steers {how}, which the vLLM plugin "
+                                    "does not do: run it with --engine builtin")
+            seen.setdefault(str(vector_digest(c.vector)), c.vector)
+    if not seen:
+        raise BadInputError("no method of this frontier steers with a vector: --engine vllm "
+                            "has nothing to serve (prompting runs on --engine builtin)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.safetensors"):
+        old.unlink()
+    for k, vector in enumerate(seen.values()):
+        vector.save(folder / f"v{k:03d}.safetensors")
+    return folder

@@ -28,6 +28,8 @@ from emosteer.tables import markdown_table
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from emosteer.evaluate.runner import Answerer
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#ff7f0e", "#7f7f7f")
 
@@ -308,7 +310,8 @@ def _grid(method: Method) -> str:
 
 def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         vectors_dir: str | Path | None, out: str | Path, cfg: FrontierConfig = FrontierConfig(),
-        progress: bool = True, **eval_changes: Any) -> Frontier:
+        progress: bool = True, engine: Answerer | None = None, **eval_changes: Any
+        ) -> Frontier:
     """The whole experiment: a JudgesRunner with caches in `out`, frontier.frontier(), the
     report.
 
@@ -319,6 +322,8 @@ def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         out: caches and report files.
         cfg: methods, emotions, question counts, judges, bounds.
         progress: show progress bars.
+        engine: generate the answers there (a VllmAnswerer, `vllm_answerer`); the model
+            still scores perplexity.
         eval_changes: EvalConfig fields to change (generation, seed, calibration_share).
 
     Example:
@@ -326,7 +331,7 @@ def run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         print(result.files["markdown"])
     """
     runner = JudgesRunner(model, tokenizer, F.eval_config(cfg, **eval_changes), out,
-                          cfg.judges[1:], progress=progress)
+                          cfg.judges[1:], progress=progress, engine=engine)
     start = time.perf_counter()
     result = F.frontier(runner, vectors_dir, cfg)
     g = runner.cfg.generation
