@@ -378,14 +378,14 @@ def test_the_vllm_engine_serves_every_vector_the_grid_steers_with(tiny, tmp_path
     model, _ = tiny
     (tmp_path / "vectors" / "mean_diff").mkdir(parents=True)
     _vectors(model, tmp_path / "vectors" / "mean_diff")
-    grid, skipped = F.plan(CFG, tmp_path / "vectors")
+    grid, _ = F.plan(CFG, tmp_path / "vectors")
     served = load_vectors(F.engine_vectors(grid, tmp_path / "served"))
     steered = [s.condition for settings in grid.values() for s in settings
                if s.condition.vector is not None]
     assert len(served) == 2 * 3  # joy and anger: all layers, and each of the two bands
     for c in steered:  # each condition is one served vector times its strength
         mix = as_mix(c.vector * c.alpha, served)
-        assert len(mix) == 1 and list(mix.values())[0] == pytest.approx(c.alpha)
+        assert len(mix) == 1 and next(iter(mix.values())) == pytest.approx(c.alpha)
     keepnorm = replace(CFG, methods=(F.Method("mean_diff", (1.0,), preserve_norm=True),))
     with pytest.raises(BadInputError, match="norm-preserving, which the vLLM plugin does not"):
         F.engine_vectors(F.plan(keepnorm, tmp_path / "vectors")[0], tmp_path / "served")

@@ -103,3 +103,30 @@ def test_cli_extract_on_vllm(tmp_path, capsys):
     assert len(samples) == 2 and all(s["neutral"] and s["emotional"] for s in samples)
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["base.safetensors",
                                                                  "joy.safetensors"]
+
+
+def test_cli_frontier_on_vllm(tmp_path, capsys):
+    """The search with its answers on vLLM: every steered setting served, the report written,
+    every calibration and held-out question answered."""
+    from emosteer.cli import main
+
+    method = tmp_path / "vectors" / "filtered_ctx_100_shipped"
+    method.mkdir(parents=True)
+    for name, vector in load_vectors("default").items():
+        if name == "joy":
+            vector.save(method / f"{name}.safetensors")
+    args = ["experiment", "frontier", "--engine", "vllm", "--vectors", str(tmp_path / "vectors"),
+            "--method", "filtered_ctx_100_shipped", "--emotion", "joy", "--calibration-limit",
+            "1", "--limit", "1", "--max-new-tokens", "12", "--out", str(tmp_path / "out"),
+            "--vllm-arg", "dtype=float32", "--vllm-arg", "max_model_len=1024",
+            "--vllm-arg", "kv_cache_memory_bytes=268435456"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 0, capsys.readouterr().err
+    served = sorted(p.name for p in (tmp_path / "out" / "vllm-vectors").glob("*.safetensors"))
+    assert served == ["v000.safetensors"]  # joy, all layers: strength 1 is one served vector
+    rows = [json.loads(line) for line in (tmp_path / "out" / "summary.jsonl").open()]
+    assert {r["method"] for r in rows} >= {"filtered_ctx_100_shipped", "unsteered"}
+    answers = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").open()]
+    steered = [a for a in answers if a["condition"]["vector"] is not None]
+    assert len(steered) == 12 and all(a["answer"].strip() for a in answers)  # 6 + 6 questions
