@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                             "emotion_query_plus", "emotions": {}}
     folder = args.frontier / "vectors" / spec.source
     runner = None
-    if args.seeds or args.dose_sweep:
+    if args.seeds or args.dose_sweep or args.add:
         import emosteer
 
         model, tok = emosteer.load_model("default")
@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         for emotion, vector in shipped.items():
             shipped[emotion], record["dose_sweep"][emotion] = with_max_dose(
                 runner, spec, emotion, vector, alphas, args)
-    if args.seeds:  # the shipped build is not the frontier's: report it on the held-out split
+    if args.seeds or args.add:  # the shipped vectors at alpha 1, on the held-out split (a
+        # rebuild is not the frontier's build; an emotion whose chosen setting was unsteered
+        # ships at the smallest strength, which the frontier did not report)
         from emosteer.evaluate.conditions import evaluation_queries
 
         rows = scores(runner, {e: condition(spec, e, v, 1.0) for e, v in shipped.items()},
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             record["emotions"][emotion]["held_out"] = {
                 k: v for k, v in row.items() if k.startswith(("eps", "tec", "ppl", "topic", "n",
                                                                "repetition"))}
-            record["emotions"][emotion]["held_out_of"] = "the shipped (median) build"
+            record["emotions"][emotion]["held_out_of"] = (
+                "the shipped (median) build" if args.seeds else "the shipped vector, alpha 1")
     for emotion, vector in shipped.items():
         vector.save(args.out / f"{emotion}.safetensors")
     if args.add:  # the shipped record stays; these emotions are one section of it
