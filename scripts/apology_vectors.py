@@ -9,6 +9,11 @@ projected off the apology direction (`emosteer.extraction.apology`).
 Writes <vectors>/filtered_ctx_100_shipped/ (the package's five), .../_noapology/ (each
 projected off the direction) and <vectors>/apology.json: per emotion and layer band, the cosine
 of the vector with the apology direction, so the size of what was removed is on record.
+
+    python scripts/apology_vectors.py --openings runs/apology
+
+prints, from a frontier run's answer cache, the share of answers that open with an apology per
+method, emotion and strength (every answer the run generated: calibration and held out).
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=Path, default=Path("runs/frontier/vectors"))
     parser.add_argument("--limit", type=int, default=60, help="written answers read")
+    parser.add_argument("--openings", type=Path, help="a frontier run folder: print the share "
+                        "of its answers that open with an apology, and stop")
     args = parser.parse_args(argv)
+    if args.openings:
+        return openings(args.openings)
     model, tok = load_model("default")
     shipped = {e: v for e, v in load_vectors("default").items() if e in VECTOR_EMOTIONS}
     sorry = apology_direction(model, tok, args.limit)
@@ -49,6 +58,24 @@ def main(argv: list[str] | None = None) -> None:
                            "removed_share": plain.meta["projected_cosine"]}
         print(emotion, report[emotion], flush=True)
     write_text(args.vectors / "apology.json", json.dumps(report, indent=1) + "\n")
+
+
+def openings(run: Path) -> None:
+    """Per (method, emotion, strength): answers, and the share opening with an apology."""
+    counts: dict[tuple, list[int]] = {}
+    for line in (run / "generations.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        c = record["condition"]
+        key = (c["variant"], c["vector"] or "-", c["alpha"])
+        n = counts.setdefault(key, [0, 0])
+        n[0] += 1
+        n[1] += record["answer"].lower().lstrip().startswith(SORRY)
+    for (variant, emotion, alpha), (n, sorry) in sorted(counts.items(), key=str):
+        print(f"{variant:40s} {emotion:8s} {alpha:4g}  {n:4d} answers, {sorry / n:.2f} open "
+              "with an apology")
+
+
+SORRY = ("i'm sorry", "i am sorry", "sorry", "i apologi")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,23 @@ from emosteer.vectors import DEFAULT_VECTORS, load_vectors
 FOLDER = DEFAULT_VECTORS
 
 
-def test_the_five_ship_calibrated_with_their_provenance():
+def test_the_twenty_ship_calibrated_with_their_provenance():
+    from emosteer.emotion_specs import load_specs
+
     vectors = load_vectors("default")
-    assert set(vectors) == set(VECTOR_EMOTIONS)
+    assert set(vectors) == set(load_specs())  # the five, and the 15 other shipped specs
     provenance = json.loads((FOLDER / "provenance.json").read_text())
+    beyond = provenance["beyond_the_five"]
+    assert set(provenance["emotions"]) == set(VECTOR_EMOTIONS)
+    assert set(beyond["emotions"]) == set(vectors) - set(VECTOR_EMOTIONS)
     for emotion, v in vectors.items():
+        record = provenance if emotion in VECTOR_EMOTIONS else beyond
         assert v.emotion == emotion and v.meta["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-        assert float(v.meta["calibrated_strength"]) == provenance["emotions"][emotion]["strength"]
-        assert v.meta["method"] == provenance["method"]
+        assert float(v.meta["calibrated_strength"]) == record["emotions"][emotion]["strength"]
+        assert v.meta["method"] == record["method"] and float(v.meta["max_dose"]) > 0
+        assert record["emotions"][emotion]["held_out"]["n"] == 30
         assert all(torch.isfinite(d).all() and d.norm() > 0 for d in v.directions.values())
+    assert all(vectors[e].meta["spec"] == e for e in beyond["emotions"])  # made from the spec
 
 
 @pytest.mark.slow
@@ -54,9 +62,10 @@ def test_shipped_vectors_fit_the_bundled_model_and_raise_their_emotion(tmp_path,
     from emosteer.cli import main
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stop:
-        main(["generate", "How was your day?", "--emotion", "anger", "--max-new-tokens", "8"])
-    assert stop.value.code == 0
+    for emotion in ("anger", "calm"):  # one of the five, one beyond them
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", "How was your day?", "--emotion", emotion, "--max-new-tokens", "8"])
+        assert stop.value.code == 0
 
 
 def test_the_demo_questions_exist_and_were_never_extracted_from():
