@@ -225,7 +225,7 @@ def test_phone_width_has_no_horizontal_scroll(site, tmp_path):
         page.close()
 
 
-def test_a_custom_emotion_gets_its_own_slider(tmp_path):
+def test_a_custom_emotion_gets_its_own_slider(site):
     """A server holding vectors named beyond the five: the sliders are what /v1/models lists,
     and moving one sends that name in the request's mix."""
     from emosteer.server import ServeConfig, create_app
@@ -234,12 +234,9 @@ def test_a_custom_emotion_gets_its_own_slider(tmp_path):
     five = random_vectors(model)
     app = create_app(model, tok, {"calm": five["joy"], "nostalgia": five["sadness"]},
                      ServeConfig(max_tokens=16, batch_window=0.0))
-    profile = tmp_path / "profile"
-    with live_server(app) as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with live_server(app) as url:  # its own server, in the module's browser
+        page, requests = _open((url, site[1]), first="#s-calm")
         try:
-            page, requests = _open((url, browser), first="#s-calm")
             names = page.eval_on_selector_all("#sliders input[type=range]",
                                               "s => s.map(x => x.dataset.emotion)")
             assert names == ["calm", "nostalgia"]
@@ -250,4 +247,4 @@ def test_a_custom_emotion_gets_its_own_slider(tmp_path):
             _ask(page, 2)
             assert sorted(r["emotion"] for r in requests if r["emotion"]) == [{"calm": 1.5}]
         finally:
-            browser.close()
+            page.close()

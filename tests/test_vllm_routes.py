@@ -107,6 +107,7 @@ def test_serve_vllm_passes_everything_after_the_dashes(tiny, monkeypatch):
                "--pipeline-parallel-size", "2")
     assert code == 3  # vLLM's exit code
     assert got == {"model": "m", "vectors": tiny / "vecs", "port": 8123, "force": False,
+                   "meter": None,
                    "extra_vllm_args": ["--tensor-parallel-size", "2",
                                        "--pipeline-parallel-size", "2"]}
     import os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -284,9 +285,10 @@ def mix(vectors: Mapping[str, EmotionVector], weights: Mapping[str, float]) -> E
         raise BadInputError("mix needs at least one emotion weight, e.g. {'joy': 1.0}")
     unknown = [name for name in weights if name not in vectors]
     if unknown:
+        name = unknown[0] if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", unknown[0]) else "NAME"
         raise UnknownEmotionError(
             f"unknown emotion {unknown[0]!r}: available are {', '.join(sorted(vectors))}; "
-            f"extract it with `emosteer extract --emotion {unknown[0]} --describe \"...\"`")
+            f"extract it with `emosteer extract --emotion {name} --describe \"...\"`")
     from emosteer.dose import check_dose
 
     checked = {name: check_alpha(w, f"weight for {name!r}") for name, w in weights.items()}
