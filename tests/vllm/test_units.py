@@ -74,6 +74,21 @@ def test_the_bank_serves_any_emotion_its_folder_names(tmp_path):
         parse_emotion({"joy": 1}, bank.vectors)
 
 
+def test_the_served_bank_follows_the_folder_the_environment_names(tmp_path, monkeypatch):
+    from emosteer.vllm.bank import VECTORS_ENV, served_bank
+
+    first = support.write(tmp_path / "first", ("calm",))
+    second = support.write(tmp_path / "second", ("joy", "awe"))
+    monkeypatch.setenv(VECTORS_ENV, str(first))
+    assert served_bank().names == ("calm",)
+    monkeypatch.setenv(VECTORS_ENV, str(second))  # a second engine in the same process
+    assert sorted(served_bank().names) == ["awe", "joy"]
+    assert served_bank() is served_bank()  # loaded once per folder
+    monkeypatch.delenv(VECTORS_ENV)
+    with pytest.raises(BadInputError, match="EMOSTEER_VECTORS is not set"):
+        served_bank()
+
+
 def test_cache_salt():
     fp = "0123"
     assert cache_salt({}, fp) is None

@@ -146,10 +146,16 @@ def config_shape(hf_config: Any, model_id: str) -> dict[str, str]:
             "num_layers": str(layers)}
 
 
-@cache
 def served_bank() -> VectorBank:
-    """This process's vectors, from $EMOSTEER_VECTORS (loaded once)."""
-    loaded = VectorBank.from_env()
-    if loaded is None:
+    """This process's vectors: the folder $EMOSTEER_VECTORS names now (each folder loaded once,
+    so a second engine made in the same process with other vectors is checked against its
+    own)."""
+    folder = os.environ.get(VECTORS_ENV, "").strip()
+    if not folder:
         raise BadInputError(f"${VECTORS_ENV} is not set: point it at a folder of vectors")
-    return loaded
+    return _bank_of(folder)
+
+
+@cache
+def _bank_of(folder: str) -> VectorBank:
+    return VectorBank.load(folder)
