@@ -105,28 +105,61 @@ def test_cli_extract_on_vllm(tmp_path, capsys):
                                                                  "joy.safetensors"]
 
 
-def test_cli_frontier_on_vllm(tmp_path, capsys):
-    """The search with its answers on vLLM: every steered setting served, the report written,
-    every calibration and held-out question answered."""
-    from emosteer.cli import main
+class LengthJudge:
+    """Reads an answer as joy when it is long, else neutral (no encoder in vLLM's venv)."""
+
+    eas_is_proxy, rates_topic, version = True, False, "1"
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def rate(self, questions, answers):
+        from emosteer.judges.rating import Rating
+
+        return [Rating({"joy": float(len(a) > 60), "neutral": float(len(a) <= 60)}, {})
+                for a in answers]
+
+
+class SameTopic:
+    version = "topic:fake"
+
+    def score(self, questions, answers):
+        return [0.95 for _ in answers]
+
+
+def test_the_frontier_on_vllm_serves_every_setting_of_its_grid(tmp_path, bundled, llm):
+    """The search with its answers on a second vLLM engine in the process (the session's
+    serves other vectors), serving the folder engine_vectors writes: every setting answered,
+    the rows written (the judges are fakes: vLLM's venv has no sentence encoder)."""
+    from support import ENGINE
+    from vllm import SamplingParams
+
+    import emosteer.vllm
+    from emosteer.evaluate import frontier as F
+    from emosteer.evaluate.measure import JudgesRunner
+    from emosteer.vllm.generate import VllmAnswerer
 
     method = tmp_path / "vectors" / "filtered_ctx_100_shipped"
     method.mkdir(parents=True)
-    for name, vector in load_vectors("default").items():
-        if name == "joy":
-            vector.save(method / f"{name}.safetensors")
-    args = ["experiment", "frontier", "--engine", "vllm", "--vectors", str(tmp_path / "vectors"),
-            "--method", "filtered_ctx_100_shipped", "--emotion", "joy", "--calibration-limit",
-            "1", "--limit", "1", "--max-new-tokens", "12", "--out", str(tmp_path / "out"),
-            "--vllm-arg", "dtype=float32", "--vllm-arg", "max_model_len=1024",
-            "--vllm-arg", "kv_cache_memory_bytes=268435456"]
-    with pytest.raises(SystemExit) as stop:
-        main(args)
-    assert stop.value.code == 0, capsys.readouterr().err
-    served = sorted(p.name for p in (tmp_path / "out" / "vllm-vectors").glob("*.safetensors"))
-    assert served == ["v000.safetensors"]  # joy, all layers: strength 1 is one served vector
-    rows = [json.loads(line) for line in (tmp_path / "out" / "summary.jsonl").open()]
-    assert {r["method"] for r in rows} >= {"filtered_ctx_100_shipped", "unsteered"}
+    load_vectors("default")["joy"].save(method / "joy.safetensors")
+    cfg = F.FrontierConfig(methods=(F.Method("filtered_ctx_100_shipped", (0.5, 1.0),
+                                             extract=None),),
+                           emotions=("joy",), calibration_limit=1, limit=1,
+                           judges=("fake-a", "fake-b"))
+    served = F.engine_vectors(F.plan(cfg, tmp_path / "vectors")[0], tmp_path / "served")
+    engine = emosteer.vllm.llm("default", served, **ENGINE)
+    model, tok = bundled
+    runner = JudgesRunner(model, tok, F.eval_config(cfg, generation=GenerateConfig(
+        max_new_tokens=12)), tmp_path / "out", ["fake-b"], progress=False,
+        judge=LengthJudge("fake-a"), judges={"fake-b": LengthJudge("fake-b")},
+        topic=SameTopic(), engine=VllmAnswerer(engine, load_vectors(served)))
+    result = F.frontier(runner, tmp_path / "vectors", cfg)
+    assert sorted(p.name for p in served.glob("*.safetensors")) == ["v000.safetensors"]
+    assert {r["method"] for r in result.held_out} >= {"filtered_ctx_100_shipped", "unsteered"}
+    steered = [r for r in result.calibration if r["strength"] > 0]
+    assert [r["strength"] for r in steered] == [0.5, 1.0] and all(r["n"] == 6 for r in steered)
     answers = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").open()]
-    steered = [a for a in answers if a["condition"]["vector"] is not None]
-    assert len(steered) == 12 and all(a["answer"].strip() for a in answers)  # 6 + 6 questions
+    assert len(answers) >= 18 and all(a["answer"].strip() for a in answers)
+    # the session's engine still checks requests against its own vectors
+    params = SamplingParams(max_tokens=2, extra_args={"emotion": {"joy": 1}})
+    assert llm.generate(["Hi"], params)[0].outputs[0].text is not None

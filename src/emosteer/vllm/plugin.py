@@ -26,7 +26,7 @@ from types import ModuleType
 
 from emosteer.errors import BadInputError, EmosteerError
 from emosteer.protocol import METER, parse_emotion
-from emosteer.vllm.bank import VECTORS_ENV, config_shape, served_bank, served_model_id
+from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_bank, served_model_id
 from emosteer.vllm.patching import mark, when_imported
 from emosteer.vllm.spec import KEY, cache_salt, request_temperature
 
@@ -81,20 +81,27 @@ def _patch_engine_args(module: ModuleType) -> None:
 
 def _patch_input_processor(module: ModuleType) -> None:
     processor = module.InputProcessor
-    original = processor.process_inputs
+    original, original_init = processor.process_inputs, processor.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        # the vectors of this engine: another engine made later in the process may serve others
+        self._emosteer_bank = served_bank() if os.environ.get(VECTORS_ENV, "").strip() else None
 
     def process_inputs(self, *args, **kwargs):
         request = original(self, *args, **kwargs)
         params = request.sampling_params
         if params is not None and params.extra_args and KEY in params.extra_args:
-            spec = checked(params.extra_args[KEY])
+            bank = getattr(self, "_emosteer_bank", None) or served_bank()
+            spec = checked(params.extra_args[KEY], bank)
             # a new dict: a shallow clone shares extra_args with the caller's params
             rest = {k: v for k, v in params.extra_args.items() if k != KEY}
             # weight 0 is unsteered: no key, no salt, it shares the unsteered cache
             params.extra_args = {**rest, KEY: spec} if spec else rest or None
-            request.cache_salt = cache_salt(spec, served_bank().fingerprint, request.cache_salt)
+            request.cache_salt = cache_salt(spec, bank.fingerprint, request.cache_salt)
         return request
 
+    mark(processor, "__init__", __init__)
     mark(processor, "process_inputs", process_inputs)
 
 
@@ -129,10 +136,11 @@ def _patch_protocol(module: ModuleType) -> None:
     mark(request_cls, "to_sampling_params", to_sampling_params)
 
 
-def checked(value: object) -> dict[str, float]:
-    """parse_emotion against this process's vectors; a bad value raises vLLM's 400 error."""
+def checked(value: object, bank: VectorBank | None = None) -> dict[str, float]:
+    """parse_emotion against an engine's vectors (default: the folder $EMOSTEER_VECTORS
+    names); a bad value raises vLLM's 400 error."""
     try:
-        return parse_emotion(value, served_bank().vectors)
+        return parse_emotion(value, (bank or served_bank()).vectors)
     except EmosteerError as err:
         raise _http_error(str(err)) from None
 
