@@ -106,10 +106,10 @@ def meter(
 
 
 def fit_meter(
-    vectors: Annotated[Path, typer.Option(
+    vectors: Annotated[Path | None, typer.Option(
         "--vectors", file_okay=False,
         help="the folder of <emotion>.safetensors the meter will read (default: ./vectors, "
-             "else the vectors shipped for the bundled model)")] = Path("vectors"),
+             "else the vectors shipped for the bundled model)")] = None,
     emotions: EmotionsOpt = None,
     out: Annotated[Path, typer.Option(
         dir_okay=False, help="the meter JSON to write (give it to serve or meter with "
@@ -125,21 +125,19 @@ def fit_meter(
 
     Example: [bold]emosteer fit-meter --vectors vectors/ --emotion calm,gratitude,joy[/bold]
     """
-    from emosteer.cli.common import vectors_in
+    from emosteer.cli.serve import served_vectors
     from emosteer.emotion_meter.fit import emotion_names
     from emosteer.emotion_meter.fit import fit_meter as fit
-    from emosteer.vectors import DEFAULT_VECTORS
 
-    found = vectors_in(vectors)
+    folder, found = served_vectors(vectors)  # the folder `emosteer serve` would serve
     names = emotion_names(found, emotions)
     missing = [e for e in names if e not in found]
     if missing:
-        raise UnknownEmotionError(f"no vector for {missing[0]!r} in {vectors}: the vectors are "
+        raise UnknownEmotionError(f"no vector for {missing[0]!r} in {folder}: the vectors are "
                                   f"{', '.join(sorted(found))}")
     m, tok = load(model)
     meter = fit(m, tok, found, names, limit=limit)
-    held = vectors if any(vectors.glob("*.safetensors")) else DEFAULT_VECTORS  # the fallback
-    meter.save(out, held, write_vectors=False)  # the meter names the folder it reads
+    meter.save(out, folder, write_vectors=False)  # the meter names the folder it reads
     chosen = meter.card["selection"]["chosen"]
     console.print(plain(f"meter for {', '.join(names)} -> {out} (layers {chosen['layers'][0]}-"
                         f"{chosen['layers'][-1]}, {chosen['kind']}, validation accuracy "

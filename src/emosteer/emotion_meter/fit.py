@@ -204,13 +204,13 @@ def unseen_judgements(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float
     texts = [r["text"] for r in rows]
     out: list[dict[str, float]] = [{} for _ in rows]
     if any(r["id"].startswith("spec-") for r in rows):  # spec_rows: the zero-shot halves
-        from emosteer.judges.zero_shot import HALVES
+        from emosteer.judges.zero_shot import reader
 
-        def unseen_by(row: Mapping[str, Any]) -> str:  # half "a" reads examples i % 3 == 0
+        def unseen_by(row: Mapping[str, Any]) -> str:
             if not row["id"].startswith("spec-"):
                 return "zero-shot-a"  # a neutral sentence: neither half read it
-            read = int(row["id"].rsplit("-", 1)[1]) % 3 == HALVES["a"]
-            return "zero-shot-b" if read else "zero-shot-a"
+            read = reader(int(row["id"].rsplit("-", 1)[1]))
+            return "zero-shot-b" if read == "a" else "zero-shot-a"
 
         names = [unseen_by(r) for r in rows]
     else:  # the corpus: a sentence judge A learnt is judged by B, any other by A
@@ -246,11 +246,11 @@ def spec_rows() -> list[dict]:
     corpus' neutral training sentences: what a meter reading emotions beyond the corpus' six
     learns from (every spec's sentences; a spec the meter does not read is a negative)."""
     from emosteer.emotion_specs import load_specs
-    from emosteer.judges.zero_shot import HELD_OUT_EVERY
+    from emosteer.judges.zero_shot import reader
 
     rows = [{"id": f"spec-{name}-{i:02d}", "label": name, "text": text}
             for name, spec in load_specs().items() for i, text in enumerate(spec.examples)
-            if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+            if reader(i) is not None]
     return rows + [r for r in corpus_rows(held_out=False) if r["label"] == "neutral"]
 
 

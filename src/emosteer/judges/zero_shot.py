@@ -27,7 +27,7 @@ from emosteer.judges.rating import Rating
 TEMPERATURES = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
 HELD_OUT_EVERY = 3  # example i is held out when i % 3 == 2
 
-__all__ = ["ZeroShotJudge", "held_out_accuracy", "split"]
+__all__ = ["ZeroShotJudge", "held_out_accuracy", "reader", "split"]
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # texts -> (n, d) unit rows
 
@@ -40,10 +40,14 @@ def split(spec: EmotionSpec, half: str | None = None) -> tuple[list[str], list[s
     "a" or "b" keeps one of the two disjoint training thirds (a second judge from other data).
     """
     train = [t for i, t in enumerate(spec.examples)
-             if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1
-             and (half is None or i % HELD_OUT_EVERY == HALVES[half])]
-    held = [t for i, t in enumerate(spec.examples) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+             if reader(i) is not None and (half is None or reader(i) == half)]
+    held = [t for i, t in enumerate(spec.examples) if reader(i) is None]
     return train, held
+
+
+def reader(index: int) -> str | None:
+    """The half ("a" or "b") whose prototypes read a spec's example `index`; None: held out."""
+    return next((h for h, k in HALVES.items() if index % HELD_OUT_EVERY == k), None)
 
 
 def _default_embed(texts: Sequence[str]) -> torch.Tensor:
