@@ -1,8 +1,9 @@
 """Greedy outputs of stock vLLM (the test runs this with every plugin off), as JSON.
 
 usage: reference.py requests.json  ->  stdout: [{"text", "token_ids", "first"}, ...]
-requests.json: {"prompts": [...], "max_tokens": n, "logprobs": k}; "first" is the first
-step's top-k {token id: logprob}.
+requests.json: {"prompts": [...], "max_tokens": n, "logprobs": k, "engine": {...}}; "first"
+is the first step's top-k {token id: logprob}; "engine" overrides support.ENGINE's settings
+(e.g. {"enforce_eager": false}).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if __name__ == "__main__":  # vLLM spawns processes
 
     with open(sys.argv[1]) as f:
         spec = json.load(f)
-    engine = LLM(model=model_source("default"), **ENGINE)
+    engine = LLM(model=model_source("default"), **{**ENGINE, **spec.get("engine", {})})
     params = SamplingParams(temperature=0, max_tokens=spec["max_tokens"], ignore_eos=True,
                             logprobs=spec["logprobs"])
     outs = engine.generate(spec["prompts"], params, use_tqdm=False)

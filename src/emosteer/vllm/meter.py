@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -72,6 +74,13 @@ def served_meter(bank: VectorBank) -> Meter:
     return meter
 
 
+@contextmanager
+def _after(fn: Callable[[], None]) -> Iterator[None]:
+    """A block that runs fn once it ends without an error."""
+    yield
+    fn()
+
+
 def check_meter(meter: Meter, shape: dict[str, str]) -> None:
     """Raise VectorMismatchError if the meter was fitted for another model than `shape`'s."""
     meter.check_shape(shape, f"for the served model and name it in ${METER_ENV}",
@@ -103,6 +112,9 @@ class MeterReader:
         self.units = {layer: u.to(device) for layer, u in meter.band().items()
                       if layer in modules}
         self.store: dict[str, dict[int, list[float]]] = {}
+        # the steering op's buffers, by layer, once it is in (worker.py): the op writes every
+        # row's projections there and no hook is needed
+        self.readings: dict[int, torch.Tensor] | None = None
 
     def plan(self, runner: Any) -> MeterPlan | None:
         """This step's metered rows, from the V1 runner's batch; None when none is metered."""
@@ -139,6 +151,10 @@ class MeterReader:
         def keep(projections: dict[int, torch.Tensor]) -> None:
             self._keep(plan, self.meter.calibrate(self.meter.raw(projections)))
 
+        buffers = self.readings
+        if buffers is not None:
+            return _after(lambda: keep({layer: buffer.index_select(0, plan.rows)
+                                        for layer, buffer in buffers.items()}))
         return hooked(None, projection_hooks(self.modules, self.units,
                                              lambda hidden: hidden.index_select(0, plan.rows),
                                              {}, keep))

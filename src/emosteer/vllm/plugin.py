@@ -2,9 +2,10 @@
 `vllm.general_plugins`, which vLLM runs in its front-end, engine-core and worker processes.
 
 With `$EMOSTEER_VECTORS` unset, `register` does nothing. With it set (a folder of vectors):
-- the engine is built eager (hooks and torch.compile do not mix: a compiled graph bakes
-  Python branches in and never runs a hook added later) on the V1 model runner, and the
-  vectors are checked against the served model before it loads (error naming both);
+- the engine runs on the V1 model runner with vLLM's compilation (the steering is an op in
+  the compiled graph, worker.py and op.py; the op's code and the served files enter vLLM's
+  compile-cache key), and the vectors are checked against the served model before it loads
+  (error naming both); `EMOSTEER_VLLM_STEERING=hooks` selects the eager hook fallback;
 - each request's "emotion" (SamplingParams.extra_args, vLLM's `vllm_xargs`, or the request
   body's own "emotion" field, as emosteer's server takes it) is parsed and checked: a bad one
   is an OpenAI-style 400 and the server keeps serving; a steered request gets a prefix-cache
@@ -12,21 +13,27 @@ With `$EMOSTEER_VECTORS` unset, `register` does nothing. With it set (a folder o
 - a request's positive temperature below generation.GREEDY_BELOW is greedy, as on emosteer's
   own server (spec.request_temperature);
 - each worker adds the requests' mixes on their own tokens (worker.py);
-- a request with "meter": true gets per-token emotion readings, read in the workers by
-  read-only hooks and attached to the response by the front-end (meter.py, meter_http.py).
+- a request with "meter": true gets per-token emotion readings, read in the workers by the
+  same op (or read-only hooks in the fallback) and attached to the response by the
+  front-end (meter.py, meter_http.py).
 
 Each module is patched when vLLM imports it, so every process imports only what it did.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from pathlib import Path
 from types import ModuleType
 
 from emosteer.errors import BadInputError, EmosteerError
 from emosteer.protocol import METER, parse_emotion
+from emosteer.vllm import op, worker
 from emosteer.vllm.bank import VECTORS_ENV, VectorBank, config_shape, served_bank, served_model_id
+from emosteer.vllm.meter import meter_file, served_meter
 from emosteer.vllm.patching import mark, when_imported
 from emosteer.vllm.spec import KEY, cache_salt, request_temperature
 
@@ -45,7 +52,7 @@ def register() -> None:
     if not os.environ.get(VECTORS_ENV, "").strip():
         return
     os.environ.setdefault(RUNNER_ENV, "0")  # spawned engine and workers inherit it
-    from emosteer.vllm import meter_http, worker
+    from emosteer.vllm import meter_http
 
     when_imported("vllm.engine.arg_utils", _patch_engine_args)
     when_imported("vllm.v1.engine.input_processor", _patch_input_processor)
@@ -67,16 +74,34 @@ def _patch_engine_args(module: ModuleType) -> None:
         if os.environ.get(RUNNER_ENV, "0").lower() in ("1", "true"):
             raise BadInputError(f"emosteer steers with vLLM's V1 model runner: unset "
                                 f"{RUNNER_ENV} (the plugin sets it to 0)")
-        if not self.enforce_eager:
-            log.warning("emosteer: steering needs eager mode (a compiled graph never runs the "
-                        "steering hooks); building the engine with enforce_eager=True")
-            self.enforce_eager = True
+        if worker.uses_hooks():
+            if not self.enforce_eager:
+                log.warning("emosteer: %s=hooks needs eager mode (a compiled graph never runs "
+                            "a hook); building the engine with enforce_eager=True",
+                            worker.MODE_ENV)
+                self.enforce_eager = True
+        else:  # vLLM keys its compile caches on the config: keep the op's graphs apart
+            self.additional_config = {**(self.additional_config or {}),
+                                      "emosteer": compile_key(served_bank())}
         config = original(self, *args, **kwargs)
         model = config.model_config.model
         served_bank().check(config_shape(config.model_config.hf_config, served_model_id(model)))
         return config
 
     mark(engine_args, "create_engine_config", create_engine_config)
+
+
+def compile_key(bank: VectorBank) -> str:
+    """What the plugin adds to vLLM's compile-cache key (its config's additional_config): the
+    op's code and the shapes it is compiled for (emotions served; the meter's layers and
+    emotions). vLLM reuses a compiled model from disk by that key alone, without tracing: a
+    graph compiled without the op, or for other shapes, would otherwise be served. The
+    vectors' values are not in it: the graph reads them from buffers, as it reads weights."""
+    meter = served_meter(bank) if meter_file(bank) is not None else None
+    shapes = [len(bank.names), None if meter is None else [list(meter.layers),
+                                                           len(meter.emotions)]]
+    digest = hashlib.sha256(Path(op.__file__).read_bytes() + json.dumps(shapes).encode())
+    return digest.hexdigest()[:16]
 
 
 def _patch_input_processor(module: ModuleType) -> None:
