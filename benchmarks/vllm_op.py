@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--dtype", default="auto", help="vLLM's dtype (auto: bfloat16 on CPU)")
+    ap.add_argument("--cudagraphs", choices=("default", "off"), default="default",
+                    help="off: compilation_config cudagraph_mode NONE (GPU: torch.compile "
+                    "without CUDA graphs; the CPU has none either way)")
     ap.add_argument("--host-sizes", default="1,8,32,64,256")
     ap.add_argument("--tiny", action="store_true", help="prove it runs: batch 1 and 2, 4 "
                     "tokens, 1 round (numbers meaningless)")
@@ -212,6 +215,9 @@ def main() -> None:
     engine_kwargs = {"dtype": args.dtype, "max_model_len": 1024,
                      "enable_prefix_caching": False, "max_num_seqs": max(batches),
                      "kv_cache_memory_bytes": 1 << 30, "seed": 0}
+    if args.cudagraphs == "off":
+        engine_kwargs["compilation_config"] = {"cudagraph_mode": "NONE"}
+    report["cudagraphs"] = args.cudagraphs
     engines = start_engines(args.variants.split(","), args.vectors, engine_kwargs)
     try:
         report["engines"] = {}
