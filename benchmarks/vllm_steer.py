@@ -159,12 +159,10 @@ def _load_summary(results: list[dict], wall: float) -> dict:
 
 
 NOT_MEASURED = (
-    "GPU: the plugin forces eager mode, so on a GPU it gives up CUDA graphs and torch.compile "
-    "(vLLM's V1 runner; the V2 runner, default on GPU with Triton, is not supported). The cost "
-    "there is the eager forward plus three small kernels per layer (a (specs x emotions) @ "
-    "(emotions x hidden) matmul, a gather, an index add) only on steps with a steered "
-    "request. Tensor and pipeline parallel serving, multi-node, and models other than the "
-    "bundled one were not measured here.")
+    "GPU (benchmarks/gpu_check.sh runs benchmarks/vllm_op.py there, CUDA graphs on and off), "
+    "the V2 runner (default on GPU with Triton; not supported), tensor and pipeline parallel "
+    "serving, multi-node, and models other than the bundled one. The plugin's compiled op "
+    "against stock vLLM and the eager hook fallback: benchmarks/vllm_op.py.")
 
 PEERS = {  # what the peers report for their own systems, for comparison (not run here)
     "EasySteer": "arXiv 2509.25175: 5.5-11.4x (v1), 10.8-22.3x (v2) over other steering "
@@ -207,7 +205,7 @@ def main() -> None:
         raise SystemExit(f"{args.vectors} lacks {missing}: run `emosteer extract --out "
                          f"{args.vectors}` first")
     report = {"benchmark": "vllm_steer", "machine": machine(), "tiny": args.tiny,
-              "runner": "vLLM V1 model runner, eager", "not_measured": NOT_MEASURED,
+              "not_measured": NOT_MEASURED,
               "peers_reported": PEERS}
     if "serve" in sections:  # first: no offline engine competes for the cores
         report["serve"] = serve(args.vectors, args.requests, args.concurrency,
@@ -218,6 +216,8 @@ def main() -> None:
         engine = emosteer.vllm.llm("default", args.vectors, enable_prefix_caching=False,
                                    max_num_seqs=max(32, *map(int, args.batches.split(","))))
         report["dtype"] = str(engine.llm_engine.model_config.dtype)
+        eager = engine.llm_engine.vllm_config.model_config.enforce_eager
+        report["runner"] = f"vLLM V1 model runner, {'eager' if eager else 'compiled'}"
         if "throughput" in sections:
             report["throughput"] = throughput(engine, [int(b) for b in args.batches.split(",")],
                                               args.tokens, args.rounds)

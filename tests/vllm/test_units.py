@@ -373,3 +373,15 @@ def test_the_op_meters_before_it_steers(bank):
     expected = meter.calibrate(meter.raw({3: hidden[[1]] @ meter.band()[3].T,
                                           5: after_3[[1]] @ meter.band()[5].T}))
     torch.testing.assert_close(torch.tensor(reader.take("a", 0, 1, done=True)), expected)
+
+
+def test_the_steering_mode_comes_from_the_environment(monkeypatch):
+    from emosteer.vllm.worker import MODE_ENV, uses_hooks
+
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    assert not uses_hooks()  # the op, by default
+    monkeypatch.setenv(MODE_ENV, "hooks")
+    assert uses_hooks()
+    monkeypatch.setenv(MODE_ENV, "cuda-graphs")
+    with pytest.raises(BadInputError, match=r'EMOSTEER_VLLM_STEERING=.*use "op"'):
+        uses_hooks()
