@@ -90,7 +90,7 @@ def start_engines(variants: list[str], vectors: str, engine_kwargs: dict) -> dic
             os.environ["EMOSTEER_VECTORS"] = str(Path(vectors).resolve())
         os.environ.update(VARIANTS[name])
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=engine_process, args=(child, engine_kwargs), daemon=True)
+        proc = ctx.Process(target=engine_process, args=(child, engine_kwargs))
         start = time.perf_counter()
         proc.start()
         os.environ.clear()
@@ -114,6 +114,8 @@ def throughput(engines: dict, batches: list[int], tokens: int, rounds: int) -> d
                 seconds = conn.recv()
                 if r:
                     times[(batch, name, side)].append(seconds)
+                else:
+                    print(f"warm-up: batch {batch} {name} {side} {seconds:.1f} s", flush=True)
         print(f"round {r}/{rounds} done", flush=True)
     out = {}
     for batch in batches:

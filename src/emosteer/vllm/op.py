@@ -31,21 +31,36 @@ from emosteer.steering import added_in_float32
 __all__ = ["Coefficients", "SteeredOutput", "steer"]
 
 
-@torch.library.custom_op("emosteer::steer", mutates_args=("readings",))
-def steer(hidden: Tensor, coeff: Tensor, vectors: Tensor, units: Tensor,
-          readings: Tensor) -> Tensor:
-    """hidden + coeff[:n] @ vectors for hidden's n token rows; readings[:n] = the rows
-    projected on `units` (taken before the addition). See the module docstring."""
+# torch.library's low-level registration: a schema, one implementation for every device, a
+# fake. `torch.library.custom_op` would do the same with a Python wrapper that costs about
+# 45 us more per call on CPU (30 calls a step: 4% of a 135M model's decode step).
+_LIBRARY = torch.library.Library("emosteer", "DEF")
+_LIBRARY.define("steer(Tensor hidden, Tensor coeff, Tensor vectors, Tensor units, "
+                "Tensor(a!) readings) -> Tensor")
+
+
+def _steer(hidden: Tensor, coeff: Tensor, vectors: Tensor, units: Tensor,
+           readings: Tensor) -> Tensor:
     n = hidden.shape[0]
     if units.shape[0]:  # a shape, fixed per layer: the meter reads this layer
-        readings[:n] = hidden.float() @ units.T
+        torch.mm(hidden.float(), units.T, out=readings[:n])
+    if hidden.dtype == torch.float32:  # one kernel: hidden + coeff @ vectors
+        return torch.addmm(hidden, coeff[:n], vectors)
     return added_in_float32(hidden, coeff[:n] @ vectors)
 
 
-@steer.register_fake
-def _(hidden: Tensor, coeff: Tensor, vectors: Tensor, units: Tensor,
-      readings: Tensor) -> Tensor:
+def _steer_fake(hidden: Tensor, coeff: Tensor, vectors: Tensor, units: Tensor,
+                readings: Tensor) -> Tensor:
     return torch.empty_like(hidden)
+
+
+_LIBRARY.impl("steer", _steer, "CompositeExplicitAutograd")
+torch.library.register_fake("emosteer::steer", _steer_fake, lib=_LIBRARY)
+
+steer = torch.ops.emosteer.steer
+"""steer(hidden, coeff, vectors, units, readings): hidden + coeff[:n] @ vectors for hidden's n
+token rows (float32 accumulate, float16 clamped); readings[:n] = the rows projected on `units`
+(taken before the addition; nothing when units has no rows). See the module docstring."""
 
 
 class SteeredOutput(torch.nn.Module):
@@ -70,8 +85,7 @@ class SteeredOutput(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         output = self.inner(*args, **kwargs)
-        hidden = torch.ops.emosteer.steer(untuple(output), self.coeff, self.vectors,
-                                          self.units, self.readings)
+        hidden = steer(untuple(output), self.coeff, self.vectors, self.units, self.readings)
         return retuple(output, hidden)
 
 
