@@ -230,7 +230,9 @@ def main() -> None:
     finally:
         for proc, conn in engines.values():
             conn.send(("stop",))
-            proc.join(timeout=60)
+            proc.join(timeout=30)
+            if proc.is_alive():  # vLLM's shutdown can hang; its processes follow their parent
+                proc.kill()
     report["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     path = Path(args.out) if args.out else results_path("vllm_op", report["machine"])
     path.parent.mkdir(parents=True, exist_ok=True)
