@@ -73,7 +73,7 @@ class Steerer:
 
     Example:
         steerer = Steerer.for_runner(runner, VectorBank.from_env())
-        steerer.compile(runner.max_num_tokens)  # the op: wrap the projections once
+        steerer.compile(runner.get_model(), runner.max_num_tokens)  # the op: wrap once
         steerer.fill(runner)  # before each step
         # or, the hook fallback:
         with steerer.steering(steerer.plan(runner)):
